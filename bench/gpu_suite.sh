@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole GPU round in one call on the device machine: build and install, run the full test suite
+# (GPU tests included), the C example, the integrity check, and the benchmarks. Logs and JSON go to $OUT.
+#   bash bench/gpu_suite.sh [tests|bench|all]   (default all)
+set -uo pipefail
+what=${1:-all}
+OUT=${OUT:-/tmp/mfa-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MFA_CACHE_DIR=/tmp/mfa-cache
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step install
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -m mfa_c info 2>&1 | tee "$OUT/info.log"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  step "tests"
+  python3 -m pytest tests -q -rs --durations=15 2>&1 | tee "$OUT/tests.log" | tail -60
+  step "C example"
+  cmake -S . -B /tmp/mfa-build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build /tmp/mfa-build >/dev/null &&
+    /tmp/mfa-build/example_gemm 2>&1 | tee "$OUT/example.log"
+  /tmp/mfa-build/example_gemm 1000 1023 127 2>&1 | tee -a "$OUT/example.log"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  step "bench"
+  mkdir -p "$OUT/results"
+  for dtype in fp16 bf16 fp32; do
+    python3 -m mfa_c bench gemm --dtype "$dtype" --out "$OUT/results" 2>&1 | tee -a "$OUT/bench.log" | tail -16
+  done
+fi
+step done

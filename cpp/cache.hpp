@@ -1,0 +1,40 @@
+// cache.hpp: compiled kernels, kept in memory for the process and on disk across processes.
+// A variant is compiled once per (source, options, architecture, NVRTC version, MFA version): all of
+// them are hashed into the key, next to the readable variant name, so a stale entry is never used.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "mfa.h"
+
+namespace mfa {
+
+struct KernelSource {
+  std::string variant;  // readable, e.g. "gemm.sm80.f16.f16.nn"
+  std::string text;     // the generated source (MFA_DUMP_SOURCE=1 writes it out)
+  std::string arch;     // NVRTC target, e.g. "sm_90a"
+};
+
+struct CompiledKernel {
+  std::string key;      // "<variant>-<hash>", also the disk entry's directory name
+  std::string variant;
+  std::string cubin;
+  std::string log;      // ptxas's resource report
+};
+
+struct CacheLookup {
+  std::shared_ptr<const CompiledKernel> kernel;
+  int32_t origin = MFA_CACHE_COMPILED;  // MFA_CACHE_*
+  double milliseconds = 0.0;            // spent finding or compiling it
+};
+
+// Finds the kernel in memory, then on disk, else compiles it (and stores it in both). Thread-safe.
+CacheLookup compile_cached(const KernelSource &source);
+
+// The disk cache's directory ("" when MFA_CACHE_DIR=off or no home directory is known).
+const std::string &cache_directory();
+
+void clear_caches(int32_t scope_bits);
+
+}  // namespace mfa

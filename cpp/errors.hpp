@@ -1,0 +1,66 @@
+// errors.hpp: how failures travel inside the core (exceptions) and cross the ABI (status codes plus a
+// thread-local message). Every exported function body runs inside abi_call().
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "mfa.h"
+
+namespace mfa {
+
+struct Error : std::runtime_error {
+  mfa_status status;
+  Error(mfa_status status_, const std::string &message) : std::runtime_error(message), status(status_) {}
+};
+
+template <class... Parts>
+std::string concat(Parts &&...parts) {
+  std::ostringstream out;
+  (out << ... << std::forward<Parts>(parts));
+  return out.str();
+}
+
+template <class... Parts>
+[[noreturn]] void fail(mfa_status status, Parts &&...parts) {
+  throw Error(status, concat(std::forward<Parts>(parts)...));
+}
+
+template <class... Parts>
+void require(bool condition, mfa_status status, Parts &&...parts) {
+  if (!condition) fail(status, std::forward<Parts>(parts)...);
+}
+
+// Records a failure for mfa_last_error_message() and returns its status.
+mfa_status record_error(mfa_status status, const std::string &message);
+void clear_error();
+
+// Runs an ABI entry point: success clears nothing (the message stays until the next failure),
+// every exception becomes a status with its message.
+template <class Body>
+mfa_status abi_call(Body &&body) noexcept {
+  try {
+    body();
+    return MFA_STATUS_SUCCESS;
+  } catch (const Error &e) {
+    return record_error(e.status, e.what());
+  } catch (const std::bad_alloc &) {
+    return record_error(MFA_STATUS_OUT_OF_MEMORY, "host memory allocation failed");
+  } catch (const std::exception &e) {
+    return record_error(MFA_STATUS_INTERNAL, concat("internal error: ", e.what()));
+  } catch (...) {
+    return record_error(MFA_STATUS_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+// Null-pointer checks that name the argument, e.g. require_arg(out, "out_context").
+inline void require_arg(const void *pointer, const char *name) {
+  require(pointer != nullptr, MFA_STATUS_INVALID_ARGUMENT, name, " is NULL");
+}
+
+// Checks a descriptor's header: its type tag and a size the library understands.
+void require_header(const mfa_struct_header &header, uint32_t type, size_t library_size, const char *name);
+
+}  // namespace mfa

@@ -1,0 +1,156 @@
+// ptx_sm90.cuh: the Hopper (sm_90a) idioms, one named helper each, so that kernels read as names and
+// the inline PTX lives in one place. Section numbers follow the PTX ISA 9.0 document: 9.7.9.15
+// prefetch, 9.7.9.25.5.2 cp.async.bulk.tensor, 9.7.13.4 membar/fence, 9.7.13.14 elect.sync,
+// 9.7.13.15 mbarrier, 9.7.15 wgmma, 9.7.19.5 setmaxnreg. Shared-memory operands are 32-bit
+// shared-window addresses (the "r" constraint), produced by mfa_smem_addr (ptx.cuh).
+#pragma once
+
+#include "ptx.cuh"  // mfa_smem_addr
+
+// ----- thread roles -----
+
+// Index of the calling thread's warpgroup (4 consecutive warps, 128 threads) within the block.
+__device__ __forceinline__ int mfa_warpgroup_index() { return static_cast<int>(threadIdx.x) / 128; }
+// Index of the calling thread within its warpgroup, 0..127.
+__device__ __forceinline__ int mfa_warpgroup_thread() { return static_cast<int>(threadIdx.x) % 128; }
+// True in exactly one lane of the (fully converged) warp: elect.sync with a full member mask.
+__device__ __forceinline__ bool mfa_elect_one() {
+  unsigned elected;
+  asm volatile(
+      "{ .reg .pred p; elect.sync _|p, 0xffffffff; selp.u32 %0, 1, 0, p; }" : "=r"(elected) : : "memory");
+  return elected != 0;
+}
+
+// ----- register reallocation between warpgroups (setmaxnreg, 9.7.19.5, sm_90a) -----
+
+// Lower this warpgroup's per-thread register budget to REGS (multiple of 8, 24..256).
+template <int REGS>
+__device__ __forceinline__ void mfa_setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" : : "n"(REGS));
+}
+// Raise this warpgroup's per-thread register budget to REGS (taken from the pool others released).
+template <int REGS>
+__device__ __forceinline__ void mfa_setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" : : "n"(REGS));
+}
+
+// ----- mbarriers (9.7.13.15) and the fences around them (9.7.13.4) -----
+
+// Initialise the mbarrier at `bar` to expect `count` arrivals per phase; its current phase is 0.
+__device__ __forceinline__ void mfa_mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" : : "r"(bar), "r"(count) : "memory");
+}
+// Release this thread's earlier mbarrier.init to the other threads of the cluster (and so of the CTA).
+__device__ __forceinline__ void mfa_fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" : : : "memory");
+}
+// Order this thread's earlier generic-proxy shared-memory accesses before later async-proxy ones.
+__device__ __forceinline__ void mfa_fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;" : : : "memory");
+}
+// One arrival on `bar` (release at CTA scope) that also raises its pending transaction count by `bytes`.
+__device__ __forceinline__ void mfa_mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" : : "r"(bar), "r"(bytes) : "memory");
+}
+// One arrival on `bar` (release at CTA scope).
+__device__ __forceinline__ void mfa_mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" : : "r"(bar) : "memory");
+}
+// True once the phase of `bar` with parity `parity` has completed (acquire at CTA scope); may
+// suspend the thread for a system-dependent time before returning false.
+__device__ __forceinline__ bool mfa_mbar_try_wait(unsigned bar, unsigned parity) {
+  unsigned done;
+  asm volatile(
+      "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Block until the phase of `bar` with parity `parity` has completed.
+__device__ __forceinline__ void mfa_mbar_wait(unsigned bar, unsigned parity) {
+  while (!mfa_mbar_try_wait(bar, parity)) {
+  }
+}
+
+// ----- TMA: bulk tensor copies (cp.async.bulk.tensor, 9.7.9.25.5.2) -----
+
+// Pull the tensor map (a __grid_constant__ kernel parameter) into the TMA unit's descriptor cache.
+__device__ __forceinline__ void mfa_tma_prefetch_map(const void *map) {
+  asm volatile("prefetch.tensormap [%0];" : : "l"(reinterpret_cast<unsigned long long>(map)) : "memory");
+}
+// Copy the box at coordinates {c0, c1, c2} of `map` into shared memory at `dst`; completion adds
+// the box's bytes to the transaction count of mbarrier `bar` (out-of-range elements arrive as zeros).
+__device__ __forceinline__ void mfa_tma_load_3d(unsigned dst, const void *map, unsigned bar, int c0, int c1,
+                                                int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];"
+      :
+      : "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+
+// ----- wgmma (9.7.15 "Asynchronous Warpgroup Level Matrix Multiply-Accumulate") -----
+
+// Shared-memory matrix descriptor (9.7.15.5.1.2.2 "Matrix Descriptor Format"): bits 0-13 start
+// address, 16-29 leading-dimension byte offset, 32-45 stride-dimension byte offset, each encoded as
+// (x & 0x3FFFF) >> 4; bits 49-51 base offset, left 0, which requires the 128B swizzle pattern to start
+// on a 1024-byte boundary (start-address bits 7-9 zero); bits 62-63 swizzle mode (1 = 128-byte).
+__device__ __forceinline__ unsigned long long mfa_wgmma_desc_sw128(unsigned smem_addr, unsigned lbo_bytes,
+                                                                   unsigned sbo_bytes) {
+  return static_cast<unsigned long long>((smem_addr & 0x3FFFF) >> 4) |
+         static_cast<unsigned long long>((lbo_bytes & 0x3FFFF) >> 4) << 16 |
+         static_cast<unsigned long long>((sbo_bytes & 0x3FFFF) >> 4) << 32 | 1ull << 62;
+}
+// Order this warpgroup's earlier register accesses before the wgmma.mma_async that follow.
+__device__ __forceinline__ void mfa_wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" : : : "memory");
+}
+// Close the wgmma.mma_async issued since the last commit into one wgmma-group.
+__device__ __forceinline__ void mfa_wgmma_commit_group() {
+  asm volatile("wgmma.commit_group.sync.aligned;" : : : "memory");
+}
+// Wait until at most N of this warpgroup's wgmma-groups are still pending.
+template <int N>
+__device__ __forceinline__ void mfa_wgmma_wait_group() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" : : "n"(N) : "memory");
+}
+// Pin an accumulator register in program order (no instruction moves its reads/writes across this).
+__device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" : "+f"(reg) : : "memory"); }
+
+// D(64x128, f32) = A(64x16) * B(16x128) + (scale_d ? D : 0), A and B read from shared memory through
+// descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is N-major
+// (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major.
+template <int IN_DTYPE, int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void mfa_wgmma_m64n128k16_f32(float (&d)[64], unsigned long long desc_a,
+                                                         unsigned long long desc_b, int scale_d) {
+  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
+#define MFA_WGMMA_M64N128K16(TYPE)                                                                 \
+  asm volatile(                                                                                    \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                               \
+      " wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n"                           \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                    \
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"           \
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"           \
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"          \
+      " %64, %65, p, 1, 1, %67, %68;\n}\n"                                                         \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
+        "+f"(d[63])                                                                                \
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                         \
+      : "memory")
+  if (IN_DTYPE == 1) {
+    MFA_WGMMA_M64N128K16("f16");
+  } else {
+    MFA_WGMMA_M64N128K16("bf16");
+  }
+#undef MFA_WGMMA_M64N128K16
+}

@@ -1,0 +1,325 @@
+/*
+ * mfa.h: the stable C ABI of MFA, GPU kernels of modern AI (GEMM first; attention, convolution and
+ * normalization to follow).
+ *
+ * Rules this header keeps (see docs in README.md):
+ *   - every symbol, type and macro starts with mfa_ / MFA_;
+ *   - every function returns an mfa_status; on failure mfa_last_error_message() names the argument
+ *     and the value that failed (thread-local), and nothing the caller owns is freed or overwritten;
+ *   - handles are opaque, created and destroyed in pairs; destroy(NULL) is a no-op;
+ *   - descriptor structs start with mfa_struct_header {type, size, next} and have an *_INIT macro,
+ *     so fields can be appended without breaking callers built against an older header;
+ *   - fixed-width types only, no enums in structs, no bool, no backend (CUDA, Metal) types:
+ *     streams cross as void*;
+ *   - two phases: a pipeline is created once (validation, code generation, compilation), then
+ *     encoded many times (cheap, allocation-free, safe inside stream capture).
+ *
+ * Thread safety: a context may be used from many threads at once; a pipeline is immutable once
+ * created and may be encoded from many threads; a command list belongs to one thread while it records.
+ *
+ * The header parses with cffi's cdef after the C preprocessor (it includes only stdint.h/stddef.h).
+ */
+#ifndef MFA_H
+#define MFA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MFA_BUILDING_LIBRARY) && defined(__GNUC__)
+#define MFA_API __attribute__((visibility("default")))
+#else
+#define MFA_API
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Versions. The ABI is the major version (it names the SONAME, libmfa.so.MAJOR); a minor version
+ * only appends functions, fields and status codes.
+ * ------------------------------------------------------------------------------------------- */
+#define MFA_VERSION_MAJOR 0
+#define MFA_VERSION_MINOR 1
+#define MFA_VERSION_PATCH 0
+#define MFA_VERSION_NUMBER (MFA_VERSION_MAJOR * 10000 + MFA_VERSION_MINOR * 100 + MFA_VERSION_PATCH)
+
+/* The library's MFA_VERSION_NUMBER (it may differ from the header a caller compiled against). */
+MFA_API uint32_t mfa_version(void);
+/* "MAJOR.MINOR.PATCH"; a static string. */
+MFA_API const char *mfa_version_string(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes. Only ever appended, never renumbered.
+ * ------------------------------------------------------------------------------------------- */
+typedef int32_t mfa_status;
+#define MFA_STATUS_SUCCESS 0
+#define MFA_STATUS_INVALID_ARGUMENT 1   /* a null pointer, a bad size, a bad enum value */
+#define MFA_STATUS_SHAPE_MISMATCH 2     /* a tensor's shape disagrees with the descriptor */
+#define MFA_STATUS_UNSUPPORTED 3        /* a valid request this build or device cannot run */
+#define MFA_STATUS_BAD_STRIDE 4         /* negative, overlapping or non-unit innermost strides */
+#define MFA_STATUS_MISALIGNED 5         /* a pointer not aligned to its element size */
+#define MFA_STATUS_VERSION_MISMATCH 6   /* caller built against a newer minor or another major */
+#define MFA_STATUS_DRIVER_NOT_FOUND 7   /* libcuda could not be loaded: no NVIDIA driver */
+#define MFA_STATUS_NVRTC_NOT_FOUND 8    /* libnvrtc could not be loaded */
+#define MFA_STATUS_NO_DEVICE 9          /* the device ordinal does not exist */
+#define MFA_STATUS_COMPILE_FAILED 10    /* NVRTC rejected a generated kernel (message has its log) */
+#define MFA_STATUS_DEVICE_ERROR 11      /* a CUDA driver call failed (message names it) */
+#define MFA_STATUS_OUT_OF_MEMORY 12
+#define MFA_STATUS_INVALID_STATE 13     /* e.g. ending a command list that is not recording */
+#define MFA_STATUS_INTERNAL 14
+
+/* A static name for a status, e.g. "MFA_STATUS_SHAPE_MISMATCH". */
+MFA_API const char *mfa_status_string(mfa_status status);
+/* The message of the last failing call on this thread; "" when none. Valid until the next failing
+ * call on the same thread. */
+MFA_API const char *mfa_last_error_message(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Extensible structs.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mfa_struct_header {
+  uint32_t type; /* MFA_STRUCT_* */
+  uint32_t size; /* sizeof the whole struct as the caller compiled it */
+  const void *next; /* reserved for chained extensions; must be NULL */
+} mfa_struct_header;
+
+#define MFA_STRUCT_CONTEXT_OPTIONS 1
+#define MFA_STRUCT_DEVICE_INFO 2
+#define MFA_STRUCT_GEMM_DESCRIPTOR 3
+#define MFA_STRUCT_PIPELINE_INFO 4
+#define MFA_STRUCT_KERNEL_REPORT 5
+
+#define MFA_HEADER_INIT(TYPE, STRUCT) {(TYPE), (uint32_t)sizeof(STRUCT), NULL}
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensors: laid out exactly as DLPack's DLTensor, so a DLTensor* may be passed as an mfa_tensor*.
+ * ------------------------------------------------------------------------------------------- */
+#define MFA_DEVICE_CPU 1          /* kDLCPU */
+#define MFA_DEVICE_CUDA 2         /* kDLCUDA */
+#define MFA_DEVICE_CUDA_HOST 3    /* kDLCUDAHost */
+#define MFA_DEVICE_CUDA_MANAGED 13 /* kDLCUDAManaged */
+
+#define MFA_DTYPE_CODE_INT 0
+#define MFA_DTYPE_CODE_UINT 1
+#define MFA_DTYPE_CODE_FLOAT 2
+#define MFA_DTYPE_CODE_BFLOAT 4
+
+typedef struct mfa_device {
+  int32_t device_type; /* MFA_DEVICE_* (DLDeviceType) */
+  int32_t device_id;
+} mfa_device;
+
+typedef struct mfa_dtype {
+  uint8_t code;  /* MFA_DTYPE_CODE_* (DLDataTypeCode) */
+  uint8_t bits;
+  uint16_t lanes; /* 1 */
+} mfa_dtype;
+
+typedef struct mfa_tensor {
+  void *data;
+  mfa_device device;
+  int32_t ndim;
+  mfa_dtype dtype;
+  int64_t *shape;
+  int64_t *strides; /* in elements; NULL means compact row-major */
+  uint64_t byte_offset;
+} mfa_tensor;
+
+/* Element types as descriptors name them. */
+#define MFA_DTYPE_NONE 0
+#define MFA_DTYPE_F16 1
+#define MFA_DTYPE_BF16 2
+#define MFA_DTYPE_F32 3
+
+/* ---------------------------------------------------------------------------------------------
+ * Context: one GPU, shared with the process's other CUDA users (it retains the device's primary
+ * context, as the CUDA runtime and PyTorch do, so their pointers and streams work here).
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mfa_context mfa_context;
+
+typedef struct mfa_context_options {
+  mfa_struct_header header;
+  uint32_t abi_version;   /* MFA_VERSION_NUMBER of the caller's header; checked at create */
+  int32_t device_ordinal; /* 0-based */
+} mfa_context_options;
+#define MFA_CONTEXT_OPTIONS_INIT \
+  {MFA_HEADER_INIT(MFA_STRUCT_CONTEXT_OPTIONS, mfa_context_options), MFA_VERSION_NUMBER, 0}
+
+typedef struct mfa_device_info {
+  mfa_struct_header header;
+  char name[256];
+  char arch[16];            /* the NVRTC target the library compiles for, e.g. "sm_90a" */
+  int32_t sm_count;
+  int32_t compute_capability_major;
+  int32_t compute_capability_minor;
+  int32_t driver_version;   /* e.g. 13000 */
+  int64_t total_memory_bytes;
+  int64_t shared_memory_per_block_optin;
+  int64_t l2_cache_bytes;
+} mfa_device_info;
+#define MFA_DEVICE_INFO_INIT {MFA_HEADER_INIT(MFA_STRUCT_DEVICE_INFO, mfa_device_info), {0}, {0}, 0, 0, 0, 0, 0, 0, 0}
+
+/* Loads the driver, retains the device's primary context. Options may be NULL (device 0). */
+MFA_API mfa_status mfa_context_create(const mfa_context_options *options, mfa_context **out_context);
+MFA_API mfa_status mfa_context_destroy(mfa_context *context);
+MFA_API mfa_status mfa_context_get_info(const mfa_context *context, mfa_device_info *out_info);
+/* Waits for all work on the device. */
+MFA_API mfa_status mfa_context_synchronize(mfa_context *context);
+
+/* ---------------------------------------------------------------------------------------------
+ * Buffers: device memory for programs without an allocator of their own.
+ * ------------------------------------------------------------------------------------------- */
+MFA_API mfa_status mfa_buffer_alloc(mfa_context *context, uint64_t bytes, void **out_device_pointer);
+MFA_API mfa_status mfa_buffer_free(mfa_context *context, void *device_pointer);
+/* Synchronous copies; a NULL stream means the legacy default stream. */
+MFA_API mfa_status mfa_copy_to_device(mfa_context *context, void *device_dst, const void *host_src, uint64_t bytes);
+MFA_API mfa_status mfa_copy_to_host(mfa_context *context, void *host_dst, const void *device_src, uint64_t bytes);
+MFA_API mfa_status mfa_buffer_fill_u8(mfa_context *context, void *device_dst, uint8_t value, uint64_t bytes);
+
+/* ---------------------------------------------------------------------------------------------
+ * GEMM: C = act(alpha * op(A) * op(B) + beta * C + bias), batched.
+ *   op(A) is M x K: A is stored [batch,] M x K (trans_a = 0) or [batch,] K x M (trans_a = 1).
+ *   op(B) is K x N: B is stored [batch,] K x N (trans_b = 0) or [batch,] N x K (trans_b = 1).
+ *   C is [batch,] M x N; bias is [N] (added to every row). Tensors have rank 2 or 3, unit stride
+ *   on the last dimension, positive row strides at least the row length; a batch stride of 0
+ *   broadcasts A or B over the batch.
+ *   K = 0 gives act(beta * C + bias); M or N = 0 does nothing.
+ * ------------------------------------------------------------------------------------------- */
+#define MFA_ACTIVATION_NONE 0
+#define MFA_ACTIVATION_RELU 1
+#define MFA_ACTIVATION_GELU_TANH 2
+#define MFA_ACTIVATION_GELU_ERF 3
+#define MFA_ACTIVATION_SILU 4
+
+#define MFA_PRECISION_DEFAULT 0  /* fp16/bf16: tensor cores; fp32: ACCURATE */
+#define MFA_PRECISION_IEEE 1     /* fp32 only: plain fp32 FMA */
+#define MFA_PRECISION_ACCURATE 2 /* fp32 only: 3xTF32 split products on tensor cores */
+
+#define MFA_GEMM_PATH_AUTO 0     /* the fastest path the device and the operands allow */
+#define MFA_GEMM_PATH_PORTABLE 1 /* sm_80+: cp.async + mma.sync (or FFMA for IEEE fp32) */
+#define MFA_GEMM_PATH_HOPPER 2   /* sm_90a: TMA + wgmma; UNSUPPORTED elsewhere */
+
+#define MFA_SCHEDULE_AUTO 0
+#define MFA_SCHEDULE_DATA_PARALLEL 1
+
+typedef struct mfa_gemm_descriptor {
+  mfa_struct_header header;
+  int64_t m, n, k;
+  int64_t batch;         /* >= 1 */
+  int32_t a_dtype;       /* MFA_DTYPE_*; a_dtype == b_dtype */
+  int32_t b_dtype;
+  int32_t c_dtype;       /* output (and beta input) type: F16, BF16 or F32 */
+  int32_t bias_dtype;    /* MFA_DTYPE_NONE for no bias, else c_dtype or F32 */
+  int32_t trans_a;       /* 0 or 1 */
+  int32_t trans_b;
+  float alpha;
+  float beta;
+  int32_t activation;    /* MFA_ACTIVATION_* */
+  int32_t precision;     /* MFA_PRECISION_* */
+  int32_t path;          /* MFA_GEMM_PATH_* */
+  int32_t schedule;      /* MFA_SCHEDULE_* */
+} mfa_gemm_descriptor;
+#define MFA_GEMM_DESCRIPTOR_INIT                                                              \
+  {MFA_HEADER_INIT(MFA_STRUCT_GEMM_DESCRIPTOR, mfa_gemm_descriptor), 0, 0, 0, 1, MFA_DTYPE_F16, \
+   MFA_DTYPE_F16, MFA_DTYPE_F16, MFA_DTYPE_NONE, 0, 0, 1.0f, 0.0f, MFA_ACTIVATION_NONE,          \
+   MFA_PRECISION_DEFAULT, MFA_GEMM_PATH_AUTO, MFA_SCHEDULE_AUTO}
+
+typedef struct mfa_gemm_pipeline mfa_gemm_pipeline;
+
+typedef struct mfa_pipeline_info {
+  mfa_struct_header header;
+  char variant[160];        /* the variant key, readable: "gemm.hopper.f16.f16.nt.128x128x64.s4" */
+  int32_t path;             /* MFA_GEMM_PATH_* that encode uses for aligned operands */
+  int32_t schedule;         /* MFA_SCHEDULE_* chosen */
+  int32_t cache;            /* MFA_CACHE_*: where the compiled code came from */
+  int32_t reserved;
+  uint64_t workspace_bytes; /* what encode needs; 0 means pass NULL */
+  double compile_ms;        /* time spent generating and compiling (0 on a memory-cache hit) */
+} mfa_pipeline_info;
+#define MFA_PIPELINE_INFO_INIT {MFA_HEADER_INIT(MFA_STRUCT_PIPELINE_INFO, mfa_pipeline_info), {0}, 0, 0, 0, 0, 0, 0.0}
+
+#define MFA_CACHE_COMPILED 0 /* compiled by NVRTC in this call */
+#define MFA_CACHE_MEMORY 1   /* found in this process's cache */
+#define MFA_CACHE_DISK 2     /* loaded from the disk cache */
+
+/* Validates the descriptor, generates and compiles the variant (or finds it in a cache). */
+MFA_API mfa_status mfa_gemm_pipeline_create(mfa_context *context, const mfa_gemm_descriptor *descriptor,
+                                            mfa_gemm_pipeline **out_pipeline);
+MFA_API mfa_status mfa_gemm_pipeline_destroy(mfa_gemm_pipeline *pipeline);
+MFA_API mfa_status mfa_gemm_pipeline_get_info(const mfa_gemm_pipeline *pipeline, mfa_pipeline_info *out_info);
+
+/* Enqueues the GEMM on a CUDA stream (CUstream / cudaStream_t as void*; NULL: the legacy default
+ * stream). Tensors must be device-accessible; bias may be NULL only if the descriptor has none;
+ * workspace may be NULL when the pipeline needs none. Safe inside stream capture. */
+MFA_API mfa_status mfa_gemm_encode(const mfa_gemm_pipeline *pipeline, void *stream, const mfa_tensor *a,
+                                   const mfa_tensor *b, const mfa_tensor *c, const mfa_tensor *bias,
+                                   void *workspace, uint64_t workspace_bytes);
+
+/* Checks tensors against a descriptor exactly as encode does, without a device or a pipeline (the
+ * tensors' device ids are not compared with any context). */
+MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, const mfa_tensor *a, const mfa_tensor *b,
+                                     const mfa_tensor *c, const mfa_tensor *bias);
+
+/* ---------------------------------------------------------------------------------------------
+ * Command lists: record encodes once (as a CUDA graph), replay them with one launch.
+ *   begin hands out a recording stream; pass it to *_encode calls; end seals the list.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mfa_command_list mfa_command_list;
+
+MFA_API mfa_status mfa_command_list_create(mfa_context *context, mfa_command_list **out_list);
+MFA_API mfa_status mfa_command_list_destroy(mfa_command_list *list);
+MFA_API mfa_status mfa_command_list_begin(mfa_command_list *list, void **out_recording_stream);
+MFA_API mfa_status mfa_command_list_end(mfa_command_list *list);
+MFA_API mfa_status mfa_command_list_launch(mfa_command_list *list, void *stream);
+/* Number of kernel launches recorded (0 before end). */
+MFA_API mfa_status mfa_command_list_get_count(const mfa_command_list *list, int64_t *out_count);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compilation without a GPU: compile a variant for an architecture (e.g. "sm_90a") and report its
+ * resources, the integrity check `python -m mfa_c check` and the CPU tests run.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct mfa_kernel_report {
+  mfa_struct_header header;
+  char kernel[96];          /* entry point name */
+  char variant[160];
+  int32_t registers;
+  int32_t spill_store_bytes;
+  int32_t spill_load_bytes;
+  int32_t stack_frame_bytes;
+  int64_t static_shared_bytes;
+  int64_t dynamic_shared_bytes; /* what the launch asks for */
+  double compile_ms;
+  int32_t cache;               /* MFA_CACHE_* */
+  int32_t reserved;
+} mfa_kernel_report;
+#define MFA_KERNEL_REPORT_INIT \
+  {MFA_HEADER_INIT(MFA_STRUCT_KERNEL_REPORT, mfa_kernel_report), {0}, {0}, 0, 0, 0, 0, 0, 0, 0.0, 0, 0}
+
+/* Number of GEMM variants the library can generate; variant i is described by
+ * mfa_gemm_variant_descriptor (sizes 0). */
+MFA_API mfa_status mfa_gemm_variant_count(int64_t *out_count);
+MFA_API mfa_status mfa_gemm_variant_descriptor(int64_t index, mfa_gemm_descriptor *out_descriptor);
+
+/* Compiles the kernels a descriptor selects for `arch` ("sm_80", "sm_90a", ...) without a device,
+ * filling up to `capacity` reports (one per kernel entry point). */
+MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor, const char *arch,
+                                           mfa_kernel_report *out_reports, int32_t capacity,
+                                           int32_t *out_count);
+
+/* The version of the NVRTC that compiles kernels (e.g. 13000); loads NVRTC if needed. */
+MFA_API mfa_status mfa_nvrtc_version(int32_t *out_version);
+
+/* Caches of compiled kernels: in memory (per process) and on disk (MFA_CACHE_DIR, else
+ * $XDG_CACHE_HOME/mfa, else ~/.cache/mfa; MFA_CACHE_DIR=off disables it). */
+#define MFA_CACHE_SCOPE_MEMORY 1
+#define MFA_CACHE_SCOPE_DISK 2
+/* Empties the caches named by the scope bits; pipelines already created keep their kernels. */
+MFA_API mfa_status mfa_cache_clear(int32_t scope_bits);
+/* The disk cache's directory, or "" when disabled. */
+MFA_API const char *mfa_cache_directory(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MFA_H */

@@ -1,0 +1,260 @@
+"""Benchmarks against the vendor library (cuBLAS through torch.matmul), in one process, timed alike.
+
+Each side is a CUDA graph: ours an mfa_c.CommandList, cuBLAS a torch.cuda.CUDAGraph, each holding one
+GEMM per copy of the inputs. Where one set of inputs fits in L2, the copies rotate through more than L2
+holds, so no GEMM starts with its operands cached. The graphs launch in turns, timed with CUDA events;
+a row reports the median. Results are written as BENCH_RESULTS.md describes.
+"""
+
+import datetime
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import mfa_c
+
+DEFAULT_GEMM_SIZES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+PEER = "cuBLAS (torch.matmul)"
+
+# TFLOPS, dense, H100 SXM datasheet (H200 has the same compute); fp32 is keyed by precision.
+_GEMM_PEAKS = {
+    "fp16": (989.0, "dense fp16 tensor-core peak, H100 SXM datasheet"),
+    "bf16": (989.0, "dense bf16 tensor-core peak, H100 SXM datasheet"),
+    "ieee": (67.0, "fp32 FFMA (CUDA-core) peak, H100 SXM datasheet"),
+    "accurate": (165.0, "dense tf32 tensor-core peak (495) / 3 for 3xTF32, H100 SXM datasheet"),
+}
+_TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+_COLD_L2_FACTOR = 4  # the rotated copies span this many times L2
+_MAX_COPIES = 256
+_EXACT_ERROR_LIMIT = 4096  # beyond, the error is measured on a sample of rows
+_ERROR_SAMPLE_ROWS = 256
+
+
+class BenchUnavailable(RuntimeError):
+    """A benchmark cannot run here (no PyTorch with CUDA)."""
+
+
+def parse_sizes(text):
+    """"256,512" or "start:stop:step" (stop included) -> list of ints."""
+    if ":" in text:
+        start, stop, step = (int(part) for part in text.split(":"))
+        return list(range(start, stop + 1, step))
+    return [int(part) for part in text.split(",") if part]
+
+
+def device_slug(name):
+    """"NVIDIA H100 80GB HBM3" -> "h100": the first letters-and-digits model token of a device name."""
+    model = re.search(r"\b[a-z]+\d+[a-z]*\b", name.lower().replace("nvidia", ""))
+    return model.group() if model else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def cuda_version_text(number):
+    """13000 -> "13.0" (CUDA's version encoding, 1000 * major + 10 * minor)."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def gemm_peak(dtype, precision):
+    """{"value", "what"} for the unit TFLOPS."""
+    key = dtype if dtype != "fp32" else ("ieee" if precision == "ieee" else "accurate")
+    value, what = _GEMM_PEAKS[key]
+    return {"value": value, "what": what}
+
+
+class ProgressBar:
+    """A progress line on stderr; one line per step where stderr is not a terminal (CI logs)."""
+
+    def __init__(self, total, width=30):
+        self.total, self.width = total, width
+        self.interactive = sys.stderr.isatty()
+
+    def update(self, done, label):
+        if not self.interactive:
+            print(f"[{done}/{self.total}] {label}", file=sys.stderr, flush=True)
+            return
+        filled = self.width * done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        print(f"\r[{bar}] {done}/{self.total} {label}\033[K", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.interactive:
+            print(file=sys.stderr, flush=True)
+
+
+def bench_gemm(dtype="fp16", precision="default", sizes=DEFAULT_GEMM_SIZES, trans="NN", reps=30, command=""):
+    """Square GEMMs, ours against cuBLAS; returns the results document of BENCH_RESULTS.md."""
+    torch = _require_torch_cuda()
+    torch.set_float32_matmul_precision("highest")  # cuBLAS fp32 without TF32, as accurate as ours
+    context = mfa_c.default_context(torch.cuda.current_device())
+    progress = ProgressBar(len(sizes))
+    rows = []
+    try:
+        for done, size in enumerate(sizes):
+            progress.update(done, f"gemm {dtype} {trans} {size}")
+            rows.append(_gemm_row(torch, context, size, dtype, precision, trans, reps))
+            torch.cuda.empty_cache()
+        progress.update(len(sizes), "done")
+    finally:
+        progress.close()
+    return {
+        "op": "gemm", "device": context.name,
+        "versions": {"mfa": mfa_c.__version__, "driver": _driver_release(context),
+                     "nvrtc": cuda_version_text(mfa_c.nvrtc_version()), "torch": torch.__version__},
+        "command": command, "date": datetime.date.today().isoformat(), "unit": "TFLOPS",
+        "peak": gemm_peak(dtype, precision), "rows": rows,
+    }
+
+
+def write_results(document, out_dir):
+    """Writes <out_dir>/<op>-<device slug>.json and, with matplotlib, the .png chart; returns the paths
+    written and a note where the chart was skipped."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{document['op']}-{device_slug(document['device'])}"
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    try:
+        import matplotlib
+    except ImportError:
+        return [json_path], "matplotlib is not installed: no chart"
+    matplotlib.use("Agg")
+    _draw_chart(document, stem.with_suffix(".png"))
+    return [json_path, stem.with_suffix(".png")], None
+
+
+def _require_torch_cuda():
+    try:
+        import torch
+    except ImportError as error:
+        raise BenchUnavailable(f"benchmarks need PyTorch with CUDA ({error})") from error
+    if not torch.cuda.is_available():
+        raise BenchUnavailable(f"benchmarks need PyTorch with CUDA (torch {torch.__version__} sees no GPU)")
+    return torch
+
+
+def _gemm_row(torch, context, size, dtype, precision, trans, reps):
+    m = n = k = size
+    case = _GemmCase(torch, context, m, n, k, dtype, precision, trans)
+    try:
+        graph_ms = _median_ms_alternating(torch, (case.launch_ours, case.launch_peer), reps)
+        ours, peer = (2 * m * n * k * len(case.inputs) / (ms * 1e-3) / 1e12 for ms in graph_ms)
+        error = case.relative_error()
+    finally:
+        case.close()
+    params = {"dtype": dtype, "m": m, "n": n, "k": k, "batch": 1, "trans": trans, "activation": "none",
+              "schedule": case.pipeline.info["schedule"]}
+    if dtype == "fp32":
+        params["precision"] = "ieee" if precision == "ieee" else "accurate"
+    return {"case": f"{dtype} {trans} {m}x{n}x{k}", "params": params, "ours": round(ours, 1), "peer": PEER,
+            "peer_value": round(peer, 1), "ratio": round(ours / peer, 3), "variant": case.pipeline.info["variant"],
+            "error": float(f"{error:.3g}")}
+
+
+class _GemmCase:
+    """Inputs (copies enough to leave L2 cold), our command list and cuBLAS's CUDA graph over them."""
+
+    def __init__(self, torch, context, m, n, k, dtype, precision, trans):
+        self.torch, self.trans = torch, trans
+        torch_dtype = getattr(torch, _TORCH_DTYPES[dtype])
+        a_shape = (k, m) if trans[0] == "T" else (m, k)
+        b_shape = (n, k) if trans[1] == "T" else (k, n)
+        set_bytes = (m * k + k * n + m * n) * torch.finfo(torch_dtype).bits // 8
+        copies = min(_MAX_COPIES, max(1, math.ceil(_COLD_L2_FACTOR * context.l2_cache_bytes / set_bytes)))
+        self.inputs = [(torch.randn(a_shape, dtype=torch_dtype, device="cuda"),
+                        torch.randn(b_shape, dtype=torch_dtype, device="cuda"),
+                        torch.empty((m, n), dtype=torch_dtype, device="cuda")) for _ in range(copies)]
+        self.pipeline = mfa_c.GemmPipeline(m, n, k, dtype=torch_dtype, trans_a=trans[0] == "T",
+                                           trans_b=trans[1] == "T", precision=precision, context=context)
+        self.ours = mfa_c.CommandList(context)
+        with self.ours.record() as stream:
+            for a, b, c in self.inputs:
+                self.pipeline.encode(a, b, c, stream=stream)
+        self.peer = self._capture_peer()
+
+    def _op(self, a, b):
+        return (a.T if self.trans[0] == "T" else a), (b.T if self.trans[1] == "T" else b)
+
+    def _capture_peer(self):
+        torch = self.torch
+        for a, b, c in self.inputs:  # cuBLAS picks its kernels and workspace before the capture
+            torch.matmul(*self._op(a, b), out=c)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for a, b, c in self.inputs:
+                torch.matmul(*self._op(a, b), out=c)
+        return graph
+
+    def launch_ours(self):
+        self.ours.launch(self.torch.cuda.current_stream())
+
+    def launch_peer(self):
+        self.peer.replay()
+
+    def close(self):
+        self.ours.close()
+        self.pipeline.close()
+        self.peer.reset()
+        self.inputs.clear()
+
+    def relative_error(self):
+        """Ours against float64 on the GPU, on the first inputs; on a sample of rows for large M."""
+        torch = self.torch
+        self.launch_ours()  # the outputs hold cuBLAS's results after the timing
+        a, b, c = self.inputs[0]
+        op_a, op_b = self._op(a, b)
+        rows = torch.arange(op_a.shape[0], device="cuda")
+        if op_a.shape[0] > _EXACT_ERROR_LIMIT:
+            rows = torch.randperm(op_a.shape[0], device="cuda")[:_ERROR_SAMPLE_ROWS]
+        reference = op_a[rows].double() @ op_b.double()
+        return (torch.linalg.norm(c[rows].double() - reference) / torch.linalg.norm(reference)).item()
+
+
+def _median_ms_alternating(torch, launches, reps, warmup=3):
+    """Median CUDA-event milliseconds of each launch function, the functions taking turns."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(warmup):
+        for launch in launches:
+            launch()
+    samples = [[] for _ in launches]
+    for _ in range(reps):
+        for launch, times in zip(launches, samples):
+            start.record()
+            launch()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return [statistics.median(times) for times in samples]
+
+
+def _driver_release(context):
+    """The NVIDIA driver's release ("580.95.05"), else the CUDA version the driver supports."""
+    try:
+        version_file = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        version_file = ""
+    release = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", version_file)
+    return release.group(1) if release else f"CUDA {cuda_version_text(context.driver_version)}"
+
+
+def _draw_chart(document, path):
+    import matplotlib.pyplot as plt
+
+    rows = document["rows"]
+    sizes = [row["params"]["m"] for row in rows]
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    axes.plot(sizes, [row["ours"] for row in rows], marker="o", label="MFA")
+    axes.plot(sizes, [row["peer_value"] for row in rows], marker="s", label=rows[0]["peer"] if rows else PEER)
+    axes.axhline(document["peak"]["value"], color="gray", linestyle="--", label="peak")
+    axes.set_xlabel("M = N = K")
+    axes.set_ylabel(document["unit"])
+    case = " ".join(rows[0]["case"].split()[:2]) if rows else ""
+    axes.set_title(f"{document['op'].upper()} {case} on {document['device']}")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

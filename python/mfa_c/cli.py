@@ -1,0 +1,210 @@
+"""python -m mfa_c {info, check, bench gemm}."""
+
+import argparse
+import os
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import mfa_c
+
+from . import bench
+from ._ffi import LIBRARY_PATH, MFAError
+from .gemm import TOLERANCES, gemm_reference, relative_error
+
+# Sizes (m, n, k) for the numeric check: odd ones that cut through every tile, one aligned to 16 bytes.
+_CHECK_SIZES = ((1, 1, 1), (127, 129, 67), (200, 136, 72), (257, 384, 520))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args, argv)
+    except MFAError as error:
+        print(f"mfa_c: {error}", file=sys.stderr)
+        return 1
+    except bench.BenchUnavailable as error:
+        print(f"mfa_c: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m mfa_c", description="MFA: GPU kernels of modern AI.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="versions, kernel cache, device")
+    info.set_defaults(run=_info)
+
+    check = commands.add_parser("check", help="compile every GEMM variant; run each against float64 on a GPU")
+    check.add_argument("--arch", default="sm_90a", help="NVRTC target of the compile check (default sm_90a)")
+    check.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="variants compiled at once")
+    check.set_defaults(run=_check)
+
+    bench_parser = commands.add_parser("bench", help="benchmarks against the vendor library")
+    ops = bench_parser.add_subparsers(required=True, metavar="OP")
+    gemm = ops.add_parser("gemm", help="square GEMMs against cuBLAS (needs PyTorch with CUDA)")
+    gemm.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    gemm.add_argument("--precision", choices=("default", "ieee", "accurate"), default="default",
+                      help="fp32 only: ieee (FFMA) or accurate (3xTF32, the default)")
+    gemm.add_argument("--sizes", type=bench.parse_sizes, default=list(bench.DEFAULT_GEMM_SIZES),
+                      help="256,512,... or start:stop:step (stop included)")
+    gemm.add_argument("--trans", choices=("NN", "NT", "TN", "TT"), default="NN")
+    gemm.add_argument("--reps", type=int, default=30, help="timed runs per side and size (median)")
+    gemm.add_argument("--out", default="bench/results", help="directory of the JSON and PNG results")
+    gemm.set_defaults(run=_bench_gemm)
+    return parser
+
+
+def _info(args, argv):
+    print(f"mfa_c {mfa_c.__version__} (library {LIBRARY_PATH}, ABI {mfa_c.version()})")
+    try:
+        print(f"nvrtc: {bench.cuda_version_text(mfa_c.nvrtc_version())}")
+    except MFAError as error:
+        print(f"nvrtc: not found: {error}")
+    print(f"kernel cache: {mfa_c.cache_directory() or 'disabled'}")
+    try:
+        context = mfa_c.default_context()
+    except MFAError as error:
+        print(f"no GPU: {error}")
+        return 0
+    print(f"device {context.device}: {context.name}, {context.arch}, {context.sm_count} SMs, "
+          f"{context.total_memory / 2**30:.1f} GiB, L2 {context.l2_cache_bytes / 2**20:.0f} MiB, "
+          f"driver CUDA {bench.cuda_version_text(context.driver_version)}")
+    return 0
+
+
+def _check(args, argv):
+    variants = mfa_c.gemm_variants()
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        compiled = list(pool.map(lambda variant: _compile(variant, args.arch), variants))
+    compile_failures = _print_compile_table(variants, compiled)
+    run_failures = 0
+    if mfa_c.gpu_available():
+        run_failures = _print_numeric_check(variants)
+    else:
+        print("\nno GPU: numeric check skipped")
+    failures = compile_failures + run_failures
+    print(f"\n{len(variants)} variants: {'all pass' if not failures else f'{failures} failure(s)'}")
+    return 1 if failures else 0
+
+
+def _compile(variant, arch):
+    """compile_report's dicts, or the MFAError."""
+    try:
+        return mfa_c.compile_report(arch=arch, **variant)
+    except MFAError as error:
+        return error
+
+
+def _print_compile_table(variants, compiled):
+    """Prints one row per kernel, then the compile errors in full; returns the number of failures
+    (variants that failed to compile, kernels that spill)."""
+    rows, errors, failures = [], [], 0
+    for variant, reports in zip(variants, compiled):
+        if isinstance(reports, MFAError):
+            rows.append((_variant_label(variant), "-", "-", "-", "-", "-", f"FAIL {reports.status_name}"))
+            errors.append(f"{_variant_label(variant)}: {reports}")
+            failures += 1
+            continue
+        for report in reports:
+            spills = report["spill_store_bytes"] + report["spill_load_bytes"]
+            failures += spills > 0
+            rows.append((report["variant"], report["kernel"], report["registers"],
+                         report["static_shared_bytes"] + report["dynamic_shared_bytes"],
+                         f"{spills}" + (" FAIL" if spills else ""), f"{report['compile_ms']:.0f}", report["cache"]))
+    _print_table(("variant", "kernel", "registers", "smem", "spills", "ms", "cache"), rows)
+    for error in errors:
+        print(f"\n{error}")
+    return failures
+
+
+def _print_numeric_check(variants):
+    """Runs every variant at _CHECK_SIZES against gemm_reference; returns the number of failures."""
+    print()
+    rows, failures = [], 0
+    for variant in variants:
+        for m, n, k in _CHECK_SIZES:
+            verdict, error = _numeric_verdict(variant, m, n, k)
+            failures += verdict == "FAIL"
+            rows.append((_variant_label(variant), f"{m}x{n}x{k}", error, verdict))
+    _print_table(("variant", "m x n x k", "relative error", "result"), rows)
+    return failures
+
+
+def _numeric_verdict(variant, m, n, k):
+    """("PASS" | "FAIL" | "SKIP", the error or the reason)."""
+    tolerance = TOLERANCES[variant["out_dtype"]]
+    try:
+        relative = _variant_error(variant, m, n, k)
+    except MFAError as error:
+        if error.status == mfa_c.lib.MFA_STATUS_UNSUPPORTED:
+            return "SKIP", error.message
+        return "FAIL", str(error)
+    except ImportError as error:
+        return "SKIP", f"bfloat16 needs PyTorch ({error})"
+    # `not <=`: a NaN error fails.
+    return ("FAIL" if not relative <= tolerance else "PASS"), f"{relative:.2e} (tolerance {tolerance:.0e})"
+
+
+def _variant_error(variant, m, n, k):
+    """Relative error of one variant's GEMM on random inputs against gemm_reference."""
+    rng = np.random.default_rng(m * 1_000_003 + n * 1009 + k)
+    shapes = {"a": (k, m) if variant["trans_a"] else (m, k), "b": (n, k) if variant["trans_b"] else (k, n),
+              "c": (m, n) if variant["beta"] != 0 else None, "bias": (n,) if variant["bias_dtype"] else None}
+    dtypes = {"a": variant["dtype"], "b": variant["dtype"], "c": variant["out_dtype"], "bias": variant["bias_dtype"]}
+    to_operand = _torch_operand if "bfloat16" in dtypes.values() else _numpy_operand
+    operands = {name: None if shape is None else to_operand(rng.standard_normal(shape), dtypes[name])
+                for name, shape in shapes.items()}
+    keywords = {key: variant[key] for key in ("trans_a", "trans_b", "alpha", "beta", "activation")}
+    reference = gemm_reference(**operands, **keywords)  # before gemm: c is written in place
+    result = mfa_c.gemm(**operands, **keywords, precision=variant["precision"], out_dtype=variant["out_dtype"],
+                        path=variant["path"], schedule=variant["schedule"])
+    return relative_error(result, reference)
+
+
+def _numpy_operand(values, dtype):
+    return values.astype(dtype)
+
+
+def _torch_operand(values, dtype):
+    import torch
+    return torch.from_numpy(values).to("cuda", getattr(torch, dtype))
+
+
+def _variant_label(variant):
+    label = (f"{variant['dtype']}->{variant['out_dtype']} "
+             f"{'T' if variant['trans_a'] else 'N'}{'T' if variant['trans_b'] else 'N'} "
+             f"{variant['path']} {variant['precision']}")
+    if variant["activation"] != "none":
+        label += f" {variant['activation']}"
+    if variant["bias_dtype"]:
+        label += f" bias {variant['bias_dtype']}"
+    return label
+
+
+def _bench_gemm(args, argv):
+    command = "python -m mfa_c " + shlex.join(argv)
+    document = bench.bench_gemm(dtype=args.dtype, precision=args.precision, sizes=args.sizes, trans=args.trans,
+                                reps=args.reps, command=command)
+    peak = document["peak"]["value"]
+    _print_table(("case", "ours", "% peak", "cuBLAS", "ratio", "error", "variant"), [
+        (row["case"], row["ours"], f"{100 * row['ours'] / peak:.0f}%", row["peer_value"], row["ratio"],
+         f"{row['error']:.1e}", row["variant"]) for row in document["rows"]])
+    paths, note = bench.write_results(document, args.out)
+    for path in paths:
+        print(f"wrote {path}")
+    if note:
+        print(note)
+    return 0
+
+
+def _print_table(headers, rows):
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
