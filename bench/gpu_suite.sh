@@ -29,8 +29,8 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   step "bench"
   mkdir -p "$OUT/results"
-  for dtype in fp16 bf16 fp32; do
-    python3 -m mfa_c bench gemm --dtype "$dtype" --out "$OUT/results" 2>&1 | tee -a "$OUT/bench.log" | tail -16
+  for dtypes in fp16,bf16 fp32; do
+    python3 -m mfa_c bench gemm --dtype "$dtypes" --out "$OUT/results" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^\["
   done
 fi
 step done

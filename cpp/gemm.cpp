@@ -317,6 +317,10 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
   return all;
 }
 
+const char *origin_name(int32_t origin) {
+  return origin == MFA_CACHE_DISK ? "from disk" : origin == MFA_CACHE_MEMORY ? "from memory" : "compiled";
+}
+
 void fill_report(mfa_kernel_report &report, const GemmVariant &variant, const char *entry, const CacheLookup &lookup) {
   const mfa_struct_header header = report.header;
   report = MFA_KERNEL_REPORT_INIT;
@@ -325,7 +329,7 @@ void fill_report(mfa_kernel_report &report, const GemmVariant &variant, const ch
   std::strncpy(report.variant, variant.key().c_str(), sizeof report.variant - 1);
   const KernelResources resources = parse_resources(lookup.kernel->log, entry);
   require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ",
-          variant.key());
+          variant.key(), " (", origin_name(lookup.origin), "):\n", lookup.kernel->log);
   report.registers = resources.registers;
   report.spill_store_bytes = resources.spill_store_bytes;
   report.spill_load_bytes = resources.spill_load_bytes;

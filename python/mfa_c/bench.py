@@ -83,27 +83,31 @@ class ProgressBar:
             print(file=sys.stderr, flush=True)
 
 
-def bench_gemm(dtype="fp16", precision="default", sizes=DEFAULT_GEMM_SIZES, trans="NN", reps=30, command=""):
-    """Square GEMMs, ours against cuBLAS; returns the results document of BENCH_RESULTS.md."""
+def bench_gemm(dtypes=("fp16",), precision="default", sizes=DEFAULT_GEMM_SIZES, trans="NN", reps=30, command=""):
+    """Square GEMMs, ours against cuBLAS, for each dtype; returns the results document of BENCH_RESULTS.md.
+    16-bit dtypes share one file ("gemm", one peak); fp32 has its own ("gemm_fp32")."""
+    if len({dtype == "fp32" for dtype in dtypes}) > 1:
+        raise ValueError("fp32 has another peak than fp16/bf16: benchmark it in a run of its own")
     torch = _require_torch_cuda()
     torch.set_float32_matmul_precision("highest")  # cuBLAS fp32 without TF32, as accurate as ours
     context = mfa_c.default_context(torch.cuda.current_device())
-    progress = ProgressBar(len(sizes))
+    cases = [(dtype, size) for dtype in dtypes for size in sizes]
+    progress = ProgressBar(len(cases))
     rows = []
     try:
-        for done, size in enumerate(sizes):
+        for done, (dtype, size) in enumerate(cases):
             progress.update(done, f"gemm {dtype} {trans} {size}")
             rows.append(_gemm_row(torch, context, size, dtype, precision, trans, reps))
             torch.cuda.empty_cache()
-        progress.update(len(sizes), "done")
+        progress.update(len(cases), "done")
     finally:
         progress.close()
     return {
-        "op": "gemm", "device": context.name,
+        "op": "gemm_fp32" if dtypes[0] == "fp32" else "gemm", "device": context.name,
         "versions": {"mfa": mfa_c.__version__, "driver": _driver_release(context),
                      "nvrtc": cuda_version_text(mfa_c.nvrtc_version()), "torch": torch.__version__},
         "command": command, "date": datetime.date.today().isoformat(), "unit": "TFLOPS",
-        "peak": gemm_peak(dtype, precision), "rows": rows,
+        "peak": gemm_peak(dtypes[0], precision), "rows": rows,
     }
 
 
@@ -148,7 +152,7 @@ def _gemm_row(torch, context, size, dtype, precision, trans, reps):
     if dtype == "fp32":
         params["precision"] = "ieee" if precision == "ieee" else "accurate"
     return {"case": f"{dtype} {trans} {m}x{n}x{k}", "params": params, "ours": round(ours, 1), "peer": PEER,
-            "peer_value": round(peer, 1), "ratio": round(ours / peer, 3), "variant": case.pipeline.info["variant"],
+            "peer_value": round(peer, 2), "ratio": round(ours / peer, 3), "variant": case.pipeline.info["variant"],
             "error": float(f"{error:.3g}")}
 
 
@@ -243,15 +247,17 @@ def _draw_chart(document, path):
     import matplotlib.pyplot as plt
 
     rows = document["rows"]
-    sizes = [row["params"]["m"] for row in rows]
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    axes.plot(sizes, [row["ours"] for row in rows], marker="o", label="MFA")
-    axes.plot(sizes, [row["peer_value"] for row in rows], marker="s", label=rows[0]["peer"] if rows else PEER)
+    for dtype in dict.fromkeys(row["params"]["dtype"] for row in rows):
+        own = [row for row in rows if row["params"]["dtype"] == dtype]
+        sizes = [row["params"]["m"] for row in own]
+        axes.plot(sizes, [row["ours"] for row in own], marker="o", label=f"MFA {dtype}")
+        axes.plot(sizes, [row["peer_value"] for row in own], marker="s", linestyle=":", label=f"{own[0]['peer']} {dtype}")
     axes.axhline(document["peak"]["value"], color="gray", linestyle="--", label="peak")
     axes.set_xlabel("M = N = K")
     axes.set_ylabel(document["unit"])
-    case = " ".join(rows[0]["case"].split()[:2]) if rows else ""
-    axes.set_title(f"{document['op'].upper()} {case} on {document['device']}")
+    trans = rows[0]["params"]["trans"] if rows else ""
+    axes.set_title(f"GEMM {trans}, square sizes, on {document['device']}")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()

@@ -46,7 +46,8 @@ def _parser():
     bench_parser = commands.add_parser("bench", help="benchmarks against the vendor library")
     ops = bench_parser.add_subparsers(required=True, metavar="OP")
     gemm = ops.add_parser("gemm", help="square GEMMs against cuBLAS (needs PyTorch with CUDA)")
-    gemm.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    gemm.add_argument("--dtype", type=_dtype_list, default=["fp16"],
+                      help="comma-separated: fp16, bf16 (one file) or fp32 (a file of its own)")
     gemm.add_argument("--precision", choices=("default", "ieee", "accurate"), default="default",
                       help="fp32 only: ieee (FFMA) or accurate (3xTF32, the default)")
     gemm.add_argument("--sizes", type=bench.parse_sizes, default=list(bench.DEFAULT_GEMM_SIZES),
@@ -187,7 +188,7 @@ def _variant_label(variant):
 
 def _bench_gemm(args, argv):
     command = "python -m mfa_c " + shlex.join(argv)
-    document = bench.bench_gemm(dtype=args.dtype, precision=args.precision, sizes=args.sizes, trans=args.trans,
+    document = bench.bench_gemm(dtypes=args.dtype, precision=args.precision, sizes=args.sizes, trans=args.trans,
                                 reps=args.reps, command=command)
     peak = document["peak"]["value"]
     _print_table(("case", "ours", "% peak", "cuBLAS", "ratio", "error", "variant"), [
@@ -199,6 +200,14 @@ def _bench_gemm(args, argv):
     if note:
         print(note)
     return 0
+
+
+def _dtype_list(text):
+    dtypes = text.split(",")
+    unknown = [dtype for dtype in dtypes if dtype not in ("fp16", "bf16", "fp32")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown dtype(s) {unknown}: choose from fp16, bf16, fp32")
+    return dtypes
 
 
 def _print_table(headers, rows):
