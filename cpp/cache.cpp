@@ -24,7 +24,11 @@ namespace mfa {
 namespace {
 
 std::vector<std::string> compile_options(const std::string &arch) {
-  return {"--gpu-architecture=" + arch, "-std=c++17", "--ptxas-options=-v", "-DNDEBUG"};
+  std::vector<std::string> options{"--gpu-architecture=" + arch, "-std=c++17", "--ptxas-options=-v", "-DNDEBUG"};
+  // NVRTC 12.9+ keeps a cache of its own, and a hit there prints no ptxas report: our cache is the one
+  // that counts, and every compilation it asks for must report its resources.
+  if (nvrtc_version() >= 12090) options.emplace_back("--no-cache");
+  return options;
 }
 
 std::vector<NamedSource> kernel_headers() {

@@ -151,7 +151,7 @@ def _gemm_row(torch, context, size, dtype, precision, trans, reps):
               "schedule": case.pipeline.info["schedule"]}
     if dtype == "fp32":
         params["precision"] = "ieee" if precision == "ieee" else "accurate"
-    return {"case": f"{dtype} {trans} {m}x{n}x{k}", "params": params, "ours": round(ours, 1), "peer": PEER,
+    return {"case": f"{dtype} {trans} {m}x{n}x{k}", "params": params, "ours": round(ours, 2), "peer": PEER,
             "peer_value": round(peer, 2), "ratio": round(ours / peer, 3), "variant": case.pipeline.info["variant"],
             "error": float(f"{error:.3g}")}
 
