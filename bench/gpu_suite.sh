@@ -21,10 +21,24 @@ python3 -m mfa_c info 2>&1 | tee "$OUT/info.log"
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "tests"
   python3 -m pytest tests -q -rs --durations=15 2>&1 | tee "$OUT/tests.log" | tail -60
+  for tile in 256 128; do
+    step "Hopper tests with the 128x${tile} tile forced"
+    MFA_SM90_TILE_N=$tile python3 -m pytest tests/test_gemm.py -q -rs -x -k "hopper or auto" 2>&1 | tee "$OUT/tests_tile$tile.log" | tail -4
+  done
   step "C example"
   cmake -S . -B /tmp/mfa-build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build /tmp/mfa-build >/dev/null &&
     /tmp/mfa-build/example_gemm 2>&1 | tee "$OUT/example.log"
   /tmp/mfa-build/example_gemm 1000 1023 127 2>&1 | tee -a "$OUT/example.log"
+fi
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  step "compile time against the disk cache (a fresh cache, then a second process)"
+  fresh=$(mktemp -d)
+  for run in first second; do
+    MFA_CACHE_DIR=$fresh python3 -c "
+import mfa_c
+p = mfa_c.GemmPipeline(4096, 4096, 4096, dtype='float16')
+print('$run process:', p.info['variant'], p.info['cache'], f\"{p.info['compile_ms']:.1f} ms\")" 2>&1 | tee -a "$OUT/cache.log"
+  done
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   step "bench"

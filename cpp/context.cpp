@@ -104,11 +104,7 @@ MFA_API mfa_status mfa_context_destroy(mfa_context *context) {
 MFA_API mfa_status mfa_context_get_info(const mfa_context *context, mfa_device_info *out_info) {
   return mfa::abi_call([&] {
     mfa::require_arg(context, "context");
-    mfa::require_arg(out_info, "out_info");
-    mfa::require_header(out_info->header, MFA_STRUCT_DEVICE_INFO, sizeof(mfa_device_info), "out_info");
-    const mfa_struct_header caller_header = out_info->header;
-    std::memcpy(out_info, &context->impl->info(), std::min<size_t>(caller_header.size, sizeof(mfa_device_info)));
-    out_info->header = caller_header;
+    mfa::copy_out(out_info, context->impl->info(), MFA_STRUCT_DEVICE_INFO, "out_info");
   });
 }
 

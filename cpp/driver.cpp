@@ -1,11 +1,9 @@
 #include "driver.hpp"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
-#include <mutex>
 #include <string>
 
+#include "dynamic_library.hpp"
 #include "errors.hpp"
 
 namespace mfa {
@@ -28,9 +26,7 @@ std::string describe(const DriverApi &api, CUresult result, const char *call) {
 
 template <class Function>
 void bind(void *library, const char *symbol, Function &function) {
-  function = reinterpret_cast<Function>(dlsym(library, symbol));
-  require(function != nullptr, MFA_STATUS_DRIVER_NOT_FOUND, "the NVIDIA driver (libcuda.so.1) lacks ", symbol,
-          ": it is too old for MFA (CUDA 12 or newer is needed)");
+  mfa::bind(library, symbol, function, MFA_STATUS_DRIVER_NOT_FOUND, "the NVIDIA driver (libcuda.so.1; CUDA 12+ needed)");
 }
 
 DriverApi load_driver() {
@@ -81,18 +77,7 @@ DriverApi load_driver() {
 
 }  // namespace
 
-const DriverApi &driver() {
-  // A failed load is retried on the next call (and reports its reason each time).
-  static std::mutex mutex;
-  static DriverApi api{};
-  static bool loaded = false;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!loaded) {
-    api = load_driver();
-    loaded = true;
-  }
-  return api;
-}
+const DriverApi &driver() { return load_once(load_driver); }
 
 void check_cuda(CUresult result, const char *call) {
   if (result == CUDA_SUCCESS) return;

@@ -2,6 +2,8 @@
 // thread-local message). Every exported function body runs inside abi_call().
 #pragma once
 
+#include <algorithm>
+#include <cstring>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -62,5 +64,16 @@ inline void require_arg(const void *pointer, const char *name) {
 
 // Checks a descriptor's header: its type tag and a size the library understands.
 void require_header(const mfa_struct_header &header, uint32_t type, size_t library_size, const char *name);
+
+// Copies a library-owned struct into the caller's, up to the size the caller declared, keeping the
+// caller's header (so callers built against an older, smaller struct are served too).
+template <class Struct>
+void copy_out(Struct *out, const Struct &value, uint32_t type, const char *name) {
+  require_arg(out, name);
+  require_header(out->header, type, sizeof(Struct), name);
+  const mfa_struct_header header = out->header;
+  std::memcpy(static_cast<void *>(out), &value, std::min<size_t>(header.size, sizeof(Struct)));
+  out->header = header;
+}
 
 }  // namespace mfa

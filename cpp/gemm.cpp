@@ -33,13 +33,16 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
+  int32_t tile_n = 0;  // hopper: the tile's width, MFA_SM90_BN (128 or 256); the tile is MFA_SM90_BM rows
 
   int in_bytes() const { return element_bytes(in_dtype); }
 
   std::string key() const {
     static const char *math_names[] = {"f16mma", "bf16mma", "tf32x3", "ffma"};
+    const std::string tile = path == MFA_GEMM_PATH_HOPPER ? concat(".", MFA_SM90_BM, "x", tile_n) : "";
     return concat("gemm.", path == MFA_GEMM_PATH_HOPPER ? "sm90" : "sm80", ".", math_names[math], ".",
-                  dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n');
+                  dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n',
+                  tile);
   }
 
   std::string source() const {
@@ -49,6 +52,7 @@ struct GemmVariant {
                   "#define MFA_MATH ", math, "\n",
                   "#define MFA_TRANS_A ", trans_a, "\n",
                   "#define MFA_TRANS_B ", trans_b, "\n",
+                  path == MFA_GEMM_PATH_HOPPER ? concat("#define MFA_SM90_BN ", tile_n, "\n") : "",
                   "#include \"gemm.cuh\"\n",
                   "#include \"", path == MFA_GEMM_PATH_HOPPER ? "gemm_sm90.cu" : "gemm_sm80.cu", "\"\n");
   }
@@ -59,7 +63,7 @@ struct GemmVariant {
   }
 
   int dynamic_shared_bytes() const {
-    return path == MFA_GEMM_PATH_HOPPER ? mfa_sm90_smem_bytes() : mfa_sm80_smem_bytes(trans_a, trans_b, in_bytes());
+    return path == MFA_GEMM_PATH_HOPPER ? mfa_sm90_smem_bytes(tile_n) : mfa_sm80_smem_bytes(trans_a, trans_b, in_bytes());
   }
 };
 
@@ -121,15 +125,42 @@ GemmVariant variant_for(const mfa_gemm_descriptor &d, int32_t path) {
 
 bool hopper_capable(const std::string &arch) { return arch == "sm_90a"; }
 
+unsigned blocks(int64_t extent, int tile) { return static_cast<unsigned>((extent + tile - 1) / tile); }
+
+// compile_report has no device to ask; it sizes the hopper tile for an H100 SXM.
+constexpr int kReportSmCount = 132;
+
+// The hopper tile's width for a problem on a device of `sm_count` SMs: 128 x 256 tiles (twice the
+// work per stage of shared memory) once there are enough of them to give every SM of the persistent
+// grid one, 128 x 128 otherwise, where more and smaller tiles keep more SMs busy. A descriptor with an
+// empty output launches nothing; it names the large tile, so that `check` and the compile tests build
+// the kernel that large problems run. MFA_SM90_TILE_N=128 or 256 forces the choice (for testing a tile
+// on problems of any size).
+int32_t hopper_tile_n(const mfa_gemm_descriptor &d, int sm_count) {
+  if (const char *forced = std::getenv("MFA_SM90_TILE_N")) {
+    const std::string value(forced);
+    require(value == "128" || value == "256", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"", value,
+            "\" (must be 128 or 256)");
+    return std::stoi(value);
+  }
+  if (d.m == 0 || d.n == 0) return 256;
+  const int64_t wide_tiles = int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, 256) * d.batch;
+  return wide_tiles >= sm_count ? 256 : 128;
+}
+
 // The variants a descriptor needs on `arch`: the portable one always (it serves misaligned operands),
 // the Hopper one where it applies.
-std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch) {
+std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch, int sm_count) {
   const bool hopper_requested = d.path == MFA_GEMM_PATH_HOPPER;
   require(!hopper_requested || hopper_capable(arch), MFA_STATUS_UNSUPPORTED,
           "descriptor->path is HOPPER but the device compiles for ", arch, " (sm_90a needed)");
   std::vector<GemmVariant> variants{variant_for(d, MFA_GEMM_PATH_PORTABLE)};
   const bool hopper_wanted = d.path != MFA_GEMM_PATH_PORTABLE && d.a_dtype != MFA_DTYPE_F32 && hopper_capable(arch);
-  if (hopper_wanted) variants.insert(variants.begin(), variant_for(d, MFA_GEMM_PATH_HOPPER));
+  if (hopper_wanted) {
+    GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
+    hopper.tile_n = hopper_tile_n(d, sm_count);
+    variants.insert(variants.begin(), hopper);
+  }
   return variants;
 }
 
@@ -148,16 +179,18 @@ bool vector_loadable(const MatrixOperand &op, int in_bytes) {
 }
 
 // TMA: a 16-byte aligned base and strides that are multiples of 16 bytes (the same test as above).
+// The box is 64 elements (MFA_SM90_BOX, 128 bytes) of the contiguous dimension by `box_rows` rows:
+// a K-major operand loads the tile's whole extent (A: 128 rows, B: the tile's width) in one box, an
+// MN-major one 64-row boxes side by side (gemm_sm90.cu, mfa_sm90_operand).
 CUtensorMap encode_tensor_map(const MatrixOperand &op, int32_t dtype, int64_t rows, int64_t cols, int64_t batch,
-                              bool boxed_by_rows) {
+                              unsigned box_rows) {
   const unsigned long long row_bytes = op.row_stride * 2;
   const bool broadcast = op.batch_stride == 0;
   const unsigned long long dims[3] = {static_cast<unsigned long long>(cols), static_cast<unsigned long long>(rows),
                                       static_cast<unsigned long long>(broadcast ? 1 : batch)};
   const unsigned long long strides[2] = {row_bytes,
                                          broadcast ? row_bytes * std::max<int64_t>(rows, 1) : op.batch_stride * 2};
-  // K-major operands load 128 rows of 64 elements; MN-major ones two boxes of 64 x 64 (gemm_sm90.cu).
-  const unsigned box[3] = {MFA_SM90_BOX, boxed_by_rows ? 128u : 64u, 1};
+  const unsigned box[3] = {MFA_SM90_BOX, box_rows, 1};
   const unsigned element_strides[3] = {1, 1, 1};
   CUtensorMap map;
   check_cuda(driver().cuTensorMapEncodeTiled(
@@ -167,8 +200,6 @@ CUtensorMap encode_tensor_map(const MatrixOperand &op, int32_t dtype, int64_t ro
              "cuTensorMapEncodeTiled");
   return map;
 }
-
-unsigned blocks(int64_t extent, int tile) { return static_cast<unsigned>((extent + tile - 1) / tile); }
 
 }  // namespace
 
@@ -181,6 +212,7 @@ struct mfa_gemm_pipeline {
   mfa_gemm_descriptor descriptor;
   mfa_pipeline_info info;
   bool has_hopper = false;
+  int32_t hopper_tile_n = 0;  // the hopper kernel's MFA_SM90_BN
   mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
 };
 
@@ -199,6 +231,7 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
   }
   if (variant.path == MFA_GEMM_PATH_HOPPER) {
     pipeline.has_hopper = true;
+    pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper = functions[0];
   } else {
     pipeline.portable_vec = functions[0];
@@ -272,15 +305,21 @@ void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands 
   const GemmVariant variant = variant_for(d, MFA_GEMM_PATH_PORTABLE);
   const bool vectorizable = vector_loadable(ops.a, variant.in_bytes()) && vector_loadable(ops.b, variant.in_bytes());
   const unsigned batch = static_cast<unsigned>(d.batch);
-  if (pipeline.has_hopper && vectorizable && d.k > 0) {
-    // K-major operands (A untransposed, B transposed) are boxed by rows; MN-major ones by 64-wide columns.
-    CUtensorMap map_a = d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, false)
-                                  : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, true);
-    CUtensorMap map_b = d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, true)
-                                  : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, false);
+  // A persistent grid: one block per SM (fewer if there are fewer tiles), each looping over tiles.
+  const int tile_n = pipeline.hopper_tile_n;
+  const int64_t hopper_tiles =
+      pipeline.has_hopper ? int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch : 0;
+  if (pipeline.has_hopper && vectorizable && d.k > 0 && hopper_tiles <= INT_MAX) {
+    // K-major operands (A untransposed, B transposed) are boxed by the tile's rows; MN-major ones by
+    // 64 x 64 boxes.
+    CUtensorMap map_a = d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, MFA_SM90_BOX)
+                                  : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, MFA_SM90_BM);
+    CUtensorMap map_b = d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n)
+                                  : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, MFA_SM90_BOX);
+    const int64_t sms = std::max(pipeline.context->info().sm_count, 1);
     void *params[] = {&args, &map_a, &map_b};
-    launch(pipeline.hopper, blocks(d.n, MFA_SM90_BN), blocks(d.m, MFA_SM90_BM), batch, MFA_SM90_THREADS,
-           mfa_sm90_smem_bytes(), stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
+    launch(pipeline.hopper, static_cast<unsigned>(std::min(hopper_tiles, sms)), 1, 1, MFA_SM90_THREADS,
+           mfa_sm90_smem_bytes(tile_n), stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
     return;
   }
   void *params[] = {&args};
@@ -356,7 +395,8 @@ MFA_API mfa_status mfa_gemm_pipeline_create(mfa_context *context, const mfa_gemm
     pipeline->descriptor = checked;
     pipeline->info = MFA_PIPELINE_INFO_INIT;
     pipeline->info.schedule = MFA_SCHEDULE_DATA_PARALLEL;
-    for (const mfa::GemmVariant &variant : mfa::variants_for(pipeline->descriptor, pipeline->context->arch()))
+    for (const mfa::GemmVariant &variant : mfa::variants_for(pipeline->descriptor, pipeline->context->arch(),
+                                                                         pipeline->context->info().sm_count))
       mfa::load_variant(*pipeline, variant);
     *out_pipeline = pipeline.release();
   });
@@ -369,11 +409,7 @@ MFA_API mfa_status mfa_gemm_pipeline_destroy(mfa_gemm_pipeline *pipeline) {
 MFA_API mfa_status mfa_gemm_pipeline_get_info(const mfa_gemm_pipeline *pipeline, mfa_pipeline_info *out_info) {
   return mfa::abi_call([&] {
     mfa::require_arg(pipeline, "pipeline");
-    mfa::require_arg(out_info, "out_info");
-    mfa::require_header(out_info->header, MFA_STRUCT_PIPELINE_INFO, sizeof(mfa_pipeline_info), "out_info");
-    const mfa_struct_header header = out_info->header;
-    std::memcpy(out_info, &pipeline->info, std::min<size_t>(header.size, sizeof(mfa_pipeline_info)));
-    out_info->header = header;
+    mfa::copy_out(out_info, pipeline->info, MFA_STRUCT_PIPELINE_INFO, "out_info");
   });
 }
 
@@ -409,15 +445,10 @@ MFA_API mfa_status mfa_gemm_variant_count(int64_t *out_count) {
 
 MFA_API mfa_status mfa_gemm_variant_descriptor(int64_t index, mfa_gemm_descriptor *out_descriptor) {
   return mfa::abi_call([&] {
-    mfa::require_arg(out_descriptor, "out_descriptor");
-    mfa::require_header(out_descriptor->header, MFA_STRUCT_GEMM_DESCRIPTOR, sizeof(mfa_gemm_descriptor),
-                        "out_descriptor");
     const auto all = mfa::all_variant_descriptors();
     mfa::require(index >= 0 && index < static_cast<int64_t>(all.size()), MFA_STATUS_INVALID_ARGUMENT, "index is ",
                  index, ", there are ", all.size(), " variants");
-    const mfa_struct_header header = out_descriptor->header;
-    std::memcpy(out_descriptor, &all[index], std::min<size_t>(header.size, sizeof(mfa_gemm_descriptor)));
-    out_descriptor->header = header;
+    mfa::copy_out(out_descriptor, all[index], MFA_STRUCT_GEMM_DESCRIPTOR, "out_descriptor");
   });
 }
 
@@ -433,7 +464,7 @@ MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor
                  "\", expected e.g. \"sm_90a\"");
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     int32_t count = 0;
-    for (const mfa::GemmVariant &variant : mfa::variants_for(d, target)) {
+    for (const mfa::GemmVariant &variant : mfa::variants_for(d, target, mfa::kReportSmCount)) {
       const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, target));
       for (const char *entry : variant.entries()) {
         if (count < capacity) {

@@ -1,12 +1,10 @@
 #include "nvrtc.hpp"
 
-#include <dlfcn.h>
-
 #include <cstdlib>
-#include <mutex>
 #include <regex>
 #include <sstream>
 
+#include "dynamic_library.hpp"
 #include "errors.hpp"
 
 namespace mfa {
@@ -44,8 +42,7 @@ std::vector<std::string> nvrtc_candidates() {
 
 template <class Function>
 void bind(void *library, const char *symbol, Function &function) {
-  function = reinterpret_cast<Function>(dlsym(library, symbol));
-  require(function != nullptr, MFA_STATUS_NVRTC_NOT_FOUND, "the NVRTC library lacks ", symbol);
+  mfa::bind(library, symbol, function, MFA_STATUS_NVRTC_NOT_FOUND, "the NVRTC library");
 }
 
 NvrtcApi load_nvrtc() {
@@ -73,17 +70,7 @@ NvrtcApi load_nvrtc() {
   return api;
 }
 
-const NvrtcApi &nvrtc() {
-  static std::mutex mutex;
-  static NvrtcApi api{};
-  static bool loaded = false;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!loaded) {
-    api = load_nvrtc();
-    loaded = true;
-  }
-  return api;
-}
+const NvrtcApi &nvrtc() { return load_once(load_nvrtc); }
 
 void check_nvrtc(nvrtcResult result, const char *call) {
   if (result != 0) fail(MFA_STATUS_COMPILE_FAILED, call, " failed: ", nvrtc().nvrtcGetErrorString(result));

@@ -80,18 +80,24 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 }
 
 // ----- sm_90a kernel: TMA boxes, wgmma tile, ring depth -----
-// A block computes BM x BN with two consumer warpgroups (64 rows each) and one producer warpgroup.
-// TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the contiguous dimension.
+// A block computes BM x BN tiles with two consumer warpgroups (64 rows each) and one producer
+// warpgroup. BN is the variant's choice (128 or 256): a generated source defines MFA_SM90_BN, the host
+// passes it to the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the
+// contiguous dimension.
 #define MFA_SM90_BM 128
-#define MFA_SM90_BN 128
 #define MFA_SM90_BK 64
-#define MFA_SM90_STAGES 4
 #define MFA_SM90_THREADS 384
 #define MFA_SM90_BOX 64
-MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes() { return (MFA_SM90_BM + MFA_SM90_BN) * MFA_SM90_BK * 2; }
+#define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
+MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) { return (MFA_SM90_BM + bn) * MFA_SM90_BK * 2; }
+// As many stages as fit beside 1 KB of alignment slack and two 8-byte mbarriers a stage: 4 of 48 KB
+// for 128 x 256, 7 of 32 KB for 128 x 128.
+MFA_HOST_DEVICE constexpr int mfa_sm90_stages(int bn) {
+  return (MFA_SM90_SMEM_LIMIT - 1024) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
+}
 // The ring, its mbarriers, and 1 KB so the ring can start on a 1024-byte (swizzle atom) boundary.
-MFA_HOST_DEVICE constexpr int mfa_sm90_smem_bytes() {
-  return MFA_SM90_STAGES * mfa_sm90_stage_bytes() + 1024 + 2 * MFA_SM90_STAGES * 8;
+MFA_HOST_DEVICE constexpr int mfa_sm90_smem_bytes(int bn) {
+  return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + 1024;
 }
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
@@ -134,6 +140,33 @@ __device__ __forceinline__ void mfa_store_from_float(void *base, long long index
   } else {
     static_cast<unsigned short *>(base)[index] =
         DTYPE == MFA_GEMM_F16 ? mfa_f32_to_f16(value) : mfa_f32_to_bf16(value);
+  }
+}
+
+// Two adjacent elements at base[index], base[index + 1] as one 32-bit (16-bit types) or 64-bit (f32)
+// access; index must be even and base aligned to two elements.
+template <int DTYPE>
+__device__ __forceinline__ void mfa_load_pair_as_float(const void *base, long long index, float &v0, float &v1) {
+  if (DTYPE == MFA_GEMM_F32) {
+    const float2 pair = *reinterpret_cast<const float2 *>(static_cast<const float *>(base) + index);
+    v0 = pair.x;
+    v1 = pair.y;
+  } else {
+    const unsigned bits = *reinterpret_cast<const unsigned *>(static_cast<const unsigned short *>(base) + index);
+    v0 = mfa_load_as_float<DTYPE>(&bits, 0);
+    v1 = mfa_load_as_float<DTYPE>(&bits, 1);
+  }
+}
+
+template <int DTYPE>
+__device__ __forceinline__ void mfa_store_pair_from_float(void *base, long long index, float v0, float v1) {
+  if (DTYPE == MFA_GEMM_F32) {
+    *reinterpret_cast<float2 *>(static_cast<float *>(base) + index) = make_float2(v0, v1);
+  } else {
+    unsigned short halves[2];
+    mfa_store_from_float<DTYPE>(halves, 0, v0);
+    mfa_store_from_float<DTYPE>(halves, 1, v1);
+    *reinterpret_cast<unsigned *>(static_cast<unsigned short *>(base) + index) = halves[0] | halves[1] << 16;
   }
 }
 

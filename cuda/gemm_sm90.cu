@@ -1,30 +1,35 @@
-// gemm_sm90.cu: the Hopper (sm_90a) GEMM path. TMA copies A and B tiles into a ring of shared-memory
-// stages; wgmma multiplies them straight out of shared memory; mbarriers hand each stage from the
-// producer warpgroup to the two consumer warpgroups and back.
+// gemm_sm90.cu: the Hopper (sm_90a) GEMM path. A persistent grid of blocks walks the output tiles;
+// in each block TMA copies A and B tiles into a ring of shared-memory stages, wgmma multiplies them
+// straight out of shared memory, and mbarriers hand each stage from the producer warpgroup to the two
+// consumer warpgroups and back.
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A and MFA_TRANS_B. PTX ISA section numbers below
-// follow the PTX ISA 9.0 document.
+// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B and MFA_SM90_BN (128 or 256: the
+// tile's width). PTX ISA section numbers below follow the PTX ISA 9.0 document.
 #include "ptx_sm90.cuh"
 
 // ----- the tile -----
-// A block computes C[m0 : m0+128, n0 : n0+128] of one batch. Warpgroup 0 loads; warpgroups 1 and 2
-// each own 64 rows of the tile and one m64n128 f32 accumulator (64 registers a thread). The k loop
-// steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
-static_assert(MFA_SM90_BM == 128 && MFA_SM90_BN == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
-              "the descriptors and boxes below are worked out for a 128x128x64 tile");
+// A block computes C[m0 : m0+128, n0 : n0+BN] of one batch at a time. Warpgroup 0 loads; warpgroups 1
+// and 2 each own 64 rows of the tile and one m64nBNk16 f32 accumulator (BN / 2 registers a thread).
+// The k loop steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
+static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
+              "the descriptors and boxes below are worked out for 128-row tiles and a 64-wide k step");
+static_assert(MFA_SM90_BN == 128 || MFA_SM90_BN == 256, "wgmma n is 128 or 256");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F16 || MFA_IN_DTYPE == MFA_GEMM_BF16, "16-bit inputs only");
 
+constexpr int kSm90Stages = mfa_sm90_stages(MFA_SM90_BN);
+constexpr int kSm90Acc = MFA_SM90_BN / 2;                          // accumulators a consumer thread holds
 constexpr int kSm90WgmmaK = 16;                                    // k of one wgmma
 constexpr int kSm90Slices = MFA_SM90_BK / kSm90WgmmaK;             // wgmma per stage and warpgroup
 constexpr unsigned kSm90RowBytes = MFA_SM90_BOX * 2;               // 128: one swizzled smem row
-constexpr unsigned kSm90OperandBytes = MFA_SM90_BM * kSm90RowBytes;  // 16 KB: A (or B) of one stage
-constexpr unsigned kSm90StageBytes = 2 * kSm90OperandBytes;        // A region, then B region
-constexpr unsigned kSm90HalfBytes = kSm90OperandBytes / 2;         // 8 KB: 64 rows; one MN-major box
+constexpr unsigned kSm90BoxBytes = MFA_SM90_BOX * kSm90RowBytes;   // 8 KB: 64 rows; one MN-major box
+constexpr unsigned kSm90ABytes = MFA_SM90_BM * kSm90RowBytes;      // 16 KB: A of one stage
+constexpr unsigned kSm90BBytes = MFA_SM90_BN * kSm90RowBytes;      // 16 or 32 KB: B of one stage
+constexpr unsigned kSm90StageBytes = kSm90ABytes + kSm90BBytes;    // A region, then B region
 constexpr unsigned kSm90SwizzleAtomBytes = 8 * kSm90RowBytes;      // 1 KB: 8 rows, the 128B-swizzle period
 constexpr int kSm90ConsumerWarps = 8;                              // arrivals that free a stage
-static_assert(kSm90StageBytes == mfa_sm90_stage_bytes(), "stage size agrees with gemm.cuh");
+static_assert(kSm90StageBytes == mfa_sm90_stage_bytes(MFA_SM90_BN), "stage size agrees with gemm.cuh");
 
 // ----- operand layouts in shared memory and their wgmma descriptors -----
 // Every operand is written by TMA with CU_TENSOR_MAP_SWIZZLE_128B: box row r (128 bytes) lands at
@@ -33,21 +38,25 @@ static_assert(kSm90StageBytes == mfa_sm90_stage_bytes(), "stage size agrees with
 // stays 0 (9.7.15.5.1.2.2). wgmma applies the same XOR to the addresses it generates, which is why
 // advancing the start address by a k16 slice (below) needs no re-swizzling.
 //
-// K-major (A with TRANS_A = 0, B with TRANS_B = 1): row r = one m (or n) index, 64 k contiguous.
+// An operand covers EXTENT rows of the output tile (A: 128 m, B: BN n) and 64 k.
+// K-major (A with TRANS_A = 0, B with TRANS_B = 1): row r = one m (or n) index, 64 k contiguous; one
+//   TMA box of EXTENT rows (the host encodes the map with that box height, at most 256).
 //   In 128-bit units this is the canonical 128B-swizzle K-major layout ((8,m),(T,2k)):((8T,SBO),(1,T))
 //   of 9.7.15.5.1.2.1.3. SBO (9.7.15.5.1.2.1.2, "offset from the first 8 rows to the next 8 rows")
 //   = 8 * 128 = 1024 bytes. LBO (9.7.15.5.1.2.1.1) is "not used, assumed to be 1" for swizzled
 //   K-major layouts; we encode 1 (16 bytes). The k16 slice s starts 32 * s bytes into row 0.
 // MN-major (A with TRANS_A = 1, B with TRANS_B = 0): row r = one k index, 64 m (or n) contiguous;
-//   boxes of 64 rows, the second (m or n 64..127) 8 KB after the first. The canonical layout is
+//   EXTENT / 64 boxes of 64 rows, 8 KB apart. The canonical layout is
 //   ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)): LBO ("offset from the first (swizzle-byte-size/16) rows to
 //   the next", i.e. from one 64-element MN chunk to the next) = 8192 bytes, the box pitch; SBO
 //   ("offset from the first 8 columns to the next 8 columns", 8 k to the next 8 k) = 8 * 128 = 1024
 //   bytes. The k16 slice s starts 16 rows = 2048 * s bytes in. The A operand of one consumer is 64 m
-//   wide, a single chunk, so its LBO is never applied; B (n = 128) uses it once.
-template <bool MN_MAJOR>
+//   wide, a single chunk, so its LBO is never applied; B (n = BN) steps it BN / 64 - 1 times.
+// Either way the 64 rows (or the box) of consumer w's A start w * 8 KB into the A region.
+template <bool MN_MAJOR, int EXTENT>
 struct mfa_sm90_operand {
-  static constexpr unsigned lbo = MN_MAJOR ? kSm90HalfBytes : 16;
+  static_assert(EXTENT % MFA_SM90_BOX == 0 && EXTENT <= 256, "TMA box dimensions are at most 256");
+  static constexpr unsigned lbo = MN_MAJOR ? kSm90BoxBytes : 16;
   static constexpr unsigned sbo = kSm90SwizzleAtomBytes;
   static constexpr unsigned slice_bytes = MN_MAJOR ? kSm90WgmmaK * kSm90RowBytes : kSm90WgmmaK * 2;
 
@@ -56,39 +65,71 @@ struct mfa_sm90_operand {
     return mfa_wgmma_desc_sw128(region + slice * slice_bytes, lbo, sbo);
   }
 
-  // Issue the TMA load(s) filling this operand's 16 KB region for the tile at (mn0, k0) of batch z.
-  // K-major: one 128 x 64 box at {k0, mn0, z}. MN-major: two 64 x 64 boxes at {mn0, k0, z} and
-  // {mn0 + 64, k0, z}, 8 KB apart.
+  // Issue the TMA load(s) filling this operand's region for the tile at (mn0, k0) of batch z.
+  // K-major: one EXTENT x 64 box at {k0, mn0, z}. MN-major: 64 x 64 boxes at {mn0 + 64 i, k0, z}.
   static __device__ __forceinline__ void load(unsigned region, const mfa_tensor_map &map, unsigned full_bar,
                                               int mn0, int k0, int z) {
     if (MN_MAJOR) {
-      mfa_tma_load_3d(region, &map, full_bar, mn0, k0, z);
-      mfa_tma_load_3d(region + kSm90HalfBytes, &map, full_bar, mn0 + MFA_SM90_BOX, k0, z);
+#pragma unroll
+      for (int i = 0; i < EXTENT / MFA_SM90_BOX; ++i)
+        mfa_tma_load_3d(region + i * kSm90BoxBytes, &map, full_bar, mn0 + i * MFA_SM90_BOX, k0, z);
     } else {
       mfa_tma_load_3d(region, &map, full_bar, k0, mn0, z);
     }
   }
 };
-using mfa_sm90_a = mfa_sm90_operand<MFA_TRANS_A == 1>;  // stored [k][m] is M-major
-using mfa_sm90_b = mfa_sm90_operand<MFA_TRANS_B == 0>;  // stored [k][n] is N-major
+using mfa_sm90_a = mfa_sm90_operand<MFA_TRANS_A == 1, MFA_SM90_BM>;  // stored [k][m] is M-major
+using mfa_sm90_b = mfa_sm90_operand<MFA_TRANS_B == 0, MFA_SM90_BN>;  // stored [k][n] is N-major
 // imm-trans-a / imm-trans-b (9.7.15.5.2): 1 selects the MN-major layout for that operand.
 constexpr int kSm90TransA = MFA_TRANS_A == 1 ? 1 : 0;
 constexpr int kSm90TransB = MFA_TRANS_B == 0 ? 1 : 0;
+
+// ----- the tile schedule: a persistent grid walks tiles t = blockIdx.x, += gridDim.x -----
+// Tiles are numbered batch by batch. Inside a batch, kSm90GroupM consecutive M-tiles form a group that
+// is walked column by column (M fastest), so the blocks running at one time cover a few A row-blocks
+// and a few B column-blocks, each read by several blocks while it is still in L2.
+constexpr int kSm90GroupM = 8;
+
+struct mfa_sm90_tile {
+  int m0, n0, batch;
+};
+
+struct mfa_sm90_schedule {
+  int tiles_m, tiles_n, count;  // count: tiles of all batches
+
+  __device__ explicit mfa_sm90_schedule(const mfa_gemm_args &args)
+      : tiles_m((args.m + MFA_SM90_BM - 1) / MFA_SM90_BM),
+        tiles_n((args.n + MFA_SM90_BN - 1) / MFA_SM90_BN),
+        count(tiles_m * tiles_n * args.batch) {}
+
+  __device__ mfa_sm90_tile at(int t) const {
+    const int per_batch = tiles_m * tiles_n;
+    const int batch = t / per_batch;
+    const int in_batch = t - batch * per_batch;
+    const int group = in_batch / (kSm90GroupM * tiles_n);
+    const int first_m = group * kSm90GroupM;
+    const int group_rows = min(kSm90GroupM, tiles_m - first_m);  // the last group may be shorter
+    const int in_group = in_batch - group * kSm90GroupM * tiles_n;
+    return {(first_m + in_group % group_rows) * MFA_SM90_BM, (in_group / group_rows) * MFA_SM90_BN, batch};
+  }
+};
 
 // ----- the pipeline: a ring of stages, each with a `full` and an `empty` mbarrier -----
 // full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageBytes of TMA transactions.
 // empty[s]: one arrival from each consumer warp once its wgmma have finished reading stage s.
 // Both start in phase 0. A pass over the ring flips the phase the waiter looks for; try_wait.parity
 // with the parity of the phase *before* the current one returns at once (9.7.13.15.16), which is
-// how the producer's first pass finds every stage free.
+// how the producer's first pass finds every stage free. Producer and consumers each keep their own
+// position in the ring across tiles; both visit the stages in the same order, k_tiles per tile, so
+// stage s's n-th fill is its n-th consumption on either side.
 struct mfa_sm90_ring {
   unsigned stages;  // shared address of stage 0 (1024-byte aligned)
   unsigned bars;    // shared address of full[0..STAGES), then empty[0..STAGES)
 
   __device__ unsigned a(int s) const { return stages + s * kSm90StageBytes; }
-  __device__ unsigned b(int s) const { return a(s) + kSm90OperandBytes; }
+  __device__ unsigned b(int s) const { return a(s) + kSm90ABytes; }
   __device__ unsigned full(int s) const { return bars + 8 * s; }
-  __device__ unsigned empty(int s) const { return bars + 8 * (MFA_SM90_STAGES + s); }
+  __device__ unsigned empty(int s) const { return bars + 8 * (kSm90Stages + s); }
 };
 
 // Lay the ring out in the dynamic shared memory: stages from the first 1024-byte boundary, the
@@ -96,7 +137,7 @@ struct mfa_sm90_ring {
 __device__ __forceinline__ mfa_sm90_ring mfa_sm90_ring_at(unsigned char *smem) {
   mfa_sm90_ring ring;
   ring.stages = (mfa_smem_addr(smem) + kSm90SwizzleAtomBytes - 1) & ~(kSm90SwizzleAtomBytes - 1);
-  ring.bars = ring.a(MFA_SM90_STAGES);
+  ring.bars = ring.a(kSm90Stages);
   return ring;
 }
 
@@ -104,7 +145,7 @@ __device__ __forceinline__ mfa_sm90_ring mfa_sm90_ring_at(unsigned char *smem) {
 // (fence.mbarrier_init) and to the async proxy that TMA's complete_tx acts in (fence.proxy.async),
 // ahead of the block-wide barrier that follows (9.7.13.4).
 __device__ __forceinline__ void mfa_sm90_ring_init(const mfa_sm90_ring &ring) {
-  for (int s = 0; s < MFA_SM90_STAGES; ++s) {
+  for (int s = 0; s < kSm90Stages; ++s) {
     mfa_mbar_init(ring.full(s), 1);
     mfa_mbar_init(ring.empty(s), kSm90ConsumerWarps);
   }
@@ -117,7 +158,7 @@ struct mfa_sm90_ring_pos {
   int stage = 0;
   unsigned phase = 0;
   __device__ void advance() {
-    if (++stage == MFA_SM90_STAGES) {
+    if (++stage == kSm90Stages) {
       stage = 0;
       phase ^= 1;
     }
@@ -125,26 +166,31 @@ struct mfa_sm90_ring_pos {
 };
 
 // ----- producer: one elected thread streams the k tiles of A and B through the ring -----
+// It runs ahead of the consumers by up to kSm90Stages stages, across tile boundaries: the first
+// stages of a block's next tile load while the consumers are still in this tile's epilogue.
 __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, const mfa_gemm_args &args,
-                                                 const mfa_tensor_map &map_a, const mfa_tensor_map &map_b,
-                                                 int m0, int n0, int k_tiles) {
-  // A batch stride of 0 broadcasts the operand: the host encodes such a map with batch dim 1.
-  const int z_a = args.batch_stride_a != 0 ? static_cast<int>(blockIdx.z) : 0;
-  const int z_b = args.batch_stride_b != 0 ? static_cast<int>(blockIdx.z) : 0;
+                                                 const mfa_sm90_schedule &schedule, const mfa_tensor_map &map_a,
+                                                 const mfa_tensor_map &map_b, int k_tiles) {
   mfa_tma_prefetch_map(&map_a);
   mfa_tma_prefetch_map(&map_b);
   mfa_sm90_ring_pos pos;
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);  // consumers are done with this stage
-    mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageBytes);
-    const int k0 = kt * MFA_SM90_BK;
-    mfa_sm90_a::load(ring.a(pos.stage), map_a, ring.full(pos.stage), m0, k0, z_a);
-    mfa_sm90_b::load(ring.b(pos.stage), map_b, ring.full(pos.stage), n0, k0, z_b);
-    pos.advance();
+  for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
+    const mfa_sm90_tile tile = schedule.at(t);
+    // A batch stride of 0 broadcasts the operand: the host encodes such a map with batch dim 1.
+    const int z_a = args.batch_stride_a != 0 ? tile.batch : 0;
+    const int z_b = args.batch_stride_b != 0 ? tile.batch : 0;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);  // consumers are done with this stage
+      mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageBytes);
+      const int k0 = kt * MFA_SM90_BK;
+      mfa_sm90_a::load(ring.a(pos.stage), map_a, ring.full(pos.stage), tile.m0, k0, z_a);
+      mfa_sm90_b::load(ring.b(pos.stage), map_b, ring.full(pos.stage), tile.n0, k0, z_b);
+      pos.advance();
+    }
   }
 }
 
-// ----- consumer main loop: acc = A[64 rows of warpgroup w] * B over all k tiles -----
+// ----- consumer main loop: acc = A[64 rows of warpgroup w] * B over all k tiles of one tile -----
 // One wgmma-group (four k16 wgmma) per stage. The group of stage kt stays in flight while the
 // thread waits for the group of stage kt-1 (wait_group 1), whose stage it then hands back.
 __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int stage) {
@@ -152,69 +198,166 @@ __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int 
   if (threadIdx.x % 32 == 0) mfa_mbar_arrive(ring.empty(stage));
 }
 
-__device__ __forceinline__ void mfa_sm90_consume(const mfa_sm90_ring &ring, int w, int k_tiles,
-                                                 float (&acc)[64]) {
-  // The first wgmma overwrites acc (scale-d = 0), so acc is written by wgmma only; zeroing it ahead
-  // of the loop would put a non-wgmma definition on the loop's entry edge, inside the stage kept in
-  // flight across iterations, and ptxas would answer by serialising every wgmma (C7515).
-  if (k_tiles == 0) {
+// One stage's wgmma-group; the first (first_stage, slice 0) overwrites acc (scale-d = 0).
+__device__ __forceinline__ void mfa_sm90_mma_stage(const mfa_sm90_ring &ring, int stage, unsigned a_rows,
+                                                   bool first_stage, float (&acc)[kSm90Acc]) {
+  mfa_wgmma_fence();
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-    return;
+  for (int s = 0; s < kSm90Slices; ++s) {
+    mfa_wgmma_m64nNk16_f32<MFA_SM90_BN, MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(
+        acc, mfa_sm90_a::desc(ring.a(stage) + a_rows, s), mfa_sm90_b::desc(ring.b(stage), s),
+        !first_stage || s > 0);
   }
-  const unsigned a_rows = w * kSm90HalfBytes;  // this warpgroup's 64 rows (K-major) or box (MN-major)
-  mfa_sm90_ring_pos pos;
-  int in_flight = -1;  // stage whose wgmma-group may still be reading shared memory
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    mfa_mbar_wait(ring.full(pos.stage), pos.phase);  // TMA bytes of this stage have landed
-    mfa_wgmma_fence();
-#pragma unroll
-    for (int s = 0; s < kSm90Slices; ++s) {
-      mfa_wgmma_m64n128k16_f32<MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(
-          acc, mfa_sm90_a::desc(ring.a(pos.stage) + a_rows, s), mfa_sm90_b::desc(ring.b(pos.stage), s),
-          kt > 0 || s > 0);
-    }
-    mfa_wgmma_commit_group();
+  mfa_wgmma_commit_group();
+}
+
+// k_tiles >= 1 (the kernel handles k == 0 apart). acc is written by wgmma only: the first stage is
+// peeled off the loop so that the loop's entry edge carries only wgmma definitions of acc (the
+// epilogue's writes of the previous tile end before the first wgmma.fence); otherwise ptxas sees a
+// non-wgmma definition inside the pipelined stage and serialises every wgmma (C7515).
+__device__ __forceinline__ void mfa_sm90_consume(const mfa_sm90_ring &ring, mfa_sm90_ring_pos &pos, int w,
+                                                 int k_tiles, float (&acc)[kSm90Acc]) {
+  const unsigned a_rows = w * kSm90BoxBytes;  // this warpgroup's 64 rows (K-major) or box (MN-major)
+  mfa_mbar_wait(ring.full(pos.stage), pos.phase);  // TMA bytes of this stage have landed
+  mfa_sm90_mma_stage(ring, pos.stage, a_rows, true, acc);
+  int in_flight = pos.stage;  // stage whose wgmma-group may still be reading shared memory
+  pos.advance();
+  for (int kt = 1; kt < k_tiles; ++kt) {
+    mfa_mbar_wait(ring.full(pos.stage), pos.phase);
+    mfa_sm90_mma_stage(ring, pos.stage, a_rows, false, acc);
     mfa_wgmma_wait_group<1>();
-    if (in_flight >= 0) mfa_sm90_release(ring, in_flight);
+    mfa_sm90_release(ring, in_flight);
     in_flight = pos.stage;
     pos.advance();
   }
   mfa_wgmma_wait_group<0>();
-  if (in_flight >= 0) mfa_sm90_release(ring, in_flight);
+  mfa_sm90_release(ring, in_flight);
 #pragma unroll
-  for (int i = 0; i < 64; ++i) mfa_fence_operand(acc[i]);  // epilogue reads only after the wait
+  for (int i = 0; i < kSm90Acc; ++i) mfa_fence_operand(acc[i]);  // epilogue reads only after the wait
 }
 
-// ----- epilogue: accumulator fragment -> C through the shared epilogue -----
+// ----- epilogue: C = act(alpha * acc + beta * C + bias), in place on the accumulators, then stored -----
 // m64nNk16 D fragment (9.7.15.5.1.1.1, Figure 149): thread t of the warpgroup holds, for each n8
-// block j, d[4j + 0..1] at row 16 * (t / 32) + (t % 32) / 4, columns 8j + 2 * (t % 4) + {0, 1}, and
-// d[4j + 2..3] at the same columns, 8 rows further down.
-__device__ __forceinline__ void mfa_sm90_store(const mfa_gemm_args &args, int row_base, int n0,
-                                               const float (&acc)[64]) {
+// block j, acc[4j + 0..1] at row 16 * (t / 32) + (t % 32) / 4, columns 8j + 2 * (t % 4) + {0, 1}, and
+// acc[4j + 2..3] at the same columns, 8 rows further down. So acc[4j + 2h + c] is element
+// (row0 + 8h, col0 + 8j + c) below, and sits at C index index0 + 8h * ldc + 8j + c.
+// The passes keep the order of operations of mfa_epilogue_store (gemm.cuh): the result is the same,
+// but every choice that is uniform over the block (beta, bias type, activation) is made once per tile,
+// bias values are loaded once per column, and column pairs move as one access where C allows.
+struct mfa_sm90_fragment {
+  int row0, col0;      // this thread's first row and column of the tile
+  long long index0;    // C index of (row0, col0) in the tile's batch
+  long long row_step;  // 8 * ldc: from row0 to row0 + 8
+
+  __device__ bool row_in(const mfa_gemm_args &args, int h) const { return row0 + 8 * h < args.m; }
+  __device__ int col(int j) const { return col0 + 8 * j; }
+  __device__ long long index(int j, int h) const { return index0 + h * row_step + 8 * j; }
+};
+
+__device__ __forceinline__ mfa_sm90_fragment mfa_sm90_fragment_of(const mfa_gemm_args &args,
+                                                                  const mfa_sm90_tile &tile, int w) {
   const int t = mfa_warpgroup_thread();
-  const int row0 = row_base + 16 * (t / 32) + (t % 32) / 4;
-  const int col0 = n0 + 2 * (t % 4);
-  const int batch = static_cast<int>(blockIdx.z);
+  mfa_sm90_fragment f;
+  f.row0 = tile.m0 + 64 * w + 16 * (t / 32) + (t % 32) / 4;
+  f.col0 = tile.n0 + 2 * (t % 4);
+  f.index0 = tile.batch * args.batch_stride_c + static_cast<long long>(f.row0) * args.ldc + f.col0;
+  f.row_step = 8 * args.ldc;
+  return f;
+}
+
+// acc = alpha * acc + beta * C (C is read only when beta != 0, so it may hold NaN otherwise).
+__device__ __forceinline__ void mfa_sm90_blend(const mfa_gemm_args &args, const mfa_sm90_fragment &f, bool pairs,
+                                               float (&acc)[kSm90Acc]) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = row0 + 8 * half;
-    if (row >= args.m) continue;
+  for (int i = 0; i < kSm90Acc; ++i) acc[i] *= args.alpha;
+  if (args.beta == 0.0f) return;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < kSm90Acc / 4; ++j) {
+    const int col = f.col(j);
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int col = col0 + 8 * j + c;
-        if (col < args.n) mfa_epilogue_store<MFA_OUT_DTYPE>(args, batch, row, col, acc[4 * j + 2 * half + c]);
+    for (int h = 0; h < 2; ++h) {
+      if (!f.row_in(args, h) || col >= args.n) continue;
+      float c0, c1 = 0.0f;
+      if (pairs && col + 1 < args.n) {
+        mfa_load_pair_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), c0, c1);
+      } else {
+        c0 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h));
+        if (col + 1 < args.n) c1 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1);
+      }
+      acc[4 * j + 2 * h] += args.beta * c0;
+      acc[4 * j + 2 * h + 1] += args.beta * c1;
+    }
+  }
+}
+
+// acc += bias[col], each bias element loaded once (both rows of a column share it).
+template <int BIAS_DTYPE>
+__device__ __forceinline__ void mfa_sm90_add_bias(const mfa_gemm_args &args, const mfa_sm90_fragment &f,
+                                                  float (&acc)[kSm90Acc]) {
+#pragma unroll
+  for (int j = 0; j < kSm90Acc / 4; ++j) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      if (f.col(j) + c >= args.n) continue;
+      const float bias = mfa_load_as_float<BIAS_DTYPE>(args.bias, f.col(j) + c);
+      acc[4 * j + c] += bias;
+      acc[4 * j + 2 + c] += bias;
+    }
+  }
+}
+
+template <int ACTIVATION>
+__device__ __forceinline__ void mfa_sm90_activate(float (&acc)[kSm90Acc]) {
+#pragma unroll
+  for (int i = 0; i < kSm90Acc; ++i) acc[i] = mfa_activate(acc[i], ACTIVATION);
+}
+
+// Store the in-bounds elements: column pairs as one access when `pairs` (C's base, row and batch
+// strides even, so every even column index is two-element aligned), single elements otherwise.
+__device__ __forceinline__ void mfa_sm90_write(const mfa_gemm_args &args, const mfa_sm90_fragment &f, bool pairs,
+                                               const float (&acc)[kSm90Acc]) {
+#pragma unroll
+  for (int j = 0; j < kSm90Acc / 4; ++j) {
+    const int col = f.col(j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (!f.row_in(args, h) || col >= args.n) continue;
+      const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+      if (pairs && col + 1 < args.n) {
+        mfa_store_pair_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0, v1);
+      } else {
+        mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0);
+        if (col + 1 < args.n) mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1, v1);
       }
     }
   }
 }
 
+__device__ __forceinline__ void mfa_sm90_epilogue(const mfa_gemm_args &args, const mfa_sm90_tile &tile, int w,
+                                                  bool pairs, float (&acc)[kSm90Acc]) {
+  const mfa_sm90_fragment f = mfa_sm90_fragment_of(args, tile, w);
+  mfa_sm90_blend(args, f, pairs, acc);
+  switch (args.bias_dtype) {
+    case MFA_GEMM_F16: mfa_sm90_add_bias<MFA_GEMM_F16>(args, f, acc); break;
+    case MFA_GEMM_BF16: mfa_sm90_add_bias<MFA_GEMM_BF16>(args, f, acc); break;
+    case MFA_GEMM_F32: mfa_sm90_add_bias<MFA_GEMM_F32>(args, f, acc); break;
+    default: break;
+  }
+  switch (args.activation) {
+    case MFA_ACT_RELU: mfa_sm90_activate<MFA_ACT_RELU>(acc); break;
+    case MFA_ACT_GELU_TANH: mfa_sm90_activate<MFA_ACT_GELU_TANH>(acc); break;
+    case MFA_ACT_GELU_ERF: mfa_sm90_activate<MFA_ACT_GELU_ERF>(acc); break;
+    case MFA_ACT_SILU: mfa_sm90_activate<MFA_ACT_SILU>(acc); break;
+    default: break;
+  }
+  mfa_sm90_write(args, f, pairs, acc);
+}
+
 // ----- the kernel -----
-// Grid (ceil(n / 128), ceil(m / 128), batch), 384 threads, mfa_sm90_smem_bytes() of dynamic shared
-// memory. setmaxnreg moves registers from the producer (40 a thread) to the consumers (232):
-// 128 * 40 + 256 * 232 = 64512 <= 65536, the register file a block of 384 threads may hold.
+// Grid min(tiles, SMs) x 1 x 1 (the host's choice; any grid size is correct), 384 threads,
+// mfa_sm90_smem_bytes(MFA_SM90_BN) of dynamic shared memory. setmaxnreg moves registers from the
+// producer (40 a thread) to the consumers (232): 128 * 40 + 256 * 232 = 64512 <= 65536, the register
+// file a block of 384 threads may hold.
 extern "C" __global__ void __launch_bounds__(MFA_SM90_THREADS, 1)
 mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant__ mfa_tensor_map map_a,
               const __grid_constant__ mfa_tensor_map map_b) {
@@ -223,18 +366,30 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
   if (threadIdx.x == 0) mfa_sm90_ring_init(ring);
   __syncthreads();
 
-  const int m0 = static_cast<int>(blockIdx.y) * MFA_SM90_BM;
-  const int n0 = static_cast<int>(blockIdx.x) * MFA_SM90_BN;
-  const int k_tiles = args.k / MFA_SM90_BK + (args.k % MFA_SM90_BK != 0);  // 0 when k == 0: acc = 0
+  const mfa_sm90_schedule schedule(args);
+  const int k_tiles = args.k / MFA_SM90_BK + (args.k % MFA_SM90_BK != 0);
 
   if (mfa_warpgroup_index() == 0) {
     mfa_setmaxnreg_dec<40>();
-    if (threadIdx.x / 32 == 0 && mfa_elect_one()) mfa_sm90_produce(ring, args, map_a, map_b, m0, n0, k_tiles);
+    if (threadIdx.x / 32 == 0 && mfa_elect_one()) mfa_sm90_produce(ring, args, schedule, map_a, map_b, k_tiles);
   } else {
     mfa_setmaxnreg_inc<232>();
     const int w = mfa_warpgroup_index() - 1;
-    float acc[64];
-    mfa_sm90_consume(ring, w, k_tiles, acc);
-    mfa_sm90_store(args, m0 + 64 * w, n0, acc);
+    // Column pairs are two-element aligned when C's base and both strides are even (in elements).
+    constexpr unsigned pair_bytes = MFA_OUT_DTYPE == MFA_GEMM_F32 ? 8 : 4;
+    const bool pairs = reinterpret_cast<unsigned long long>(args.c) % pair_bytes == 0 && args.ldc % 2 == 0 &&
+                       args.batch_stride_c % 2 == 0;
+    mfa_sm90_ring_pos pos;
+    float acc[kSm90Acc];
+    for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
+      const mfa_sm90_tile tile = schedule.at(t);
+      if (k_tiles > 0) {
+        mfa_sm90_consume(ring, pos, w, k_tiles, acc);
+      } else {  // k == 0: the product is empty; no stage is ever filled
+#pragma unroll
+        for (int i = 0; i < kSm90Acc; ++i) acc[i] = 0.0f;
+      }
+      mfa_sm90_epilogue(args, tile, w, pairs, acc);
+    }
   }
 }

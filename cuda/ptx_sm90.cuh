@@ -119,38 +119,63 @@ __device__ __forceinline__ void mfa_wgmma_wait_group() {
 // Pin an accumulator register in program order (no instruction moves its reads/writes across this).
 __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" : "+f"(reg) : : "memory"); }
 
-// D(64x128, f32) = A(64x16) * B(16x128) + (scale_d ? D : 0), A and B read from shared memory through
-// descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is N-major
-// (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major.
-template <int IN_DTYPE, int TRANS_A, int TRANS_B>
-__device__ __forceinline__ void mfa_wgmma_m64n128k16_f32(float (&d)[64], unsigned long long desc_a,
-                                                         unsigned long long desc_b, int scale_d) {
-  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-#define MFA_WGMMA_M64N128K16(TYPE)                                                                 \
-  asm volatile(                                                                                    \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                               \
-      " wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE "\n"                           \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                    \
-      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"           \
-      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"           \
-      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"          \
-      " %64, %65, p, 1, 1, %67, %68;\n}\n"                                                         \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), \
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), \
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), \
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
-        "+f"(d[63])                                                                                \
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                         \
+// The accumulator operands of one wgmma: N/2 f32 registers a thread, "+f" each, 8 per macro.
+#define MFA_ACC8(d, i)                                                                        \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define MFA_ACC64(d, i)                                                                             \
+  MFA_ACC8(d, i), MFA_ACC8(d, i + 8), MFA_ACC8(d, i + 16), MFA_ACC8(d, i + 24), MFA_ACC8(d, i + 32), \
+      MFA_ACC8(d, i + 40), MFA_ACC8(d, i + 48), MFA_ACC8(d, i + 56)
+
+// {%0 .. %63}: the accumulator list of m64n128k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
+#define MFA_WGMMA_M64N128K16(SHAPE_TYPE)                                                    \
+  asm volatile(                                                                             \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                        \
+      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
+      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
+      "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
+      "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"  \
+      " %64, %65, p, 1, 1, %67, %68;\n}\n"                                                        \
+      : MFA_ACC64(d, 0)                                                                     \
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                  \
       : "memory")
-  if (IN_DTYPE == 1) {
-    MFA_WGMMA_M64N128K16("f16");
+// {%0 .. %127}: the accumulator list of m64n256k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
+#define MFA_WGMMA_M64N256K16(SHAPE_TYPE)                                                                    \
+  asm volatile(                                                                                             \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n"                                                       \
+      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                      \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                             \
+      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"                   \
+      "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"                   \
+      "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"                   \
+      "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"                   \
+      "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"                   \
+      "  %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"       \
+      "  %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},"  \
+      " %128, %129, p, 1, 1, %131, %132;\n}\n"                                                                    \
+      : MFA_ACC64(d, 0), MFA_ACC64(d, 64)                                                                   \
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                                  \
+      : "memory")
+
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) for N = 128 or 256, A and B read from shared
+// memory through descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is
+// N-major (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major. The
+// scale-a and scale-b immediates are 1 (no negation).
+template <int N, int IN_DTYPE, int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void mfa_wgmma_m64nNk16_f32(float (&d)[N / 2], unsigned long long desc_a,
+                                                       unsigned long long desc_b, int scale_d) {
+  static_assert(N == 128 || N == 256, "wgmma shapes used here: m64n128k16, m64n256k16");
+  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
+  if constexpr (N == 128) {
+    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N128K16("m64n128k16.f32.f16.f16");
+    else MFA_WGMMA_M64N128K16("m64n128k16.f32.bf16.bf16");
   } else {
-    MFA_WGMMA_M64N128K16("bf16");
+    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N256K16("m64n256k16.f32.f16.f16");
+    else MFA_WGMMA_M64N256K16("m64n256k16.f32.bf16.bf16");
   }
-#undef MFA_WGMMA_M64N128K16
 }
+#undef MFA_WGMMA_M64N128K16
+#undef MFA_WGMMA_M64N256K16
+#undef MFA_ACC64
+#undef MFA_ACC8

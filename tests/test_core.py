@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import cffi
 import numpy as np
 import pytest
 
@@ -102,7 +103,7 @@ def test_library_does_not_link_cuda_or_nvrtc():
 # ------------------------------------------------------------------------------------------------
 # Struct layouts: mfa_tensor is DLPack's DLTensor
 
-DLPACK = ffi.__class__()
+DLPACK = cffi.FFI()  # dlpack.h's declarations, independently of mfa.h
 DLPACK.cdef("""
     typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
     typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;

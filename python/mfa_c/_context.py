@@ -8,7 +8,17 @@ import weakref
 from ._ffi import MFAError, check, ffi, invalid_argument, lib, new_struct, text
 
 
-class Context:
+class Closeable:
+    """Something holding a C handle: close() releases it, and a `with` block closes it at the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class Context(Closeable):
     """One GPU (the device's primary context, shared with PyTorch and the CUDA runtime)."""
 
     def __init__(self, device=0):
@@ -54,11 +64,6 @@ class Context:
         ffi.release(self._handle)
         self._handle = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def __repr__(self):
         return f"mfa_c.Context(device={self.device}, name={self.name!r}, arch={self.arch!r})"
@@ -98,7 +103,7 @@ def stream_handle(stream):
     return ffi.cast("void *", handle)
 
 
-class DeviceBuffer:
+class DeviceBuffer(Closeable):
     """Device memory from mfa_buffer_alloc, freed by free() or on leaving a `with` block."""
 
     def __init__(self, context, nbytes):
@@ -140,7 +145,7 @@ class DeviceBuffer:
         self.free()
 
 
-class CommandList:
+class CommandList(Closeable):
     """Encodes recorded once (as a CUDA graph) and replayed with one launch.
 
     with cl.record() as stream:
@@ -190,8 +195,3 @@ class CommandList:
             ffi.release(self._handle)
             self._handle = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()

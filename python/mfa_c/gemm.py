@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._context import DeviceBuffer, default_context, stream_handle
+from ._context import Closeable, DeviceBuffer, default_context, stream_handle
 from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text
 from ._tensors import DTYPES, TensorView, compact_strides, device_view, dtype_of, is_torch_tensor
 
@@ -53,7 +53,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, bia
     return _gemm_device(a, b, c, bias, trans_a, trans_b, out_dtype, options, stream, context)
 
 
-class GemmPipeline:
+class GemmPipeline(Closeable):
     """A GEMM compiled for one descriptor, encoded many times.
 
     GemmPipeline(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
@@ -130,11 +130,6 @@ class GemmPipeline:
         ffi.release(self._handle)
         self._handle = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def gemm_reference(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, bias=None,
