@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole GPU round in one call on the device machine: build and install, run the full test suite
-# (GPU tests included), the C example, the integrity check, and the benchmarks. Logs and JSON go to $OUT.
+# (GPU tests included), the C example, the compile-cache timing, and the benchmarks.
 #   bash bench/gpu_suite.sh [tests|bench|all]   (default all)
+# $OUT receives suite.log (everything printed) and results/ (bench JSON and charts): the device tool
+# brings back at most 8 files.
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/mfa-out}
 mkdir -p "$OUT"
+exec > >(tee "$OUT/suite.log") 2>&1
 export PYTHONUNBUFFERED=1 MFA_CACHE_DIR=/tmp/mfa-cache
 step() { echo; echo "=== $* ($(date +%T))"; }
 
@@ -14,21 +17,21 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
-python3 -m pip install -q --no-build-isolation --no-deps . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+python3 -m pip install -q --no-build-isolation --no-deps . >/tmp/mfa-install.log 2>&1 || { cat /tmp/mfa-install.log; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-python3 -m mfa_c info 2>&1 | tee "$OUT/info.log"
+python3 -m mfa_c info 2>&1
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "tests"
-  python3 -m pytest tests -q -rs --durations=15 2>&1 | tee "$OUT/tests.log" | tail -60
+  python3 -m pytest tests -q -rs --durations=15 2>&1 | grep -v "^tests/.*::"
   for tile in 256 128; do
     step "Hopper tests with the 128x${tile} tile forced"
-    MFA_SM90_TILE_N=$tile python3 -m pytest tests/test_gemm.py -q -rs -x -k "hopper or auto" 2>&1 | tee "$OUT/tests_tile$tile.log" | tail -4
+    MFA_SM90_TILE_N=$tile python3 -m pytest tests/test_gemm.py -q -rs -x -k "hopper or auto" 2>&1 | tail -4
   done
   step "C example"
   cmake -S . -B /tmp/mfa-build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build /tmp/mfa-build >/dev/null &&
-    /tmp/mfa-build/example_gemm 2>&1 | tee "$OUT/example.log"
-  /tmp/mfa-build/example_gemm 1000 1023 127 2>&1 | tee -a "$OUT/example.log"
+    /tmp/mfa-build/example_gemm 2>&1
+  /tmp/mfa-build/example_gemm 1000 1023 127 2>&1
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "compile time against the disk cache (a fresh cache, then a second process)"
@@ -37,14 +40,16 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     MFA_CACHE_DIR=$fresh python3 -c "
 import mfa_c
 p = mfa_c.GemmPipeline(4096, 4096, 4096, dtype='float16')
-print('$run process:', p.info['variant'], p.info['cache'], f\"{p.info['compile_ms']:.1f} ms\")" 2>&1 | tee -a "$OUT/cache.log"
+print('$run process:', p.info['variant'], p.info['cache'], f\"{p.info['compile_ms']:.1f} ms\")" 2>&1
   done
+  cp bench/results/* "$OUT/results/"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   step "bench"
   mkdir -p "$OUT/results"
   for dtypes in fp16,bf16 fp32; do
-    python3 -m mfa_c bench gemm --dtype "$dtypes" --out "$OUT/results" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^\["
+    python3 -m mfa_c bench gemm --dtype "$dtypes" --trans NN,NT --out bench/results 2>&1 | grep -v "^\["
   done
+  cp bench/results/* "$OUT/results/"
 fi
 step done

@@ -83,7 +83,8 @@ class ProgressBar:
             print(file=sys.stderr, flush=True)
 
 
-def bench_gemm(dtypes=("fp16",), precision="default", sizes=DEFAULT_GEMM_SIZES, trans="NN", reps=30, command=""):
+def bench_gemm(dtypes=("fp16",), precision="default", sizes=DEFAULT_GEMM_SIZES, transposes=("NN",), reps=30,
+               command=""):
     """Square GEMMs, ours against cuBLAS, for each dtype; returns the results document of BENCH_RESULTS.md.
     16-bit dtypes share one file ("gemm", one peak); fp32 has its own ("gemm_fp32")."""
     if len({dtype == "fp32" for dtype in dtypes}) > 1:
@@ -91,11 +92,11 @@ def bench_gemm(dtypes=("fp16",), precision="default", sizes=DEFAULT_GEMM_SIZES, 
     torch = _require_torch_cuda()
     torch.set_float32_matmul_precision("highest")  # cuBLAS fp32 without TF32, as accurate as ours
     context = mfa_c.default_context(torch.cuda.current_device())
-    cases = [(dtype, size) for dtype in dtypes for size in sizes]
+    cases = [(dtype, trans, size) for dtype in dtypes for trans in transposes for size in sizes]
     progress = ProgressBar(len(cases))
     rows = []
     try:
-        for done, (dtype, size) in enumerate(cases):
+        for done, (dtype, trans, size) in enumerate(cases):
             progress.update(done, f"gemm {dtype} {trans} {size}")
             rows.append(_gemm_row(torch, context, size, dtype, precision, trans, reps))
             torch.cuda.empty_cache()
@@ -248,16 +249,16 @@ def _draw_chart(document, path):
 
     rows = document["rows"]
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    for dtype in dict.fromkeys(row["params"]["dtype"] for row in rows):
-        own = [row for row in rows if row["params"]["dtype"] == dtype]
+    for series in dict.fromkeys((row["params"]["dtype"], row["params"]["trans"]) for row in rows):
+        own = [row for row in rows if (row["params"]["dtype"], row["params"]["trans"]) == series]
         sizes = [row["params"]["m"] for row in own]
-        axes.plot(sizes, [row["ours"] for row in own], marker="o", label=f"MFA {dtype}")
-        axes.plot(sizes, [row["peer_value"] for row in own], marker="s", linestyle=":", label=f"{own[0]['peer']} {dtype}")
+        label = " ".join(series)
+        axes.plot(sizes, [row["ours"] for row in own], marker="o", label=f"MFA {label}")
+        axes.plot(sizes, [row["peer_value"] for row in own], marker="s", linestyle=":", label=f"{own[0]['peer']} {label}")
     axes.axhline(document["peak"]["value"], color="gray", linestyle="--", label="peak")
     axes.set_xlabel("M = N = K")
     axes.set_ylabel(document["unit"])
-    trans = rows[0]["params"]["trans"] if rows else ""
-    axes.set_title(f"GEMM {trans}, square sizes, on {document['device']}")
+    axes.set_title(f"GEMM, square sizes, on {document['device']}")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()

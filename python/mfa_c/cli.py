@@ -46,13 +46,13 @@ def _parser():
     bench_parser = commands.add_parser("bench", help="benchmarks against the vendor library")
     ops = bench_parser.add_subparsers(required=True, metavar="OP")
     gemm = ops.add_parser("gemm", help="square GEMMs against cuBLAS (needs PyTorch with CUDA)")
-    gemm.add_argument("--dtype", type=_dtype_list, default=["fp16"],
+    gemm.add_argument("--dtype", type=_choice_list("fp16", "bf16", "fp32"), default=["fp16"],
                       help="comma-separated: fp16, bf16 (one file) or fp32 (a file of its own)")
     gemm.add_argument("--precision", choices=("default", "ieee", "accurate"), default="default",
                       help="fp32 only: ieee (FFMA) or accurate (3xTF32, the default)")
     gemm.add_argument("--sizes", type=bench.parse_sizes, default=list(bench.DEFAULT_GEMM_SIZES),
                       help="256,512,... or start:stop:step (stop included)")
-    gemm.add_argument("--trans", choices=("NN", "NT", "TN", "TT"), default="NN")
+    gemm.add_argument("--trans", type=_choice_list("NN", "NT", "TN", "TT"), default=["NN"], help="comma-separated: NN, NT, TN, TT")
     gemm.add_argument("--reps", type=int, default=30, help="timed runs per side and size (median)")
     gemm.add_argument("--out", default="bench/results", help="directory of the JSON and PNG results")
     gemm.set_defaults(run=_bench_gemm)
@@ -188,7 +188,7 @@ def _variant_label(variant):
 
 def _bench_gemm(args, argv):
     command = "python -m mfa_c " + shlex.join(argv)
-    document = bench.bench_gemm(dtypes=args.dtype, precision=args.precision, sizes=args.sizes, trans=args.trans,
+    document = bench.bench_gemm(dtypes=args.dtype, precision=args.precision, sizes=args.sizes, transposes=args.trans,
                                 reps=args.reps, command=command)
     peak = document["peak"]["value"]
     _print_table(("case", "ours", "% peak", "cuBLAS", "ratio", "error", "variant"), [
@@ -202,12 +202,15 @@ def _bench_gemm(args, argv):
     return 0
 
 
-def _dtype_list(text):
-    dtypes = text.split(",")
-    unknown = [dtype for dtype in dtypes if dtype not in ("fp16", "bf16", "fp32")]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown dtype(s) {unknown}: choose from fp16, bf16, fp32")
-    return dtypes
+def _choice_list(*choices):
+    """An argparse type: a comma-separated list of some of `choices`."""
+    def parse(text):
+        values = text.split(",")
+        unknown = [value for value in values if value not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}: choose from {', '.join(choices)}")
+        return values
+    return parse
 
 
 def _print_table(headers, rows):
