@@ -42,7 +42,6 @@ import mfa_c
 p = mfa_c.GemmPipeline(4096, 4096, 4096, dtype='float16')
 print('$run process:', p.info['variant'], p.info['cache'], f\"{p.info['compile_ms']:.1f} ms\")" 2>&1
   done
-  cp bench/results/* "$OUT/results/"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   step "bench"
