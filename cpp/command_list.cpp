@@ -23,7 +23,8 @@ struct mfa_command_list {
   }
 
   ~mfa_command_list() {
-    context->make_current();
+    // Destructors must not throw: a failure to bind the context leaves the handles to the process's end.
+    if (mfa::driver().cuCtxSetCurrent(context->primary()) != mfa::CUDA_SUCCESS) return;
     if (recording) {
       mfa::CUgraph abandoned = nullptr;
       mfa::driver().cuStreamEndCapture(recording_stream, &abandoned);

@@ -24,6 +24,7 @@ class Context {
   const mfa_device_info &info() const { return info_; }
   const std::string &arch() const { return arch_; }
   int32_t ordinal() const { return ordinal_; }
+  CUcontext primary() const { return primary_; }
   int compute_capability() const { return info_.compute_capability_major * 10 + info_.compute_capability_minor; }
   // Binds the primary context to the calling thread (cheap; every entry point that touches the GPU calls it).
   void make_current() const;

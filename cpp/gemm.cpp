@@ -92,9 +92,12 @@ mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
   require(d.m <= 65535LL * MFA_SM80_BM, MFA_STATUS_UNSUPPORTED, "descriptor->m is ", d.m,
           ": more rows than one launch covers (", 65535LL * MFA_SM80_BM, ")");
   require(is_float_dtype(d.a_dtype), MFA_STATUS_INVALID_ARGUMENT, "descriptor->a_dtype is ", d.a_dtype);
+  require(is_float_dtype(d.b_dtype), MFA_STATUS_INVALID_ARGUMENT, "descriptor->b_dtype is ", d.b_dtype);
   require(d.b_dtype == d.a_dtype, MFA_STATUS_UNSUPPORTED, "descriptor->b_dtype (", dtype_name(d.b_dtype),
           ") differs from a_dtype (", dtype_name(d.a_dtype), "): mixed-input GEMM is not supported");
   require(is_float_dtype(d.c_dtype), MFA_STATUS_INVALID_ARGUMENT, "descriptor->c_dtype is ", d.c_dtype);
+  require(d.bias_dtype == MFA_DTYPE_NONE || is_float_dtype(d.bias_dtype), MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->bias_dtype is ", d.bias_dtype);
   require(d.bias_dtype == MFA_DTYPE_NONE || d.bias_dtype == d.c_dtype || d.bias_dtype == MFA_DTYPE_F32,
           MFA_STATUS_UNSUPPORTED, "descriptor->bias_dtype is ", dtype_name(d.bias_dtype), ": use c_dtype (",
           dtype_name(d.c_dtype), ") or f32");

@@ -55,7 +55,7 @@ MFA_API const char *mfa_version_string(void);
 typedef int32_t mfa_status;
 #define MFA_STATUS_SUCCESS 0
 #define MFA_STATUS_INVALID_ARGUMENT 1   /* a null pointer, a bad size, a bad enum value */
-#define MFA_STATUS_SHAPE_MISMATCH 2     /* a tensor's shape disagrees with the descriptor */
+#define MFA_STATUS_SHAPE_MISMATCH 2     /* a tensor's shape or dtype disagrees with the descriptor */
 #define MFA_STATUS_UNSUPPORTED 3        /* a valid request this build or device cannot run */
 #define MFA_STATUS_BAD_STRIDE 4         /* negative, overlapping or non-unit innermost strides */
 #define MFA_STATUS_MISALIGNED 5         /* a pointer not aligned to its element size */
@@ -229,7 +229,7 @@ typedef struct mfa_gemm_pipeline mfa_gemm_pipeline;
 
 typedef struct mfa_pipeline_info {
   mfa_struct_header header;
-  char variant[160];        /* the variant key, readable: "gemm.hopper.f16.f16.nt.128x128x64.s4" */
+  char variant[160];        /* the variant key, readable: "gemm.sm90.f16mma.f16-f16.nt.128x256" */
   int32_t path;             /* MFA_GEMM_PATH_* that encode uses for aligned operands */
   int32_t schedule;         /* MFA_SCHEDULE_* chosen */
   int32_t cache;            /* MFA_CACHE_*: where the compiled code came from */

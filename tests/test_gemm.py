@@ -683,6 +683,32 @@ def test_transposed_views_work_without_copies(ctx, torch_cuda, rng, which, dtype
     assert error <= tolerance(dtype, "default", dtype), error
 
 
+class DLPackOnly:
+    """A device array that speaks DLPack alone (as JAX's do): mfa_c must read its DLTensor as is."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __dlpack__(self, stream=None):
+        return self.tensor.__dlpack__(stream=stream)
+
+    def __dlpack_device__(self):
+        return self.tensor.__dlpack_device__()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_dlpack_operands_are_read_in_place(ctx, torch_cuda, rng, dtype):
+    torch = torch_cuda
+    a_stored, b = Inputs(torch, rng).operands(130, 70, 257, dtype, "TN")
+    a = a_stored.transpose(-1, -2)  # a strided view: the capsule's strides must be honoured
+    c, _ = poisoned_output(torch, (130, 70), dtype)
+    out = mfa_c.gemm(DLPackOnly(a), DLPackOnly(b), c=DLPackOnly(c))
+    torch.cuda.synchronize()
+    assert isinstance(out, DLPackOnly)
+    error = rel_error(c, torch_reference(torch, a, b))
+    assert error <= tolerance(dtype, "default", dtype), error
+
+
 @pytest.mark.parametrize("out_dtype", ["float32", "torch.float32", "numpy.float32", None])
 def test_new_output_tensor(ctx, torch_cuda, rng, out_dtype):
     torch = torch_cuda

@@ -1,10 +1,12 @@
 """Arrays of other libraries as mfa_tensor (DLPack's DLTensor layout).
 
 Device tensors cross without a copy: torch tensors through their own accessors (data_ptr, stride),
-anything else through __cuda_array_interface__. numpy arrays are copied into device buffers first
+others through __cuda_array_interface__ (CuPy) or a DLPack capsule, whose DLTensor has mfa_tensor's
+layout and is read as one. numpy arrays are copied into device buffers first
 (see gemm.py); TensorView then describes the buffer.
 """
 
+import ctypes
 import dataclasses
 import sys
 
@@ -57,6 +59,7 @@ class TensorView:
     dtype: DType
     device_id: int
     device_type: int = lib.MFA_DEVICE_CUDA
+    owner: object = dataclasses.field(default=None, compare=False, repr=False)  # keeps a DLPack capsule alive
 
     def __post_init__(self):
         # A dimension of extent 1 is never stepped over, so its stride is free; give it the compact
@@ -133,9 +136,8 @@ def device_view(value, argument, default_device=0):
     if hasattr(value, "__cuda_array_interface__"):
         return _cuda_array_view(value.__cuda_array_interface__, argument, default_device)
     if hasattr(value, "__dlpack__"):
-        raise invalid_argument(argument, f"{type(value).__name__} supports DLPack but has no "
-                               "__cuda_array_interface__; pass a torch tensor or a CuPy array")
-    raise invalid_argument(argument, "expected a CUDA torch tensor, an object with __cuda_array_interface__ "
+        return _dlpack_view(value, argument)
+    raise invalid_argument(argument, "expected a CUDA tensor (torch, __cuda_array_interface__ or __dlpack__) "
                            f"or (for mfa_c.gemm) a numpy array, got {type(value).__name__}")
 
 
@@ -145,6 +147,27 @@ def _torch_view(tensor, argument):
                                "or pass a numpy array")
     return TensorView(data=tensor.data_ptr(), shape=tuple(tensor.shape), strides=tuple(tensor.stride()),
                       dtype=dtype_of(tensor.dtype, argument), device_id=tensor.device.index)
+
+
+def _dlpack_view(value, argument):
+    """The DLTensor of value.__dlpack__() (the producer orders its work before the legacy default stream)."""
+    capsule = value.__dlpack__()
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    tensor = ffi.cast("mfa_tensor *", get_pointer(capsule, b"dltensor"))  # DLManagedTensor starts with it
+    if tensor.device.device_type != lib.MFA_DEVICE_CUDA:
+        raise invalid_argument(argument, f"a DLPack tensor on device type {tensor.device.device_type}, not CUDA")
+    dtype = next((candidate for candidate in DTYPES.values() if tensor.dtype.lanes == 1 and
+                  (candidate.code, candidate.bits) == (tensor.dtype.code, tensor.dtype.bits)), None)
+    if dtype is None:
+        raise MFAError(lib.MFA_STATUS_UNSUPPORTED, f"{argument}: DLPack dtype code {tensor.dtype.code}, "
+                       f"{tensor.dtype.bits} bits, {tensor.dtype.lanes} lanes is not float16/bfloat16/float32")
+    shape = tuple(tensor.shape[i] for i in range(tensor.ndim))
+    strides = (tuple(tensor.strides[i] for i in range(tensor.ndim)) if tensor.strides != ffi.NULL
+               else compact_strides(shape))
+    data = int(ffi.cast("uintptr_t", tensor.data)) + tensor.byte_offset
+    return TensorView(data=data, shape=shape, strides=strides, dtype=dtype, device_id=tensor.device.device_id,
+                      owner=capsule)
 
 
 def _cuda_array_view(interface, argument, device_id):
