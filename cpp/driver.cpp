@@ -59,6 +59,7 @@ DriverApi load_driver() {
   bind(library, "cuMemcpyHtoD_v2", api.cuMemcpyHtoD);
   bind(library, "cuMemcpyDtoH_v2", api.cuMemcpyDtoH);
   bind(library, "cuMemsetD8_v2", api.cuMemsetD8);
+  bind(library, "cuMemsetD32Async", api.cuMemsetD32Async);
   bind(library, "cuStreamCreate", api.cuStreamCreate);
   bind(library, "cuStreamDestroy_v2", api.cuStreamDestroy);
   bind(library, "cuStreamSynchronize", api.cuStreamSynchronize);

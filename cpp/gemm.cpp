@@ -5,6 +5,7 @@
 //
 //   path       kernels in its module              launched when
 //   hopper     mfa_gemm_sm90 (TMA + wgmma)        sm_90a, 16-bit inputs, TMA-legal addresses/strides, k > 0
+//              data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp)
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "../cuda/gemm.cuh"
 #include "context.hpp"
 #include "errors.hpp"
+#include "gemm_schedule.hpp"
 #include "nvrtc.hpp"
 #include "tensor.hpp"
 
@@ -36,6 +38,7 @@ struct GemmVariant {
   int32_t tile_n = 0;  // hopper: the tile's width, MFA_SM90_BN (128 or 256); the tile is MFA_SM90_BM rows
 
   int in_bytes() const { return element_bytes(in_dtype); }
+  bool hopper_tf32() const { return path == MFA_GEMM_PATH_HOPPER && in_dtype == MFA_DTYPE_F32; }
 
   std::string key() const {
     static const char *math_names[] = {"f16mma", "bf16mma", "tf32x3", "ffma"};
@@ -52,18 +55,24 @@ struct GemmVariant {
                   "#define MFA_MATH ", math, "\n",
                   "#define MFA_TRANS_A ", trans_a, "\n",
                   "#define MFA_TRANS_B ", trans_b, "\n",
-                  path == MFA_GEMM_PATH_HOPPER ? concat("#define MFA_SM90_BN ", tile_n, "\n") : "",
+                  path == MFA_GEMM_PATH_HOPPER && !hopper_tf32() ? concat("#define MFA_SM90_BN ", tile_n, "\n") : "",
                   "#include \"gemm.cuh\"\n",
-                  "#include \"", path == MFA_GEMM_PATH_HOPPER ? "gemm_sm90.cu" : "gemm_sm80.cu", "\"\n");
+                  "#include \"", kernel_file(), "\"\n");
+  }
+
+  const char *kernel_file() const {
+    if (path == MFA_GEMM_PATH_PORTABLE) return "gemm_sm80.cu";
+    return hopper_tf32() ? "gemm_sm90_tf32.cu" : "gemm_sm90.cu";
   }
 
   std::vector<const char *> entries() const {
-    if (path == MFA_GEMM_PATH_HOPPER) return {"mfa_gemm_sm90"};
-    return {"mfa_gemm_sm80_vec", "mfa_gemm_sm80_scalar"};
+    if (path == MFA_GEMM_PATH_PORTABLE) return {"mfa_gemm_sm80_vec", "mfa_gemm_sm80_scalar"};
+    return {hopper_tf32() ? "mfa_gemm_sm90_tf32" : "mfa_gemm_sm90"};
   }
 
   int dynamic_shared_bytes() const {
-    return path == MFA_GEMM_PATH_HOPPER ? mfa_sm90_smem_bytes(tile_n) : mfa_sm80_smem_bytes(trans_a, trans_b, in_bytes());
+    if (path == MFA_GEMM_PATH_PORTABLE) return mfa_sm80_smem_bytes(trans_a, trans_b, in_bytes());
+    return hopper_tf32() ? mfa_sm90_tf32_smem_bytes(trans_b) : mfa_sm90_smem_bytes(tile_n);
   }
 };
 
@@ -113,10 +122,10 @@ mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
   if (d.a_dtype == MFA_DTYPE_F32 && d.precision == MFA_PRECISION_DEFAULT) d.precision = MFA_PRECISION_ACCURATE;
   require(d.path >= MFA_GEMM_PATH_AUTO && d.path <= MFA_GEMM_PATH_HOPPER, MFA_STATUS_INVALID_ARGUMENT,
           "descriptor->path is ", d.path);
-  require(d.path != MFA_GEMM_PATH_HOPPER || d.a_dtype != MFA_DTYPE_F32, MFA_STATUS_UNSUPPORTED,
-          "descriptor->path is HOPPER but the Hopper path takes f16/bf16 inputs only");
-  require(d.schedule == MFA_SCHEDULE_AUTO || d.schedule == MFA_SCHEDULE_DATA_PARALLEL, MFA_STATUS_UNSUPPORTED,
-          "descriptor->schedule is ", d.schedule, ": only AUTO and DATA_PARALLEL exist in this version");
+  require(d.path != MFA_GEMM_PATH_HOPPER || d.precision != MFA_PRECISION_IEEE, MFA_STATUS_UNSUPPORTED,
+          "descriptor->path is HOPPER but IEEE fp32 runs on the CUDA cores (the portable path) only");
+  require(d.schedule >= MFA_SCHEDULE_AUTO && d.schedule <= MFA_SCHEDULE_STREAM_K, MFA_STATUS_UNSUPPORTED,
+          "descriptor->schedule is ", d.schedule, ": AUTO, DATA_PARALLEL and STREAM_K exist in this version");
   require(std::isfinite(d.alpha) && std::isfinite(d.beta), MFA_STATUS_INVALID_ARGUMENT,
           "descriptor->alpha and beta must be finite");
   return d;
@@ -158,10 +167,11 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
   require(!hopper_requested || hopper_capable(arch), MFA_STATUS_UNSUPPORTED,
           "descriptor->path is HOPPER but the device compiles for ", arch, " (sm_90a needed)");
   std::vector<GemmVariant> variants{variant_for(d, MFA_GEMM_PATH_PORTABLE)};
-  const bool hopper_wanted = d.path != MFA_GEMM_PATH_PORTABLE && d.a_dtype != MFA_DTYPE_F32 && hopper_capable(arch);
+  const bool hopper_wanted =
+      d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
-    hopper.tile_n = hopper_tile_n(d, sm_count);
+    hopper.tile_n = hopper.hopper_tf32() ? MFA_SM90_TF32_BN : hopper_tile_n(d, sm_count);
     variants.insert(variants.begin(), hopper);
   }
   return variants;
@@ -181,24 +191,30 @@ bool vector_loadable(const MatrixOperand &op, int in_bytes) {
   return aligned(op.data, 16) && op.row_stride % vec == 0 && op.batch_stride % vec == 0;
 }
 
+// Elements in one 128-byte swizzle span: the width of every TMA box of the Hopper kernels.
+unsigned swizzle_span_elements(int32_t dtype) { return 128 / element_bytes(dtype); }
+
 // TMA: a 16-byte aligned base and strides that are multiples of 16 bytes (the same test as above).
-// The box is 64 elements (MFA_SM90_BOX, 128 bytes) of the contiguous dimension by `box_rows` rows:
-// a K-major operand loads the tile's whole extent (A: 128 rows, B: the tile's width) in one box, an
-// MN-major one 64-row boxes side by side (gemm_sm90.cu, mfa_sm90_operand).
+// The box is one swizzle span (128 bytes) of the contiguous dimension by `box_rows` rows: a K-major
+// operand loads the tile's whole extent (A: 128 rows, B: the tile's width) in one box, an MN-major one
+// square boxes side by side (gemm_sm90.cu's mfa_sm90_operand, gemm_sm90_tf32.cu).
 CUtensorMap encode_tensor_map(const MatrixOperand &op, int32_t dtype, int64_t rows, int64_t cols, int64_t batch,
                               unsigned box_rows) {
-  const unsigned long long row_bytes = op.row_stride * 2;
+  const int bytes = element_bytes(dtype);
+  const unsigned long long row_bytes = op.row_stride * bytes;
   const bool broadcast = op.batch_stride == 0;
   const unsigned long long dims[3] = {static_cast<unsigned long long>(cols), static_cast<unsigned long long>(rows),
                                       static_cast<unsigned long long>(broadcast ? 1 : batch)};
   const unsigned long long strides[2] = {row_bytes,
-                                         broadcast ? row_bytes * std::max<int64_t>(rows, 1) : op.batch_stride * 2};
-  const unsigned box[3] = {MFA_SM90_BOX, box_rows, 1};
+                                         broadcast ? row_bytes * std::max<int64_t>(rows, 1) : op.batch_stride * bytes};
+  const unsigned box[3] = {swizzle_span_elements(dtype), box_rows, 1};
   const unsigned element_strides[3] = {1, 1, 1};
+  const int type = dtype == MFA_DTYPE_F16    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                   : dtype == MFA_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                             : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   CUtensorMap map;
   check_cuda(driver().cuTensorMapEncodeTiled(
-                 &map, dtype == MFA_DTYPE_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
-                 op.data, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                 &map, type, 3, op.data, dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
              "cuTensorMapEncodeTiled");
   return map;
@@ -215,7 +231,9 @@ struct mfa_gemm_pipeline {
   mfa_gemm_descriptor descriptor;
   mfa_pipeline_info info;
   bool has_hopper = false;
-  int32_t hopper_tile_n = 0;  // the hopper kernel's MFA_SM90_BN
+  bool hopper_tf32 = false;             // the hopper kernel is gemm_sm90_tf32.cu's (fp32 inputs)
+  int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
+  mfa_gemm_schedule hopper_schedule{};  // its grid and work, for the context's SM count
   mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
 };
 
@@ -234,6 +252,7 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
   }
   if (variant.path == MFA_GEMM_PATH_HOPPER) {
     pipeline.has_hopper = true;
+    pipeline.hopper_tf32 = variant.hopper_tf32();
     pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper = functions[0];
   } else {
@@ -247,6 +266,17 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
     pipeline.info.cache = lookup.origin;
   }
   pipeline.info.compile_ms += lookup.origin == MFA_CACHE_MEMORY ? 0.0 : lookup.milliseconds;
+}
+
+// The hopper kernel's schedule; Stream-K's workspace becomes the pipeline's. Problems with more tiles
+// than a launch can number keep a DP schedule they never use (encode takes the portable path).
+void plan_hopper(mfa_gemm_pipeline &pipeline, int sm_count) {
+  const mfa_gemm_descriptor &d = pipeline.descriptor;
+  if (int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, pipeline.hopper_tile_n) * d.batch > INT_MAX) return;
+  pipeline.hopper_schedule =
+      plan_gemm_schedule(d.m, d.n, d.k, d.batch, pipeline.hopper_tile_n, sm_count, d.schedule);
+  pipeline.info.schedule = schedule_kind(pipeline.hopper_schedule);
+  pipeline.info.workspace_bytes = mfa_gemm_workspace_bytes(pipeline.hopper_schedule, MFA_SM90_BM, pipeline.hopper_tile_n);
 }
 
 struct GemmOperands {
@@ -302,26 +332,54 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
-void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops) {
+// Stream-K's workspace: the flags start at zero in every launch (a memset node ahead of the kernel, so
+// the workspace is plain scratch memory between encodes and a replayed command list resets them too);
+// the partial slots need no initialisation (each is written before its flag rises).
+void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *workspace, mfa_gemm_args &args) {
+  const mfa_gemm_schedule &schedule = pipeline.hopper_schedule;
+  require(workspace != nullptr && aligned(workspace, 256), MFA_STATUS_INVALID_ARGUMENT, "workspace is ", workspace,
+          ": the pipeline's Stream-K schedule needs ", pipeline.info.workspace_bytes, " bytes, 256-byte aligned");
+  char *base = static_cast<char *>(workspace);
+  args.flags = reinterpret_cast<int *>(base);
+  args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule));
+  check_cuda(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(base), 0, size_t{2} * schedule.units,
+                                       static_cast<CUstream>(stream)),
+             "cuMemsetD32Async(Stream-K flags)");
+}
+
+void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops, void *workspace) {
   const mfa_gemm_descriptor &d = pipeline.descriptor;
   mfa_gemm_args args = kernel_args(d, ops);
   const GemmVariant variant = variant_for(d, MFA_GEMM_PATH_PORTABLE);
   const bool vectorizable = vector_loadable(ops.a, variant.in_bytes()) && vector_loadable(ops.b, variant.in_bytes());
   const unsigned batch = static_cast<unsigned>(d.batch);
-  // A persistent grid: one block per SM (fewer if there are fewer tiles), each looping over tiles.
   const int tile_n = pipeline.hopper_tile_n;
   const int64_t hopper_tiles =
       pipeline.has_hopper ? int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch : 0;
   if (pipeline.has_hopper && vectorizable && d.k > 0 && hopper_tiles <= INT_MAX) {
     // K-major operands (A untransposed, B transposed) are boxed by the tile's rows; MN-major ones by
-    // 64 x 64 boxes.
-    CUtensorMap map_a = d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, MFA_SM90_BOX)
+    // square boxes one swizzle span wide.
+    const unsigned span = swizzle_span_elements(d.a_dtype);
+    CUtensorMap map_a = d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, span)
                                   : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, MFA_SM90_BM);
     CUtensorMap map_b = d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n)
-                                  : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, MFA_SM90_BOX);
-    const int64_t sms = std::max(pipeline.context->info().sm_count, 1);
+                                  : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, span);
+    const int sm_count = std::max(pipeline.context->info().sm_count, 1);
+    if (pipeline.hopper_tf32) {  // a persistent grid over 128 x 128 tiles, data-parallel
+      void *params[] = {&args, &map_a, &map_b};
+      launch(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(hopper_tiles, sm_count)), 1, 1,
+             MFA_SM90_THREADS, mfa_sm90_tf32_smem_bytes(d.trans_b), stream, params,
+             "cuLaunchKernel(mfa_gemm_sm90_tf32)");
+      return;
+    }
+    // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
+    // allows no second), so that all are resident at once, which Stream-K's waits rely on.
+    args.schedule = pipeline.hopper_schedule;
+    require(args.schedule.units <= sm_count, MFA_STATUS_INTERNAL,
+            "the hopper schedule has ", args.schedule.units, " blocks for ", pipeline.context->info().sm_count, " SMs");
+    if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
     void *params[] = {&args, &map_a, &map_b};
-    launch(pipeline.hopper, static_cast<unsigned>(std::min(hopper_tiles, sms)), 1, 1, MFA_SM90_THREADS,
+    launch(pipeline.hopper, static_cast<unsigned>(args.schedule.units), 1, 1, MFA_SM90_THREADS,
            mfa_sm90_smem_bytes(tile_n), stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
     return;
   }
@@ -346,7 +404,7 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
     for (const Input &input : inputs)
       for (int32_t out : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32})
         for (int32_t trans = 0; trans < 4; ++trans) {
-          if (path == MFA_GEMM_PATH_HOPPER && input.dtype == MFA_DTYPE_F32) continue;
+          if (path == MFA_GEMM_PATH_HOPPER && input.precision == MFA_PRECISION_IEEE) continue;
           mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
           d.a_dtype = d.b_dtype = input.dtype;
           d.c_dtype = out;
@@ -398,9 +456,10 @@ MFA_API mfa_status mfa_gemm_pipeline_create(mfa_context *context, const mfa_gemm
     pipeline->descriptor = checked;
     pipeline->info = MFA_PIPELINE_INFO_INIT;
     pipeline->info.schedule = MFA_SCHEDULE_DATA_PARALLEL;
-    for (const mfa::GemmVariant &variant : mfa::variants_for(pipeline->descriptor, pipeline->context->arch(),
-                                                                         pipeline->context->info().sm_count))
+    const int sm_count = pipeline->context->info().sm_count;
+    for (const mfa::GemmVariant &variant : mfa::variants_for(pipeline->descriptor, pipeline->context->arch(), sm_count))
       mfa::load_variant(*pipeline, variant);
+    if (pipeline->has_hopper && !pipeline->hopper_tf32) mfa::plan_hopper(*pipeline, sm_count);
     *out_pipeline = pipeline.release();
   });
 }
@@ -421,14 +480,13 @@ MFA_API mfa_status mfa_gemm_encode(const mfa_gemm_pipeline *pipeline, void *stre
                                    void *workspace, uint64_t workspace_bytes) {
   return mfa::abi_call([&] {
     mfa::require_arg(pipeline, "pipeline");
-    (void)workspace;
     mfa::require(workspace_bytes >= pipeline->info.workspace_bytes, MFA_STATUS_INVALID_ARGUMENT, "workspace_bytes is ",
                  workspace_bytes, ", the pipeline needs ", pipeline->info.workspace_bytes);
     const mfa::GemmOperands ops =
         mfa::check_operands(pipeline->descriptor, pipeline->context->ordinal(), a, b, c, bias);
     if (pipeline->descriptor.m == 0 || pipeline->descriptor.n == 0) return;
     pipeline->context->make_current();
-    mfa::encode(*pipeline, stream, ops);
+    mfa::encode(*pipeline, stream, ops, workspace);
   });
 }
 
@@ -476,6 +534,39 @@ MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor
           mfa::fill_report(out_reports[count], variant, entry, lookup);
         }
         ++count;
+      }
+    }
+    *out_count = count;
+  });
+}
+
+MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descriptor, int32_t sm_count,
+                                              int32_t tile_n, int32_t *out_schedule,
+                                              uint64_t *out_workspace_bytes, mfa_gemm_work_item *out_items,
+                                              int64_t capacity, int64_t *out_count) {
+  return mfa::abi_call([&] {
+    const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
+    mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
+    mfa::require(tile_n == 0 || tile_n == 128 || tile_n == 256, MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
+                 " (must be 0, 128 or 256)");
+    mfa::require_arg(out_count, "out_count");
+    mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
+                 "out_items is NULL with capacity ", capacity);
+    const int bn = tile_n ? tile_n : mfa::hopper_tile_n(d, sm_count);
+    mfa::require(int64_t{mfa::blocks(d.m, MFA_SM90_BM)} * mfa::blocks(d.n, bn) * d.batch <= INT_MAX,
+                 MFA_STATUS_UNSUPPORTED, "the descriptor has more than 2^31 - 1 tiles");
+    const mfa_gemm_schedule s = mfa::plan_gemm_schedule(d.m, d.n, d.k, d.batch, bn, sm_count, d.schedule);
+    if (out_schedule) *out_schedule = mfa::schedule_kind(s);
+    if (out_workspace_bytes) *out_workspace_bytes = mfa_gemm_workspace_bytes(s, MFA_SM90_BM, bn);
+    int64_t count = 0;
+    for (int unit = 0; unit < s.units; ++unit) {
+      const int items = mfa_gemm_work_count(s, unit);
+      for (int i = 0; i < items; ++i, ++count) {
+        if (count >= capacity) continue;
+        const mfa_gemm_work work = mfa_gemm_work_at(s, unit, i);
+        const bool partial = mfa_gemm_work_is_partial(s, work);
+        out_items[count] = {unit, work.tile, work.k_begin, work.k_end, partial ? 1 : 0,
+                            !partial && work.k_begin > 0 ? mfa_gemm_first_contributor(s, work.tile) : -1};
       }
     }
     *out_count = count;

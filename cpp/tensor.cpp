@@ -21,13 +21,7 @@ DlDtype dlpack_dtype(int32_t dtype) {
   }
 }
 
-std::string shape_text(const mfa_tensor &tensor) {
-  std::string text = "[";
-  for (int i = 0; i < tensor.ndim; ++i) text += (i ? ", " : "") + std::to_string(tensor.shape[i]);
-  return text + "]";
-}
-
-void check_common(const mfa_tensor *tensor, const char *name, int32_t dtype, int32_t device_id) {
+void check_common(const mfa_tensor *tensor, const char *name, int32_t dtype, int32_t device_id, int max_ndim = 3) {
   require_arg(tensor, name);
   const int32_t type = tensor->device.device_type;
   require(type == MFA_DEVICE_CUDA || type == MFA_DEVICE_CUDA_MANAGED || type == MFA_DEVICE_CUDA_HOST,
@@ -39,7 +33,7 @@ void check_common(const mfa_tensor *tensor, const char *name, int32_t dtype, int
   require(tensor->dtype.code == want.code && tensor->dtype.bits == want.bits && tensor->dtype.lanes == 1,
           MFA_STATUS_SHAPE_MISMATCH, name, ".dtype is {code ", int(tensor->dtype.code), ", bits ",
           int(tensor->dtype.bits), ", lanes ", tensor->dtype.lanes, "} but the descriptor says ", dtype_name(dtype));
-  require(tensor->ndim >= 1 && tensor->ndim <= 3, MFA_STATUS_SHAPE_MISMATCH, name, ".ndim is ", tensor->ndim);
+  require(tensor->ndim >= 1 && tensor->ndim <= max_ndim, MFA_STATUS_SHAPE_MISMATCH, name, ".ndim is ", tensor->ndim);
   require(tensor->shape != nullptr, MFA_STATUS_INVALID_ARGUMENT, name, ".shape is NULL");
   for (int i = 0; i < tensor->ndim; ++i)
     require(tensor->shape[i] >= 0, MFA_STATUS_SHAPE_MISMATCH, name, ".shape[", i, "] is ", tensor->shape[i]);
@@ -62,6 +56,26 @@ char *data_of(const mfa_tensor &tensor, const char *name, int32_t dtype, bool em
 }
 
 }  // namespace
+
+std::string shape_text(const mfa_tensor &tensor) {
+  std::string text = "[";
+  for (int i = 0; i < tensor.ndim; ++i) text += (i ? ", " : "") + std::to_string(tensor.shape[i]);
+  return text + "]";
+}
+
+DenseTensor check_dense(const mfa_tensor *tensor, const char *name, int32_t dtype, int32_t device_id) {
+  check_common(tensor, name, dtype, device_id, kMaxRank);
+  DenseTensor dense;
+  dense.ndim = tensor->ndim;
+  bool empty = false;
+  for (int i = 0; i < tensor->ndim; ++i) {
+    dense.shape[i] = tensor->shape[i];
+    dense.strides[i] = stride_of(*tensor, i);
+    empty = empty || tensor->shape[i] == 0;
+  }
+  dense.data = data_of(*tensor, name, dtype, empty);
+  return dense;
+}
 
 int element_bytes(int32_t dtype) { return dtype == MFA_DTYPE_F32 ? 4 : 2; }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "mfa.h"
 
@@ -31,6 +32,22 @@ MatrixOperand check_matrix(const mfa_tensor *tensor, const MatrixExpectation &ex
 // A contiguous vector of `length` elements (bias); returns its data pointer.
 const char *check_vector(const mfa_tensor *tensor, const char *name, int32_t dtype, int64_t length,
                          int32_t device_id);
+
+// A tensor of any rank from 1 to kMaxRank, after the checks every operand gets (not NULL, device
+// memory of the context's device, dtype, shape array): its shape and strides in elements (compact
+// row-major where strides is NULL) and data + byte_offset, aligned to its elements. The caller checks
+// the shape and the strides it needs (group_norm.cpp: layouts of [N, C, spatial...] tensors).
+constexpr int kMaxRank = 8;
+struct DenseTensor {
+  char *data = nullptr;
+  int ndim = 0;
+  int64_t shape[kMaxRank] = {};
+  int64_t strides[kMaxRank] = {};
+};
+DenseTensor check_dense(const mfa_tensor *tensor, const char *name, int32_t dtype, int32_t device_id);
+
+// "[2, 3, 4]"
+std::string shape_text(const mfa_tensor &tensor);
 
 int element_bytes(int32_t dtype);
 const char *dtype_name(int32_t dtype);

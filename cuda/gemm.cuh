@@ -23,12 +23,126 @@
 #define MFA_MATH_TF32X3 2    // fp32 split into tf32 hi + lo, three products (fp32-accurate)
 #define MFA_MATH_FFMA 3      // fp32 fused multiply-add on the CUDA cores (IEEE)
 
-// Epilogue activations (the values of MFA_ACTIVATION_* in mfa.h).
-#define MFA_ACT_NONE 0
-#define MFA_ACT_RELU 1
-#define MFA_ACT_GELU_TANH 2
-#define MFA_ACT_GELU_ERF 3
-#define MFA_ACT_SILU 4
+// Epilogue activations: MFA_ACT_* (the values of MFA_ACTIVATION_* in mfa.h) and mfa_activate.
+#include "activation.cuh"
+
+// ----- the persistent schedule: which k steps of which output tiles each block computes -----
+// Used by the sm_90 kernel and, through the same functions, by the host (planning in
+// cpp/gemm_schedule.cpp, and mfa_gemm_schedule_describe, which lets the CPU tests check coverage).
+//
+// Output tiles are numbered 0 .. tiles-1 (the kernel maps a number to its place, gemm_sm90.cu); a tile
+// takes k_iters k steps. A grid of `units` persistent blocks shares them out in two regions:
+//   Stream-K: tiles [0, sk_tiles), as one run of sk_tiles * k_iters iterations (iteration g is k step
+//     g % k_iters of tile g / k_iters), cut evenly: unit u takes the sk_base + (u < sk_extra) iterations
+//     after those of units 0 .. u-1. A unit's range may start or end inside a tile; it is walked tile
+//     segment by tile segment.
+//   Data-parallel: tiles [sk_tiles, tiles), whole, unit u taking tiles sk_tiles + u + i * units.
+// Every unit does its Stream-K segments first, then its data-parallel tiles. Why this order: all units
+// start their Stream-K share at once and shares are equal, so the fix-up waits (below) are short and
+// the kernel ends on whole tiles with no inter-block dependency (in the hybrid, sk_tiles is chosen so
+// that the data-parallel tiles are full waves: every unit ends at the same time).
+//
+// Fix-up. A segment that stops short of its tile's last k step ("partial": only ever the last segment
+// of a unit's range) stores its fp32 accumulators in the workspace slot of its unit and raises the
+// unit's flag; the segment that ends on the tile's last k step (the tile's one "finisher") waits for
+// the flags of the units before it that cover the same tile, adds their partials in a fixed order
+// and runs the epilogue. Within a unit the segments are walked last to first: its partial segment
+// (if any) comes first, so partials are published before a unit ever waits, and its finisher segment
+// (if any: only ever the first segment of its range) comes last, when the units before it have long
+// published. Contributors never wait, so no wait can be part of a cycle; and all units are resident at
+// once (grid <= SMs, one block per SM: the host asserts it), so every awaited unit is running.
+struct mfa_gemm_schedule {
+  int tiles_m, tiles_n, batch;  // tiles of one batch along M and N; batches
+  int k_iters;                  // k steps of one tile
+  int tiles;                    // tiles_m * tiles_n * batch
+  int units;                    // persistent blocks: the grid
+  int sk_tiles;                 // tiles [0, sk_tiles) are Stream-K, the rest data-parallel
+  int sk_base, sk_extra;        // unit u has sk_base + (u < sk_extra) Stream-K iterations
+};
+
+// One work item of a unit: k steps [k_begin, k_end) of tile `tile`.
+struct mfa_gemm_work {
+  int tile, k_begin, k_end;
+};
+
+// The schedule of `units` blocks over a tiles_m x tiles_n x batch grid of tiles of k_iters steps, the
+// first sk_tiles of them by Stream-K. With sk_tiles > 0 every unit gets at least one iteration
+// (the planner keeps units <= sk_tiles * k_iters).
+MFA_HOST_DEVICE inline mfa_gemm_schedule mfa_gemm_schedule_make(int tiles_m, int tiles_n, int batch, int k_iters,
+                                                               int units, int sk_tiles) {
+  mfa_gemm_schedule s;
+  s.tiles_m = tiles_m;
+  s.tiles_n = tiles_n;
+  s.batch = batch;
+  s.k_iters = k_iters;
+  s.tiles = tiles_m * tiles_n * batch;
+  s.units = units;
+  s.sk_tiles = sk_tiles;
+  const long long sk_iters = static_cast<long long>(sk_tiles) * k_iters;
+  s.sk_base = static_cast<int>(sk_iters / units);
+  s.sk_extra = static_cast<int>(sk_iters % units);
+  return s;
+}
+
+// First Stream-K iteration of unit u (u = units gives the end of the region).
+MFA_HOST_DEVICE inline long long mfa_gemm_sk_begin(const mfa_gemm_schedule &s, int u) {
+  return static_cast<long long>(u) * s.sk_base + (u < s.sk_extra ? u : s.sk_extra);
+}
+
+// The unit whose Stream-K range holds iteration g (0 <= g < sk_tiles * k_iters).
+MFA_HOST_DEVICE inline int mfa_gemm_sk_unit_of(const mfa_gemm_schedule &s, long long g) {
+  const long long wide = static_cast<long long>(s.sk_extra) * (s.sk_base + 1);  // units with one more
+  return g < wide ? static_cast<int>(g / (s.sk_base + 1)) : s.sk_extra + static_cast<int>((g - wide) / s.sk_base);
+}
+
+// Tile segments in unit u's Stream-K range (0 without Stream-K).
+MFA_HOST_DEVICE inline int mfa_gemm_sk_segments(const mfa_gemm_schedule &s, int u) {
+  const long long begin = mfa_gemm_sk_begin(s, u), end = mfa_gemm_sk_begin(s, u + 1);
+  if (s.sk_tiles == 0 || end <= begin) return 0;
+  return static_cast<int>((end - 1) / s.k_iters - begin / s.k_iters + 1);
+}
+
+// Data-parallel tiles of unit u.
+MFA_HOST_DEVICE inline int mfa_gemm_dp_tiles(const mfa_gemm_schedule &s, int u) {
+  const int dp = s.tiles - s.sk_tiles;
+  return u < dp ? (dp - u + s.units - 1) / s.units : 0;
+}
+
+// Work items of unit u: its Stream-K segments, then its data-parallel tiles.
+MFA_HOST_DEVICE inline int mfa_gemm_work_count(const mfa_gemm_schedule &s, int u) {
+  return mfa_gemm_sk_segments(s, u) + mfa_gemm_dp_tiles(s, u);
+}
+
+// Item i (0 <= i < mfa_gemm_work_count) of unit u. Stream-K segments come last-to-first (see above).
+MFA_HOST_DEVICE inline mfa_gemm_work mfa_gemm_work_at(const mfa_gemm_schedule &s, int u, int i) {
+  const int segments = mfa_gemm_sk_segments(s, u);
+  if (i >= segments) return {s.sk_tiles + u + (i - segments) * s.units, 0, s.k_iters};
+  const long long begin = mfa_gemm_sk_begin(s, u), end = mfa_gemm_sk_begin(s, u + 1);
+  const int tile = static_cast<int>(begin / s.k_iters) + segments - 1 - i;
+  const long long tile_begin = static_cast<long long>(tile) * s.k_iters;
+  const long long lo = begin > tile_begin ? begin : tile_begin;
+  const long long hi = end < tile_begin + s.k_iters ? end : tile_begin + s.k_iters;
+  return {tile, static_cast<int>(lo - tile_begin), static_cast<int>(hi - tile_begin)};
+}
+
+// A partial item stores its accumulators for the finisher; a finisher with k_begin > 0 adds the
+// partials of units [mfa_gemm_first_contributor, u), which hold the tile's k steps [0, k_begin).
+MFA_HOST_DEVICE inline bool mfa_gemm_work_is_partial(const mfa_gemm_schedule &s, const mfa_gemm_work &w) {
+  return w.k_end < s.k_iters;
+}
+MFA_HOST_DEVICE inline int mfa_gemm_first_contributor(const mfa_gemm_schedule &s, int tile) {
+  return mfa_gemm_sk_unit_of(s, static_cast<long long>(tile) * s.k_iters);
+}
+
+// Workspace of a schedule for tiles of MFA_SM90_BM x bn: one int flag per unit and consumer warpgroup,
+// padded to 256 bytes, then one fp32 tile-sized partial slot per unit. None without Stream-K.
+MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_bytes(const mfa_gemm_schedule &s) {
+  return (static_cast<unsigned long long>(s.units) * 2 * 4 + 255) / 256 * 256;
+}
+MFA_HOST_DEVICE inline unsigned long long mfa_gemm_workspace_bytes(const mfa_gemm_schedule &s, int bm, int bn) {
+  if (s.sk_tiles == 0) return 0;
+  return mfa_gemm_flag_bytes(s) + static_cast<unsigned long long>(s.units) * bm * bn * 4;
+}
 
 // Kernel parameters. Element (i, k) of op(A) lives at a[i * lda + k] (trans_a = 0) or
 // a[k * lda + i] (trans_a = 1); likewise B with (k, j); C is row-major with row stride ldc.
@@ -44,6 +158,11 @@ struct mfa_gemm_args {
   float alpha, beta;
   int activation;         // MFA_ACT_*
   int bias_dtype;         // MFA_GEMM_* or 0 for none
+  // sm_90 kernel only: its schedule, and the Stream-K workspace (null without Stream-K): flags (zeroed
+  // by encode before each launch) and partial slots, laid out as mfa_gemm_workspace_bytes says.
+  mfa_gemm_schedule schedule;
+  int *flags;
+  float *partials;
 };
 
 // The opaque 128-byte CUtensorMap that the host encodes and the sm_90 kernel receives by value.
@@ -100,22 +219,22 @@ MFA_HOST_DEVICE constexpr int mfa_sm90_smem_bytes(int bn) {
   return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + 1024;
 }
 
+// ----- sm_90a fp32-accurate kernel (gemm_sm90_tf32.cu): 128 x 128 tiles, k-tiles of 32 fp32 -----
+// A stage holds A, B as loaded and B's tf32 lo part; with B stored N-major (TRANS_B = 0) also B's hi
+// part, transposed to K-major (tf32 wgmma reads K-major operands only).
+#define MFA_SM90_TF32_BN 128
+MFA_HOST_DEVICE constexpr int mfa_sm90_tf32_stage_bytes(int trans_b) { return (trans_b ? 3 : 4) * 16384; }
+// As many stages as fit beside 1 KB of alignment slack and three 8-byte mbarriers a stage.
+MFA_HOST_DEVICE constexpr int mfa_sm90_tf32_stages(int trans_b) {
+  return (MFA_SM90_SMEM_LIMIT - 1024) / (mfa_sm90_tf32_stage_bytes(trans_b) + 3 * 8);
+}
+MFA_HOST_DEVICE constexpr int mfa_sm90_tf32_smem_bytes(int trans_b) {
+  return mfa_sm90_tf32_stages(trans_b) * (mfa_sm90_tf32_stage_bytes(trans_b) + 3 * 8) + 1024;
+}
+
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 // ----- device side: element conversion and the epilogue shared by every path -----
 #include "ptx.cuh"
-
-__device__ __forceinline__ float mfa_activate(float x, int activation) {
-  switch (activation) {
-    case MFA_ACT_RELU: return fmaxf(x, 0.0f);
-    case MFA_ACT_GELU_TANH: {
-      const float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-      return 0.5f * x * (1.0f + tanhf(inner));
-    }
-    case MFA_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case MFA_ACT_SILU: return x / (1.0f + __expf(-x));
-    default: return x;
-  }
-}
 
 template <int DTYPE>
 __device__ __forceinline__ float mfa_load_as_float(const void *base, long long index) {

@@ -84,7 +84,7 @@ using mfa_sm90_b = mfa_sm90_operand<MFA_TRANS_B == 0, MFA_SM90_BN>;  // stored [
 constexpr int kSm90TransA = MFA_TRANS_A == 1 ? 1 : 0;
 constexpr int kSm90TransB = MFA_TRANS_B == 0 ? 1 : 0;
 
-// ----- the tile schedule: a persistent grid walks tiles t = blockIdx.x, += gridDim.x -----
+// ----- where a tile is: the tile numbers of the schedule (gemm.cuh, mfa_gemm_schedule) -----
 // Tiles are numbered batch by batch. Inside a batch, kSm90GroupM consecutive M-tiles form a group that
 // is walked column by column (M fastest), so the blocks running at one time cover a few A row-blocks
 // and a few B column-blocks, each read by several blocks while it is still in L2.
@@ -94,25 +94,16 @@ struct mfa_sm90_tile {
   int m0, n0, batch;
 };
 
-struct mfa_sm90_schedule {
-  int tiles_m, tiles_n, count;  // count: tiles of all batches
-
-  __device__ explicit mfa_sm90_schedule(const mfa_gemm_args &args)
-      : tiles_m((args.m + MFA_SM90_BM - 1) / MFA_SM90_BM),
-        tiles_n((args.n + MFA_SM90_BN - 1) / MFA_SM90_BN),
-        count(tiles_m * tiles_n * args.batch) {}
-
-  __device__ mfa_sm90_tile at(int t) const {
-    const int per_batch = tiles_m * tiles_n;
-    const int batch = t / per_batch;
-    const int in_batch = t - batch * per_batch;
-    const int group = in_batch / (kSm90GroupM * tiles_n);
-    const int first_m = group * kSm90GroupM;
-    const int group_rows = min(kSm90GroupM, tiles_m - first_m);  // the last group may be shorter
-    const int in_group = in_batch - group * kSm90GroupM * tiles_n;
-    return {(first_m + in_group % group_rows) * MFA_SM90_BM, (in_group / group_rows) * MFA_SM90_BN, batch};
-  }
-};
+__device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedule &s, int t) {
+  const int per_batch = s.tiles_m * s.tiles_n;
+  const int batch = t / per_batch;
+  const int in_batch = t - batch * per_batch;
+  const int group = in_batch / (kSm90GroupM * s.tiles_n);
+  const int first_m = group * kSm90GroupM;
+  const int group_rows = min(kSm90GroupM, s.tiles_m - first_m);  // the last group may be shorter
+  const int in_group = in_batch - group * kSm90GroupM * s.tiles_n;
+  return {(first_m + in_group % group_rows) * MFA_SM90_BM, (in_group / group_rows) * MFA_SM90_BN, batch};
+}
 
 // ----- the pipeline: a ring of stages, each with a `full` and an `empty` mbarrier -----
 // full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageBytes of TMA transactions.
@@ -121,7 +112,8 @@ struct mfa_sm90_schedule {
 // with the parity of the phase *before* the current one returns at once (9.7.13.15.16), which is
 // how the producer's first pass finds every stage free. Producer and consumers each keep their own
 // position in the ring across tiles; both visit the stages in the same order, k_tiles per tile, so
-// stage s's n-th fill is its n-th consumption on either side.
+// stage s's n-th fill is its n-th consumption on either side. Both walk the same work items (the
+// block's unit of the schedule), k_end - k_begin stages each.
 struct mfa_sm90_ring {
   unsigned stages;  // shared address of stage 0 (1024-byte aligned)
   unsigned bars;    // shared address of full[0..STAGES), then empty[0..STAGES)
@@ -166,20 +158,21 @@ struct mfa_sm90_ring_pos {
 };
 
 // ----- producer: one elected thread streams the k tiles of A and B through the ring -----
-// It runs ahead of the consumers by up to kSm90Stages stages, across tile boundaries: the first
-// stages of a block's next tile load while the consumers are still in this tile's epilogue.
+// It runs ahead of the consumers by up to kSm90Stages stages, across work items: the first stages of
+// a block's next item load while the consumers are still in this item's epilogue or fix-up.
 __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, const mfa_gemm_args &args,
-                                                 const mfa_sm90_schedule &schedule, const mfa_tensor_map &map_a,
-                                                 const mfa_tensor_map &map_b, int k_tiles) {
+                                                 const mfa_tensor_map &map_a, const mfa_tensor_map &map_b) {
   mfa_tma_prefetch_map(&map_a);
   mfa_tma_prefetch_map(&map_b);
   mfa_sm90_ring_pos pos;
-  for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
-    const mfa_sm90_tile tile = schedule.at(t);
+  const int items = mfa_gemm_work_count(args.schedule, blockIdx.x);
+  for (int i = 0; i < items; ++i) {
+    const mfa_gemm_work work = mfa_gemm_work_at(args.schedule, blockIdx.x, i);
+    const mfa_sm90_tile tile = mfa_sm90_tile_at(args.schedule, work.tile);
     // A batch stride of 0 broadcasts the operand: the host encodes such a map with batch dim 1.
     const int z_a = args.batch_stride_a != 0 ? tile.batch : 0;
     const int z_b = args.batch_stride_b != 0 ? tile.batch : 0;
-    for (int kt = 0; kt < k_tiles; ++kt) {
+    for (int kt = work.k_begin; kt < work.k_end; ++kt) {
       mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);  // consumers are done with this stage
       mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageBytes);
       const int k0 = kt * MFA_SM90_BK;
@@ -190,7 +183,7 @@ __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, cons
   }
 }
 
-// ----- consumer main loop: acc = A[64 rows of warpgroup w] * B over all k tiles of one tile -----
+// ----- consumer main loop: acc = A[64 rows of warpgroup w] * B over the k tiles of one work item -----
 // One wgmma-group (four k16 wgmma) per stage. The group of stage kt stays in flight while the
 // thread waits for the group of stage kt-1 (wait_group 1), whose stage it then hands back.
 __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int stage) {
@@ -353,9 +346,53 @@ __device__ __forceinline__ void mfa_sm90_epilogue(const mfa_gemm_args &args, con
   mfa_sm90_write(args, f, pairs, acc);
 }
 
+// ----- Stream-K fix-up: partial accumulators through the workspace (gemm.cuh, mfa_gemm_schedule) -----
+// Each consumer warpgroup moves its own 64 rows independently: flag 2u + w and half w of unit u's slot
+// belong to warpgroup w of unit u. A half is stored in fragment order, float4 q of thread t at
+// q * 128 + t, so each warp's 16-byte stores and loads cover 512 contiguous bytes.
+constexpr int kSm90HalfTileFloats = 64 * MFA_SM90_BN;
+
+__device__ __forceinline__ float4 *mfa_sm90_partial_half(const mfa_gemm_args &args, int unit, int w) {
+  return reinterpret_cast<float4 *>(args.partials + static_cast<long long>(2 * unit + w) * kSm90HalfTileFloats);
+}
+
+// Store this block's partial accumulators in its slot, then raise its flag once all 128 threads of
+// the warpgroup have stored (the named barrier), with release semantics (mfa_flag_release).
+__device__ __forceinline__ void mfa_sm90_store_partial(const mfa_gemm_args &args, int w, const float (&acc)[kSm90Acc]) {
+  float4 *half = mfa_sm90_partial_half(args, blockIdx.x, w);
+  const int t = mfa_warpgroup_thread();
+#pragma unroll
+  for (int q = 0; q < kSm90Acc / 4; ++q)
+    mfa_store_cg(half + q * 128 + t, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+  mfa_named_barrier_sync(1 + w, 128);
+  if (t == 0) mfa_flag_release(args.flags + 2 * blockIdx.x + w);
+}
+
+// acc += the partials of units [first, blockIdx.x), nearest unit first: a fixed order, so the sum (and
+// the result) is the same on every run. One thread acquires every flag; the barrier passes that on.
+__device__ __forceinline__ void mfa_sm90_add_partials(const mfa_gemm_args &args, int first, int w,
+                                                      float (&acc)[kSm90Acc]) {
+  const int t = mfa_warpgroup_thread();
+  if (t == 0)
+    for (int unit = blockIdx.x - 1; unit >= first; --unit) mfa_flag_acquire(args.flags + 2 * unit + w);
+  mfa_named_barrier_sync(1 + w, 128);
+  for (int unit = blockIdx.x - 1; unit >= first; --unit) {
+    const float4 *half = mfa_sm90_partial_half(args, unit, w);
+#pragma unroll
+    for (int q = 0; q < kSm90Acc / 4; ++q) {
+      const float4 p = mfa_load_cg(half + q * 128 + t);
+      acc[4 * q] += p.x;
+      acc[4 * q + 1] += p.y;
+      acc[4 * q + 2] += p.z;
+      acc[4 * q + 3] += p.w;
+    }
+  }
+}
+
 // ----- the kernel -----
-// Grid min(tiles, SMs) x 1 x 1 (the host's choice; any grid size is correct), 384 threads,
-// mfa_sm90_smem_bytes(MFA_SM90_BN) of dynamic shared memory. setmaxnreg moves registers from the
+// Grid args.schedule.units x 1 x 1 (at most one block per SM: Stream-K blocks wait on each other, so
+// all must be resident at once; the host asserts it), 384 threads, mfa_sm90_smem_bytes(MFA_SM90_BN) of
+// dynamic shared memory, which also keeps it to one block per SM. setmaxnreg moves registers from the
 // producer (40 a thread) to the consumers (232): 128 * 40 + 256 * 232 = 64512 <= 65536, the register
 // file a block of 384 threads may hold.
 extern "C" __global__ void __launch_bounds__(MFA_SM90_THREADS, 1)
@@ -366,12 +403,9 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
   if (threadIdx.x == 0) mfa_sm90_ring_init(ring);
   __syncthreads();
 
-  const mfa_sm90_schedule schedule(args);
-  const int k_tiles = args.k / MFA_SM90_BK + (args.k % MFA_SM90_BK != 0);
-
   if (mfa_warpgroup_index() == 0) {
     mfa_setmaxnreg_dec<40>();
-    if (threadIdx.x / 32 == 0 && mfa_elect_one()) mfa_sm90_produce(ring, args, schedule, map_a, map_b, k_tiles);
+    if (threadIdx.x / 32 == 0 && mfa_elect_one()) mfa_sm90_produce(ring, args, map_a, map_b);
   } else {
     mfa_setmaxnreg_inc<232>();
     const int w = mfa_warpgroup_index() - 1;
@@ -379,17 +413,24 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
     constexpr unsigned pair_bytes = MFA_OUT_DTYPE == MFA_GEMM_F32 ? 8 : 4;
     const bool pairs = reinterpret_cast<unsigned long long>(args.c) % pair_bytes == 0 && args.ldc % 2 == 0 &&
                        args.batch_stride_c % 2 == 0;
+    const mfa_gemm_schedule &schedule = args.schedule;
     mfa_sm90_ring_pos pos;
     float acc[kSm90Acc];
-    for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
-      const mfa_sm90_tile tile = schedule.at(t);
-      if (k_tiles > 0) {
-        mfa_sm90_consume(ring, pos, w, k_tiles, acc);
+    const int items = mfa_gemm_work_count(schedule, blockIdx.x);
+    for (int i = 0; i < items; ++i) {
+      const mfa_gemm_work work = mfa_gemm_work_at(schedule, blockIdx.x, i);
+      if (work.k_end > work.k_begin) {
+        mfa_sm90_consume(ring, pos, w, work.k_end - work.k_begin, acc);
       } else {  // k == 0: the product is empty; no stage is ever filled
 #pragma unroll
-        for (int i = 0; i < kSm90Acc; ++i) acc[i] = 0.0f;
+        for (int j = 0; j < kSm90Acc; ++j) acc[j] = 0.0f;
       }
-      mfa_sm90_epilogue(args, tile, w, pairs, acc);
+      if (mfa_gemm_work_is_partial(schedule, work)) {  // the tile's finisher completes it
+        mfa_sm90_store_partial(args, w, acc);
+        continue;
+      }
+      if (work.k_begin > 0) mfa_sm90_add_partials(args, mfa_gemm_first_contributor(schedule, work.tile), w, acc);
+      mfa_sm90_epilogue(args, mfa_sm90_tile_at(schedule, work.tile), w, pairs, acc);
     }
   }
 }

@@ -1,7 +1,7 @@
 // ptx_sm90.cuh: the Hopper (sm_90a) idioms, one named helper each, so that kernels read as names and
 // the inline PTX lives in one place. Section numbers follow the PTX ISA 9.0 document: 9.7.9.15
 // prefetch, 9.7.9.25.5.2 cp.async.bulk.tensor, 9.7.13.4 membar/fence, 9.7.13.14 elect.sync,
-// 9.7.13.15 mbarrier, 9.7.15 wgmma, 9.7.19.5 setmaxnreg. Shared-memory operands are 32-bit
+// 9.7.13.15 mbarrier, 9.7.15 wgmma, 9.7.13.1 bar.sync, 9.7.19.5 setmaxnreg. Shared-memory operands are 32-bit
 // shared-window addresses (the "r" constraint), produced by mfa_smem_addr (ptx.cuh).
 #pragma once
 
@@ -71,6 +71,49 @@ __device__ __forceinline__ bool mfa_mbar_try_wait(unsigned bar, unsigned parity)
 __device__ __forceinline__ void mfa_mbar_wait(unsigned bar, unsigned parity) {
   while (!mfa_mbar_try_wait(bar, parity)) {
   }
+}
+
+// ----- named barriers (bar.sync, 9.7.13.1): synchronise a subset of the block's warps -----
+
+// Wait until `threads` threads (a multiple of 32, every warp of them whole) have arrived at barrier
+// `id` (1..15; 0 is __syncthreads's); orders their earlier memory accesses before their later ones.
+__device__ __forceinline__ void mfa_named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" : : "r"(id), "r"(threads) : "memory");
+}
+
+// ----- signalling between blocks through global memory (the memory consistency model, chapter 8) -----
+// A producer block writes data, makes its threads' writes visible to one thread (a barrier), which
+// raises a flag with release semantics at GPU scope; a consumer thread spins on the flag with acquire
+// loads, then shares what it acquired with its block (a barrier). Release and acquire are cumulative,
+// so the data written before the producer's barrier is visible after the consumer's. The data moves
+// with .cg accesses (cached in L2 only): a block never sees an L1 line of another block's writes.
+
+// flag = 1, ordered after every memory access this thread has observed (fence.acq_rel.gpu + a
+// relaxed store at GPU scope: a release pattern of chapter 8; CUTLASS's barrier arrive has the same shape).
+__device__ __forceinline__ void mfa_flag_release(int *flag) {
+  asm volatile("fence.acq_rel.gpu;\n st.relaxed.gpu.global.b32 [%0], %1;" : : "l"(flag), "r"(1) : "memory");
+}
+// Spin until *flag != 0; the acquiring load orders this thread's later accesses after the release.
+__device__ __forceinline__ void mfa_flag_acquire(const int *flag) {
+  int value;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(value) : "l"(flag) : "memory");
+  } while (value == 0);
+}
+// 16-byte global store and load, cached in L2 only (the .cg cache operator of st and ld).
+__device__ __forceinline__ void mfa_store_cg(float4 *address, float4 v) {
+  asm volatile("st.global.cg.v4.f32 [%0], {%1, %2, %3, %4};"
+               :
+               : "l"(address), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ float4 mfa_load_cg(const float4 *address) {
+  float4 v;
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "l"(address)
+               : "memory");
+  return v;
 }
 
 // ----- TMA: bulk tensor copies (cp.async.bulk.tensor, 9.7.9.25.5.2) -----

@@ -202,6 +202,7 @@ MFA_API mfa_status mfa_buffer_fill_u8(mfa_context *context, void *device_dst, ui
 
 #define MFA_SCHEDULE_AUTO 0
 #define MFA_SCHEDULE_DATA_PARALLEL 1
+#define MFA_SCHEDULE_STREAM_K 2 /* Hopper path: Stream-K even where AUTO would run data-parallel */
 
 typedef struct mfa_gemm_descriptor {
   mfa_struct_header header;
@@ -261,6 +262,25 @@ MFA_API mfa_status mfa_gemm_encode(const mfa_gemm_pipeline *pipeline, void *stre
 MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, const mfa_tensor *a, const mfa_tensor *b,
                                      const mfa_tensor *c, const mfa_tensor *bias);
 
+/* How the Hopper kernel's persistent blocks share out the work of a descriptor (m, n, k, batch and
+ * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (128 or 256; 0: the
+ * library's own choice for that device): the MFA_SCHEDULE_* chosen, the workspace it needs, and every
+ * block's work items, block by block in the order each block runs them. Needs no GPU: the CPU tests
+ * use it to check that every k step of every tile is computed once. A k step is 64 elements. */
+typedef struct mfa_gemm_work_item {
+  int32_t block;             /* the persistent block: 0 .. grid - 1 */
+  int32_t tile;              /* the output tile, in the kernel's numbering (batch-major) */
+  int32_t k_begin;           /* k steps [k_begin, k_end) of the tile */
+  int32_t k_end;
+  int32_t partial;           /* 1: stores its partial sums in workspace slot `block`, for the tile's finisher */
+  int32_t first_contributor; /* k_end is the tile's last step and k_begin > 0: adds the partial sums of
+                              * blocks [first_contributor, block); otherwise -1 */
+} mfa_gemm_work_item;
+MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descriptor, int32_t sm_count,
+                                              int32_t tile_n, int32_t *out_schedule,
+                                              uint64_t *out_workspace_bytes, mfa_gemm_work_item *out_items,
+                                              int64_t capacity, int64_t *out_count);
+
 /* ---------------------------------------------------------------------------------------------
  * Command lists: record encodes once (as a CUDA graph), replay them with one launch.
  *   begin hands out a recording stream; pass it to *_encode calls; end seals the list.
@@ -318,6 +338,88 @@ MFA_API mfa_status mfa_nvrtc_version(int32_t *out_version);
 MFA_API mfa_status mfa_cache_clear(int32_t scope_bits);
 /* The disk cache's directory, or "" when disabled. */
 MFA_API const char *mfa_cache_directory(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * GROUP NORM: y = act((x' - mean_g) * rstd_g * weight[c] + bias[c]), x' = x (+ residual), over groups
+ * of C / groups channels of each sample, for x of shape [N, C, spatial...] (spatial: any number of
+ * dimensions, product `spatial`, 1 for [N, C]) in one of two dense layouts:
+ *   NCHW: compact row-major; NHWC: channels-last (stride 1 on C, C on the last spatial dimension, ...,
+ *   spatial * C on N). Strides of dimensions of extent 1 are not checked.
+ * Statistics are fp32 (Chan/Welford merges, biased variance), rstd = 1 / sqrt(var + eps), taken of
+ * x' - p with p the group's first element of x' (a pivot: y = ((x' - p) - mean_p) * rstd ..., so a mean
+ * large against the spread cancels exactly instead of costing its fp32 rounding);
+ * mean (= p + mean_p, rounded to fp32) and rstd are [N, groups] fp32, compact. The backward reads that
+ * rounded mean: for a mean large against the spread its accuracy is that of an fp32 mean (as any
+ * backward given fp32 statistics).
+ * Backward (pass BACKWARD): from dy, x' (the x_sum of a residual forward), weight, bias, mean, rstd
+ * computes dx, dweight, dbias (dweight/dbias may be NULL to skip them). A fused activation is recomputed
+ * from x', mean, rstd, weight, bias. Deterministic: the same bits run after run.
+ * ------------------------------------------------------------------------------------------- */
+#define MFA_STRUCT_GROUP_NORM_DESCRIPTOR 6
+#define MFA_STRUCT_GROUP_NORM_TENSORS 7
+
+#define MFA_LAYOUT_NCHW 0 /* compact [N, C, spatial...] */
+#define MFA_LAYOUT_NHWC 1 /* channels-last */
+
+#define MFA_PASS_FORWARD 0
+#define MFA_PASS_BACKWARD 1
+
+typedef struct mfa_group_norm_descriptor {
+  mfa_struct_header header;
+  int64_t n, c, spatial; /* n >= 1 (at most 65535), c >= 1, spatial >= 1 */
+  int64_t groups;        /* divides c */
+  int32_t dtype;         /* F16, BF16 or F32: x, residual, y, x_sum, dy, dx */
+  int32_t weight_dtype;  /* NONE (no affine: weight 1, bias 0), dtype or F32: weight, bias, dweight, dbias */
+  int32_t layout;        /* MFA_LAYOUT_* */
+  int32_t activation;    /* MFA_ACTIVATION_NONE, SILU, GELU_ERF or GELU_TANH (not RELU) */
+  int32_t has_residual;  /* forward only: 0 or 1 */
+  int32_t pass;          /* MFA_PASS_* */
+  float eps;             /* > 0 and finite */
+  int32_t reserved;      /* 0 */
+} mfa_group_norm_descriptor;
+#define MFA_GROUP_NORM_DESCRIPTOR_INIT                                                                \
+  {MFA_HEADER_INIT(MFA_STRUCT_GROUP_NORM_DESCRIPTOR, mfa_group_norm_descriptor), 0, 0, 1, 1,            \
+   MFA_DTYPE_F16, MFA_DTYPE_F16, MFA_LAYOUT_NCHW, MFA_ACTIVATION_NONE, 0, MFA_PASS_FORWARD, 1.0e-5f, 0}
+
+/* The tensors of one encode; those a pass does not use must be NULL.
+ *   forward:  x, residual (iff has_residual), weight, bias (iff weight_dtype != NONE) -> y, and the
+ *             optional outputs x_sum (x + residual, only with a residual), mean, rstd.
+ *   backward: dy, x, weight, bias, mean, rstd -> dx, and the optional dweight, dbias (given together). */
+typedef struct mfa_group_norm_tensors {
+  mfa_struct_header header;
+  const mfa_tensor *x, *residual, *weight, *bias;
+  const mfa_tensor *y, *x_sum, *mean, *rstd;
+  const mfa_tensor *dy, *dx, *dweight, *dbias;
+} mfa_group_norm_tensors;
+#define MFA_GROUP_NORM_TENSORS_INIT                                                                     \
+  {MFA_HEADER_INIT(MFA_STRUCT_GROUP_NORM_TENSORS, mfa_group_norm_tensors), NULL, NULL, NULL, NULL, NULL, \
+   NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+
+typedef struct mfa_group_norm_pipeline mfa_group_norm_pipeline;
+
+/* Validates the descriptor, generates and compiles its variant (or finds it in a cache). The info's
+ * workspace_bytes is what encode needs (always > 0: per-block partial statistics). */
+MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mfa_group_norm_descriptor *descriptor,
+                                                  mfa_group_norm_pipeline **out_pipeline);
+MFA_API mfa_status mfa_group_norm_pipeline_destroy(mfa_group_norm_pipeline *pipeline);
+MFA_API mfa_status mfa_group_norm_pipeline_get_info(const mfa_group_norm_pipeline *pipeline,
+                                                    mfa_pipeline_info *out_info);
+/* Enqueues the pass on a stream (NULL: the legacy default stream); safe inside stream capture. The
+ * workspace (device memory of at least info.workspace_bytes) must not be used by another encode
+ * running at the same time. */
+MFA_API mfa_status mfa_group_norm_encode(const mfa_group_norm_pipeline *pipeline, void *stream,
+                                         const mfa_group_norm_tensors *tensors, void *workspace,
+                                         uint64_t workspace_bytes);
+/* Checks tensors against a descriptor exactly as encode does, without a device or a pipeline. */
+MFA_API mfa_status mfa_group_norm_validate(const mfa_group_norm_descriptor *descriptor,
+                                           const mfa_group_norm_tensors *tensors);
+/* Every variant the library generates (sizes 1), for `check` and the CPU tests. */
+MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count);
+MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor);
+/* As mfa_gemm_compile_report: compiles the descriptor's kernels for `arch` without a device. */
+MFA_API mfa_status mfa_group_norm_compile_report(const mfa_group_norm_descriptor *descriptor, const char *arch,
+                                                 mfa_kernel_report *out_reports, int32_t capacity,
+                                                 int32_t *out_count);
 
 #ifdef __cplusplus
 }

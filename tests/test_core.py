@@ -243,7 +243,8 @@ DESTROYS = sorted(name for name in DECLARED_FUNCTIONS if name.endswith("_destroy
 
 
 def test_every_handle_type_has_a_destroy():
-    assert DESTROYS == ["mfa_command_list_destroy", "mfa_context_destroy", "mfa_gemm_pipeline_destroy"]
+    assert DESTROYS == ["mfa_command_list_destroy", "mfa_context_destroy", "mfa_gemm_pipeline_destroy",
+                        "mfa_group_norm_pipeline_destroy"]
 
 
 @pytest.mark.parametrize("destroy", DESTROYS)
@@ -308,6 +309,22 @@ NULL_ARGUMENTS = {
         lambda: lib.mfa_gemm_compile_report(_gemm_descriptor(), b"sm_90a", N, 1, _out("int32_t")),
     "mfa_gemm_compile_report.descriptor": lambda: lib.mfa_gemm_compile_report(N, b"sm_90a", N, 0, _out("int32_t")),
     "mfa_nvrtc_version.out_version": lambda: lib.mfa_nvrtc_version(N),
+    "mfa_group_norm_pipeline_create.descriptor":
+        lambda: lib.mfa_group_norm_pipeline_create(N, N, _out("mfa_group_norm_pipeline *")),
+    "mfa_group_norm_pipeline_get_info.pipeline":
+        lambda: lib.mfa_group_norm_pipeline_get_info(N, _out("mfa_pipeline_info")),
+    "mfa_group_norm_encode.pipeline": lambda: lib.mfa_group_norm_encode(N, N, N, N, 0),
+    "mfa_group_norm_validate.descriptor": lambda: lib.mfa_group_norm_validate(N, N),
+    "mfa_group_norm_variant_count.out_count": lambda: lib.mfa_group_norm_variant_count(N),
+    "mfa_group_norm_variant_descriptor.out_descriptor": lambda: lib.mfa_group_norm_variant_descriptor(0, N),
+    "mfa_group_norm_compile_report.arch":
+        lambda: lib.mfa_group_norm_compile_report(N, N, _report_array(1), 1, _out("int32_t")),
+    "mfa_gemm_schedule_describe.descriptor":
+        lambda: lib.mfa_gemm_schedule_describe(N, 132, 0, N, N, N, 0, _out("int64_t")),
+    "mfa_gemm_schedule_describe.out_count":
+        lambda: lib.mfa_gemm_schedule_describe(_gemm_descriptor(), 132, 0, N, N, N, 0, N),
+    "mfa_gemm_schedule_describe.out_items":
+        lambda: lib.mfa_gemm_schedule_describe(_gemm_descriptor(), 132, 0, N, N, N, 1, _out("int64_t")),
 }
 
 

@@ -21,8 +21,9 @@ ACTIVATIONS = ["none", "relu", "gelu_tanh", "gelu_erf", "silu"]
 PATHS = ["portable", "hopper"]
 
 
-def paths_for(dtype):
-    return ["portable"] if dtype == "float32" else PATHS
+def paths_for(dtype, precision):
+    """IEEE fp32 runs on the CUDA cores (portable path) only; everything else also has a Hopper kernel."""
+    return ["portable"] if precision == "ieee" else PATHS
 
 
 def assert_names(message, name):
@@ -133,9 +134,10 @@ DESCRIPTOR_CASES = [
     case("accurate with bf16", "UNSUPPORTED", "descriptor->precision",
          desc=dict(a_dtype=BF16, b_dtype=BF16, precision=lib.MFA_PRECISION_ACCURATE)),
     case("path 3", "INVALID_ARGUMENT", "descriptor->path is 3", desc=dict(path=3)),
-    case("hopper with f32", "UNSUPPORTED", "descriptor->path",
-         desc=dict(a_dtype=F32, b_dtype=F32, c_dtype=F32, path=lib.MFA_GEMM_PATH_HOPPER)),
-    case("schedule 2", "UNSUPPORTED", "descriptor->schedule is 2", desc=dict(schedule=2)),
+    case("hopper with ieee f32", "UNSUPPORTED", "descriptor->path",
+         desc=dict(a_dtype=F32, b_dtype=F32, c_dtype=F32, precision=lib.MFA_PRECISION_IEEE,
+                   path=lib.MFA_GEMM_PATH_HOPPER)),
+    case("schedule 3", "UNSUPPORTED", "descriptor->schedule is 3", desc=dict(schedule=3)),
     case("schedule -1", "UNSUPPORTED", "descriptor->schedule is -1", desc=dict(schedule=-1)),
     case("alpha nan", "INVALID_ARGUMENT", "alpha", desc=dict(alpha=math.nan)),
     case("beta inf", "INVALID_ARGUMENT", "beta", desc=dict(beta=math.inf)),
@@ -262,7 +264,7 @@ def test_compile_report_rejects_bad_descriptors_before_compiling(desc, tensors, 
     (dict(precision="tf32"), "INVALID_ARGUMENT", "^precision:"),
     (dict(path="fastest"), "INVALID_ARGUMENT", "^path:"),
     (dict(precision="ieee"), "UNSUPPORTED", "descriptor->precision"),
-    (dict(dtype="float32", path="hopper"), "UNSUPPORTED", "descriptor->path"),
+    (dict(dtype="float32", precision="ieee", path="hopper"), "UNSUPPORTED", "descriptor->path"),
     (dict(path="hopper", arch="sm_80"), "UNSUPPORTED", "descriptor->path is HOPPER"),
     (dict(arch="compute_90"), "INVALID_ARGUMENT", "arch is \"compute_90\""),
 ])
@@ -288,9 +290,9 @@ def variant_id(variant):
 def test_variant_list_covers_every_input_output_transpose_and_path():
     count = ffi.new("int64_t *")
     assert_status(lib.mfa_gemm_variant_count(count), "SUCCESS")
-    assert len(VARIANTS) == count[0] == 72
+    assert len(VARIANTS) == count[0] == 84
     listed = [(v["path"], v["dtype"], v["precision"], v["out_dtype"], v["trans_a"], v["trans_b"]) for v in VARIANTS]
-    expected = {(path, dtype, precision, out, ta, tb) for dtype, precision in INPUTS for path in paths_for(dtype)
+    expected = {(path, dtype, precision, out, ta, tb) for dtype, precision in INPUTS for path in paths_for(dtype, precision)
                 for out in OUTPUTS for ta in (False, True) for tb in (False, True)}
     assert len(set(listed)) == len(listed)
     assert set(listed) == expected
@@ -356,7 +358,8 @@ def test_variant_names_are_distinct(warm_sm90a_cache):
     names = {(report["variant"], "sm90" in report["kernel"])
              for variant in VARIANTS for report in mfa_c.compile_report(arch="sm_90a", **variant)}
     assert len({variant for variant, hopper in names if not hopper}) == 48
-    assert len({variant for variant, hopper in names if hopper}) == 24
+    # f16, bf16 and accurate fp32 inputs x 3 outputs x 4 transposes
+    assert len({variant for variant, hopper in names if hopper}) == 36
 
 
 def test_portable_variant_compiles_for_sm_80():
@@ -522,7 +525,7 @@ def variant_params():
     for (dtype, precision), input_id in zip(INPUTS, INPUT_IDS):
         for out_dtype in OUTPUTS:
             for trans in TRANSPOSES:
-                for path in paths_for(dtype):
+                for path in paths_for(dtype, precision):
                     for layout in ("compact", "padded"):
                         params.append(pytest.param(dtype, precision, out_dtype, trans, path, layout,
                                                    id=f"{input_id}-{out_dtype}-{trans}-{path}-{layout}"))
@@ -567,9 +570,31 @@ def size_params():
         for (dtype, precision), input_id in zip(INPUTS, INPUT_IDS):
             if (m, n, k) == (4096, 4096, 4096) and input_id not in ("f16", "f32acc"):
                 continue
-            for path in paths_for(dtype):
+            for path in paths_for(dtype, precision):
                 params.append(pytest.param(m, n, k, dtype, precision, path, id=f"{m}x{n}x{k}-{input_id}-{path}"))
     return params
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("out_dtype", OUTPUTS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_single_element_with_every_epilogue_term(ctx, torch_cuda, rng, dtype, out_dtype, path):
+    """1 x 1 x 1 GEMMs, each term of the epilogue in play: one element leaves no room in a norm for an
+    error to hide (`python -m mfa_c check` once caught bf16 -> f16 here)."""
+    skip_unless_hopper_applies(ctx, path)
+    torch = torch_cuda
+    inputs = Inputs(torch, rng)
+    for trial in range(16):
+        a, b = inputs.operands(1, 1, 1, dtype, "NN")
+        c0, bias = inputs.randn((1, 1), out_dtype), inputs.randn((1, 1), out_dtype)[0]
+        c = c0.clone()
+        out = mfa_c.gemm(a, b, c=c, alpha=1.25, beta=0.5, bias=bias, activation="gelu_tanh", path=path)
+        torch.cuda.synchronize()
+        reference = torch_reference(torch, a, b, alpha=1.25, beta=0.5, c=c0, bias=bias, activation="gelu_tanh")
+        terms = dict(a=a.item(), b=b.item(), c=c0.item(), bias=bias.item(), ours=out.item(), ref=reference.item())
+        # a result near zero may round to a subnormal of the output type: its own rounding is allowed
+        rounding = rel_error(reference.to(out.dtype), reference)
+        assert rel_error(out, reference) <= tolerance(dtype, "default", out_dtype) + 2 * rounding, (trial, terms)
 
 
 @pytest.mark.parametrize("m, n, k, dtype, precision, path", size_params())
@@ -585,8 +610,8 @@ def test_sizes(ctx, torch_cuda, rng, m, n, k, dtype, precision, path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype, precision", INPUTS, ids=INPUT_IDS)
 def test_batched(ctx, torch_cuda, rng, mode, trans, path, dtype, precision):
-    if path == "hopper" and dtype == "float32":
-        pytest.skip("the hopper path takes 16-bit inputs only")
+    if path not in paths_for(dtype, precision):
+        pytest.skip("IEEE fp32 runs on the portable path only")
     skip_unless_hopper_applies(ctx, path)
     torch = torch_cuda
     m, n, k, batch = 67, 45, 129, 3
@@ -819,7 +844,8 @@ def test_pipeline_info_reports_the_path(ctx):
     cases = [(dict(dtype="float16"), "hopper" if hopper_here else "portable"),
              (dict(dtype="bfloat16", trans_a=True), "hopper" if hopper_here else "portable"),
              (dict(dtype="float16", path="portable"), "portable"),
-             (dict(dtype="float32"), "portable")]
+             (dict(dtype="float32"), "hopper" if hopper_here else "portable"),
+             (dict(dtype="float32", precision="ieee"), "portable")]
     for fields, expected in cases:
         with mfa_c.GemmPipeline(256, 256, 256, context=ctx, **fields) as pipeline:
             info = pipeline.info
@@ -847,7 +873,7 @@ def launched_kernels(torch, run):
 
 
 @pytest.mark.parametrize("case", ["f16 aligned auto", "f16 aligned portable", "f16 misaligned", "f32 aligned",
-                                  "f16 K=0"])
+                                  "f32 aligned portable", "f16 K=0"])
 def test_dispatch_picks_the_fastest_legal_kernel(ctx, torch_cuda, rng, case):
     torch = torch_cuda
     dtype = "float32" if case.startswith("f32") else "float16"
@@ -861,6 +887,8 @@ def test_dispatch_picks_the_fastest_legal_kernel(ctx, torch_cuda, rng, case):
         expected = "mfa_gemm_sm80_scalar"
     elif ctx.arch == "sm_90a" and case == "f16 aligned auto":
         expected = "mfa_gemm_sm90"
+    elif ctx.arch == "sm_90a" and case == "f32 aligned":
+        expected = "mfa_gemm_sm90_tf32"
     else:
         expected = "mfa_gemm_sm80_vec"
     assert kernels == {expected}

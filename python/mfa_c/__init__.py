@@ -7,6 +7,8 @@
 from ._context import CommandList, Context, default_context, gpu_available
 from ._ffi import MFAError, check, ffi, lib, text
 from .gemm import GemmPipeline, compile_report, gemm, gemm_reference, gemm_variants
+from .group_norm import (GroupNormPipeline, group_norm, group_norm_backward, group_norm_compile_report,
+                         group_norm_reference, group_norm_variants)
 
 __version__ = text(lib.mfa_version_string())
 
@@ -37,5 +39,7 @@ def clear_cache(memory=True, disk=False):
 __all__ = [
     "CommandList", "Context", "GemmPipeline", "MFAError", "__version__", "cache_directory", "clear_cache",
     "compile_report", "default_context", "ffi", "gemm", "gemm_reference", "gemm_variants", "gpu_available",
+    "GroupNormPipeline", "group_norm", "group_norm_backward", "group_norm_compile_report", "group_norm_reference",
+    "group_norm_variants",
     "lib", "nvrtc_version", "version",
 ]

@@ -1,0 +1,571 @@
+// group_norm.cpp: the group-norm family's host side. A descriptor is validated and names one variant
+// (pass, layout, element type, activation: "group_norm.fwd.nhwc.f16.silu"), a small generated source
+// compiled by NVRTC (cached) that includes cuda/group_norm.cu. Sizes choose the plan (how many spatial
+// tiles per channel, hence the workspace); encode checks the tensors and launches three kernels:
+//
+//   reduce    per-(n, c, tile) partials into the workspace        vec (16-byte) or scalar entry
+//   finalize  fixed-order merge: forward mean/rstd, backward the dx coefficients and dweight/dbias
+//   apply     y (and x_sum) forward, dx backward                    vec or scalar entry
+//
+// Weight dtype and the residual are run-time arguments of the same kernels (they touch C values or
+// add one load), so the variant count stays at pass x layout x dtype x activation = 48.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cuda/activation.cuh"
+#include "../cuda/group_norm.cuh"
+#include "context.hpp"
+#include "errors.hpp"
+#include "nvrtc.hpp"
+#include "tensor.hpp"
+
+static_assert(MFA_GN_FORWARD == MFA_PASS_FORWARD && MFA_GN_BACKWARD == MFA_PASS_BACKWARD, "pass values");
+static_assert(MFA_GN_NCHW == MFA_LAYOUT_NCHW && MFA_GN_NHWC == MFA_LAYOUT_NHWC, "layout values");
+static_assert(MFA_GN_F16 == MFA_DTYPE_F16 && MFA_GN_BF16 == MFA_DTYPE_BF16 && MFA_GN_F32 == MFA_DTYPE_F32, "dtypes");
+static_assert(MFA_ACT_NONE == MFA_ACTIVATION_NONE && MFA_ACT_SILU == MFA_ACTIVATION_SILU &&
+                  MFA_ACT_GELU_ERF == MFA_ACTIVATION_GELU_ERF && MFA_ACT_GELU_TANH == MFA_ACTIVATION_GELU_TANH,
+              "activation values");
+
+namespace mfa {
+namespace {
+
+const char *layout_name(int32_t layout) { return layout == MFA_LAYOUT_NHWC ? "nhwc" : "nchw"; }
+
+const char *activation_name(int32_t activation) {
+  switch (activation) {
+    case MFA_ACTIVATION_SILU: return "silu";
+    case MFA_ACTIVATION_GELU_ERF: return "gelu_erf";
+    case MFA_ACTIVATION_GELU_TANH: return "gelu_tanh";
+    default: return "none";
+  }
+}
+
+bool is_float_dtype(int32_t dtype) {
+  return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
+}
+
+// Elements per 16-byte vector.
+int vector_elements(int32_t dtype) { return 16 / element_bytes(dtype); }
+
+// ----- the descriptor -----
+
+mfa_group_norm_descriptor validate_descriptor(const mfa_group_norm_descriptor *descriptor) {
+  require_arg(descriptor, "descriptor");
+  require_header(descriptor->header, MFA_STRUCT_GROUP_NORM_DESCRIPTOR, sizeof(mfa_group_norm_descriptor),
+                 "descriptor");
+  mfa_group_norm_descriptor d = MFA_GROUP_NORM_DESCRIPTOR_INIT;
+  std::memcpy(&d, descriptor, std::min<size_t>(descriptor->header.size, sizeof d));
+  d.header.size = sizeof d;
+  require(d.n >= 1 && d.n <= 65535, MFA_STATUS_INVALID_ARGUMENT, "descriptor->n is ", d.n, " (must be in [1, 65535])");
+  require(d.c >= 1 && d.c <= INT_MAX, MFA_STATUS_INVALID_ARGUMENT, "descriptor->c is ", d.c,
+          " (must be in [1, 2^31))");
+  require(d.spatial >= 1 && d.spatial <= INT_MAX, MFA_STATUS_INVALID_ARGUMENT, "descriptor->spatial is ", d.spatial,
+          " (must be in [1, 2^31))");
+  require(d.groups >= 1 && d.groups <= d.c && d.c % d.groups == 0, MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->groups is ", d.groups, ": it must divide c (", d.c, ")");
+  require(d.c * d.spatial <= (int64_t{1} << 48) / d.n, MFA_STATUS_UNSUPPORTED, "descriptor: n * c * spatial (",
+          d.n, " * ", d.c, " * ", d.spatial, ") exceeds 2^48 elements");
+  require(is_float_dtype(d.dtype), MFA_STATUS_INVALID_ARGUMENT, "descriptor->dtype is ", d.dtype);
+  require(d.weight_dtype == MFA_DTYPE_NONE || is_float_dtype(d.weight_dtype), MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->weight_dtype is ", d.weight_dtype);
+  require(d.weight_dtype == MFA_DTYPE_NONE || d.weight_dtype == d.dtype || d.weight_dtype == MFA_DTYPE_F32,
+          MFA_STATUS_UNSUPPORTED, "descriptor->weight_dtype is ", dtype_name(d.weight_dtype), ": use dtype (",
+          dtype_name(d.dtype), "), f32 or none");
+  require(d.layout == MFA_LAYOUT_NCHW || d.layout == MFA_LAYOUT_NHWC, MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->layout is ", d.layout);
+  require(d.activation >= MFA_ACTIVATION_NONE && d.activation <= MFA_ACTIVATION_SILU, MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->activation is ", d.activation);
+  require(d.activation != MFA_ACTIVATION_RELU, MFA_STATUS_UNSUPPORTED,
+          "descriptor->activation is RELU: group norm fuses none, SILU, GELU_ERF or GELU_TANH");
+  require(d.pass == MFA_PASS_FORWARD || d.pass == MFA_PASS_BACKWARD, MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->pass is ", d.pass);
+  require(d.has_residual == 0 || d.has_residual == 1, MFA_STATUS_INVALID_ARGUMENT, "descriptor->has_residual is ",
+          d.has_residual);
+  require(d.has_residual == 0 || d.pass == MFA_PASS_FORWARD, MFA_STATUS_INVALID_ARGUMENT,
+          "descriptor->has_residual is 1 for the backward pass: pass the forward's x_sum as x instead");
+  require(std::isfinite(d.eps) && d.eps > 0.0f, MFA_STATUS_INVALID_ARGUMENT, "descriptor->eps is ", d.eps,
+          " (must be finite and > 0)");
+  require(d.reserved == 0, MFA_STATUS_INVALID_ARGUMENT, "descriptor->reserved is ", d.reserved, " (must be 0)");
+  return d;
+}
+
+// ----- the variant -----
+
+struct GroupNormVariant {
+  int32_t pass, layout, dtype, activation;
+
+  std::string key() const {
+    return concat("group_norm.", pass == MFA_PASS_FORWARD ? "fwd" : "bwd", ".", layout_name(layout), ".",
+                  dtype_name(dtype), ".", activation_name(activation));
+  }
+
+  std::string source() const {
+    return concat("// ", key(), ": generated by MFA ", mfa_version_string(), "\n",
+                  "#define MFA_GN_PASS ", pass, "\n",
+                  "#define MFA_GN_LAYOUT ", layout, "\n",
+                  "#define MFA_GN_DTYPE ", dtype, "\n",
+                  "#define MFA_GN_ACTIVATION ", activation, "\n",
+                  "#include \"group_norm.cu\"\n");
+  }
+};
+
+// The launch order of a pass; encode indexes them with these names.
+enum Entry { kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar, kEntryCount };
+const char *const kEntries[kEntryCount] = {"mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
+                                           "mfa_gn_apply_vec", "mfa_gn_apply_scalar"};
+
+GroupNormVariant variant_for(const mfa_group_norm_descriptor &d) { return {d.pass, d.layout, d.dtype, d.activation}; }
+
+KernelSource source_of(const GroupNormVariant &variant, const std::string &arch) {
+  return {variant.key(), variant.source(), arch};
+}
+
+// ----- the plan: spatial tiles per channel, and the workspace -----
+
+constexpr int64_t kWorkspaceAlign = 256;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Plan {
+  int64_t tile = 1, tiles = 1;
+  uint64_t partials_bytes = 0, workspace_bytes = 0;
+};
+
+// NHWC reduce blocks: `width` channel vectors side by side, `lanes` threads down each.
+struct NhwcShape {
+  int64_t columns, width, lanes, column_blocks;
+};
+NhwcShape nhwc_shape(int64_t c, int vec) {
+  NhwcShape shape;
+  shape.columns = c / vec;
+  shape.width = std::min<int64_t>(shape.columns, MFA_GN_THREADS);
+  shape.lanes = MFA_GN_THREADS / shape.width;
+  shape.column_blocks = ceil_div(shape.columns, shape.width);
+  return shape;
+}
+
+// Enough reduce work items to fill the device a few times over (warps for NCHW, blocks for NHWC),
+// each still reading at least ~1K elements, so that one large group is split across many SMs.
+Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count) {
+  const int64_t sms = std::max(sm_count, 1);
+  int64_t wanted, most;
+  if (d.layout == MFA_LAYOUT_NCHW) {
+    wanted = ceil_div(sms * 64, d.n * d.c);
+    most = std::max<int64_t>(1, d.spatial / 1024);
+  } else {
+    const int vec = d.c % vector_elements(d.dtype) == 0 ? vector_elements(d.dtype) : 1;
+    const NhwcShape shape = nhwc_shape(d.c, vec);
+    wanted = ceil_div(sms * 4, d.n * shape.column_blocks);
+    most = std::max<int64_t>(1, d.spatial / (shape.lanes * 4));
+  }
+  Plan plan;
+  const int64_t tiles = std::clamp<int64_t>(wanted, 1, most);
+  plan.tile = ceil_div(ceil_div(d.spatial, tiles), MFA_GN_TILE_MULTIPLE) * MFA_GN_TILE_MULTIPLE;
+  plan.tiles = ceil_div(d.spatial, plan.tile);
+  plan.partials_bytes = ceil_div(d.n * d.c * plan.tiles * 2 * 4, kWorkspaceAlign) * kWorkspaceAlign;
+  plan.workspace_bytes = plan.partials_bytes + ceil_div(d.n * d.groups * MFA_GN_STATS * 4, kWorkspaceAlign) * kWorkspaceAlign;
+  return plan;
+}
+
+mfa_gn_divisor divisor_of(int64_t value) {
+  mfa_gn_divisor divisor{0, 0, static_cast<unsigned>(value)};
+  if (value <= 1) return divisor;
+  unsigned shift = 0;
+  while ((uint64_t{1} << shift) < static_cast<uint64_t>(value)) ++shift;
+  divisor.shift = shift;
+  const unsigned __int128 numerator = (static_cast<unsigned __int128>(1) << 64) *
+                                      ((uint64_t{1} << shift) - static_cast<uint64_t>(value));
+  divisor.magic = static_cast<unsigned long long>(numerator / static_cast<uint64_t>(value) + 1);
+  return divisor;
+}
+
+// ----- tensors -----
+
+struct Span {
+  const char *name;
+  const char *data;
+  int64_t bytes;
+  bool output;
+};
+
+struct GroupNormOperands {
+  const char *x = nullptr, *residual = nullptr, *dy = nullptr, *weight = nullptr, *bias = nullptr;
+  char *y = nullptr, *x_sum = nullptr, *dweight = nullptr, *dbias = nullptr;
+  float *mean = nullptr, *rstd = nullptr;
+};
+
+// An [N, C, spatial...] tensor laid out as the descriptor says (strides of extent-1 dimensions are free).
+char *check_element_tensor(const mfa_tensor *tensor, const char *name, const mfa_group_norm_descriptor &d,
+                           int32_t device_id) {
+  const DenseTensor t = check_dense(tensor, name, d.dtype, device_id);
+  require(t.ndim >= 2, MFA_STATUS_SHAPE_MISMATCH, name, ".ndim is ", t.ndim, ": expected [N, C, spatial...]");
+  int64_t spatial = 1;
+  for (int i = 2; i < t.ndim; ++i) spatial *= t.shape[i];
+  require(t.shape[0] == d.n && t.shape[1] == d.c && spatial == d.spatial, MFA_STATUS_SHAPE_MISMATCH, name,
+          ".shape is ", shape_text(*tensor), ", expected [", d.n, ", ", d.c, ", spatial...] with spatial dimensions of product ",
+          d.spatial);
+  int64_t expected[kMaxRank];
+  if (d.layout == MFA_LAYOUT_NCHW) {
+    int64_t step = 1;
+    for (int i = t.ndim - 1; i >= 0; --i) expected[i] = step, step *= t.shape[i];
+  } else {
+    int64_t step = d.c;
+    for (int i = t.ndim - 1; i >= 2; --i) expected[i] = step, step *= t.shape[i];
+    expected[1] = 1;
+    expected[0] = d.c * d.spatial;
+  }
+  for (int i = 0; i < t.ndim; ++i)
+    require(t.shape[i] <= 1 || t.strides[i] == expected[i], MFA_STATUS_BAD_STRIDE, name, ".strides[", i, "] is ",
+            t.strides[i], ", expected ", expected[i], d.layout == MFA_LAYOUT_NCHW ? " (NCHW: contiguous)" :
+            " (NHWC: channels-last, channels contiguous)");
+  return t.data;
+}
+
+// mean / rstd: [N, groups] f32, compact.
+float *check_stats_tensor(const mfa_tensor *tensor, const char *name, const mfa_group_norm_descriptor &d,
+                          int32_t device_id) {
+  const DenseTensor t = check_dense(tensor, name, MFA_DTYPE_F32, device_id);
+  require(t.ndim == 2 && t.shape[0] == d.n && t.shape[1] == d.groups, MFA_STATUS_SHAPE_MISMATCH, name, ".shape is ",
+          shape_text(*tensor), ", expected [", d.n, ", ", d.groups, "]");
+  require((d.groups <= 1 || t.strides[1] == 1) && (d.n <= 1 || t.strides[0] == d.groups), MFA_STATUS_BAD_STRIDE, name,
+          ".strides are [", t.strides[0], ", ", t.strides[1], "], expected [", d.groups, ", 1] (compact)");
+  return reinterpret_cast<float *>(t.data);
+}
+
+void require_given(const mfa_tensor *tensor, bool wanted, const char *name, const char *why) {
+  if (wanted)
+    require(tensor != nullptr, MFA_STATUS_INVALID_ARGUMENT, name, " is NULL (", why, ")");
+  else
+    require(tensor == nullptr, MFA_STATUS_INVALID_ARGUMENT, name, " is given but ", why);
+}
+
+mfa_group_norm_tensors read_tensors(const mfa_group_norm_tensors *tensors) {
+  require_arg(tensors, "tensors");
+  require_header(tensors->header, MFA_STRUCT_GROUP_NORM_TENSORS, sizeof(mfa_group_norm_tensors), "tensors");
+  mfa_group_norm_tensors t = MFA_GROUP_NORM_TENSORS_INIT;
+  std::memcpy(&t, tensors, std::min<size_t>(tensors->header.size, sizeof t));
+  return t;
+}
+
+GroupNormOperands check_operands(const mfa_group_norm_descriptor &d, int32_t ordinal,
+                                 const mfa_group_norm_tensors *tensors) {
+  const mfa_group_norm_tensors t = read_tensors(tensors);
+  const bool forward = d.pass == MFA_PASS_FORWARD, affine = d.weight_dtype != MFA_DTYPE_NONE;
+  const char *pass_text = forward ? "the descriptor's pass is FORWARD" : "the descriptor's pass is BACKWARD";
+  const char *affine_text = affine ? "descriptor->weight_dtype is set" : "descriptor->weight_dtype is NONE";
+  require_given(t.x, true, "x", "always needed");
+  require_given(t.weight, affine, "weight", affine_text);
+  require_given(t.bias, affine, "bias", affine_text);
+  require_given(t.residual, forward && d.has_residual, "residual",
+                forward ? (d.has_residual ? "descriptor->has_residual is 1" : "descriptor->has_residual is 0")
+                        : pass_text);
+  require_given(t.y, forward, "y", pass_text);
+  if (!forward || !d.has_residual)
+    require_given(t.x_sum, false, "x_sum", forward ? "there is no residual" : pass_text);
+  require_given(t.dy, !forward, "dy", pass_text);
+  require_given(t.dx, !forward, "dx", pass_text);
+  if (!forward) {
+    require_given(t.mean, true, "mean", "the backward pass reads the forward's statistics");
+    require_given(t.rstd, true, "rstd", "the backward pass reads the forward's statistics");
+    require((t.dweight == nullptr) == (t.dbias == nullptr), MFA_STATUS_INVALID_ARGUMENT,
+            "dweight and dbias must be given together (", t.dweight ? "dbias" : "dweight", " is NULL)");
+    if (!affine) require_given(t.dweight, false, "dweight", affine_text);
+  } else {
+    require_given(t.dweight, false, "dweight", pass_text);
+    require_given(t.dbias, false, "dbias", pass_text);
+  }
+
+  GroupNormOperands ops;
+  std::vector<Span> spans;
+  const int64_t element_span = d.n * d.c * d.spatial * element_bytes(d.dtype);
+  const int64_t stats_span = d.n * d.groups * 4;
+  const int64_t param_span = affine ? d.c * element_bytes(d.weight_dtype) : 0;
+  ops.x = check_element_tensor(t.x, "x", d, ordinal);
+  spans.push_back({"x", ops.x, element_span, false});
+  if (t.residual) spans.push_back({"residual", ops.residual = check_element_tensor(t.residual, "residual", d, ordinal),
+                                   element_span, false});
+  if (t.dy) spans.push_back({"dy", ops.dy = check_element_tensor(t.dy, "dy", d, ordinal), element_span, false});
+  if (affine) {
+    spans.push_back({"weight", ops.weight = check_vector(t.weight, "weight", d.weight_dtype, d.c, ordinal), param_span,
+                     false});
+    spans.push_back({"bias", ops.bias = check_vector(t.bias, "bias", d.weight_dtype, d.c, ordinal), param_span, false});
+  }
+  if (t.y) spans.push_back({"y", ops.y = check_element_tensor(t.y, "y", d, ordinal), element_span, true});
+  if (t.x_sum) spans.push_back({"x_sum", ops.x_sum = check_element_tensor(t.x_sum, "x_sum", d, ordinal), element_span, true});
+  if (t.dx) spans.push_back({"dx", ops.y = check_element_tensor(t.dx, "dx", d, ordinal), element_span, true});
+  if (t.mean) ops.mean = check_stats_tensor(t.mean, "mean", d, ordinal);
+  if (t.rstd) ops.rstd = check_stats_tensor(t.rstd, "rstd", d, ordinal);
+  if (t.mean) spans.push_back({"mean", reinterpret_cast<char *>(ops.mean), stats_span, forward});
+  if (t.rstd) spans.push_back({"rstd", reinterpret_cast<char *>(ops.rstd), stats_span, forward});
+  if (t.dweight) {
+    ops.dweight = const_cast<char *>(check_vector(t.dweight, "dweight", d.weight_dtype, d.c, ordinal));
+    ops.dbias = const_cast<char *>(check_vector(t.dbias, "dbias", d.weight_dtype, d.c, ordinal));
+    spans.push_back({"dweight", ops.dweight, param_span, true});
+    spans.push_back({"dbias", ops.dbias, param_span, true});
+  }
+  for (const Span &out : spans) {
+    if (!out.output) continue;
+    for (const Span &other : spans)
+      require(&out == &other || !ranges_overlap(out.data, out.bytes, other.data, other.bytes),
+              MFA_STATUS_INVALID_ARGUMENT, out.name, " overlaps ", other.name,
+              ": outputs may not alias inputs or other outputs");
+  }
+  return ops;
+}
+
+}  // namespace
+}  // namespace mfa
+
+// ----- the pipeline -----
+
+struct mfa_group_norm_pipeline {
+  std::shared_ptr<mfa::Context> context;
+  mfa_group_norm_descriptor descriptor;
+  mfa_pipeline_info info;
+  mfa::Plan plan;
+  mfa::CUfunction functions[mfa::kEntryCount] = {};
+};
+
+namespace mfa {
+namespace {
+
+bool aligned16(const void *pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+// 16-byte vectors: every element tensor on 16 bytes, and no vector straddling what it must not (a
+// channel's run in NCHW, a row of C channels in NHWC).
+bool vector_path(const mfa_group_norm_descriptor &d, const GroupNormOperands &ops) {
+  const int vec = vector_elements(d.dtype);
+  const int64_t run = d.layout == MFA_LAYOUT_NCHW ? d.spatial : d.c;
+  if (run % vec != 0) return false;
+  for (const void *pointer : {static_cast<const void *>(ops.x), static_cast<const void *>(ops.residual),
+                              static_cast<const void *>(ops.dy), static_cast<const void *>(ops.y),
+                              static_cast<const void *>(ops.x_sum)})
+    if (pointer && !aligned16(pointer)) return false;
+  return true;
+}
+
+unsigned grid_of(int64_t blocks, int64_t cap) { return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, cap)); }
+
+void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid_z, void *stream, mfa_gn_args &args,
+            const char *what) {
+  void *params[] = {&args};
+  check_cuda(driver().cuLaunchKernel(function, grid_x, grid_y, grid_z, MFA_GN_THREADS, 1, 1, 0,
+                                     static_cast<CUstream>(stream), params, nullptr),
+             what);
+}
+
+void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNormOperands &ops, void *workspace) {
+  const mfa_group_norm_descriptor &d = pipeline.descriptor;
+  const Plan &plan = pipeline.plan;
+  mfa_gn_args args{};
+  args.x = ops.x;
+  args.residual = ops.residual;
+  args.dy = ops.dy;
+  args.weight = ops.weight;
+  args.bias = ops.bias;
+  args.y = ops.y;
+  args.x_sum = ops.x_sum;
+  args.mean = ops.mean;
+  args.rstd = ops.rstd;
+  args.dweight = ops.dweight;
+  args.dbias = ops.dbias;
+  args.partials = static_cast<float *>(workspace);
+  args.group_stats = reinterpret_cast<float *>(static_cast<char *>(workspace) + plan.partials_bytes);
+  args.n = d.n;
+  args.c = d.c;
+  args.spatial = d.spatial;
+  args.groups = d.groups;
+  args.cpg = d.c / d.groups;
+  args.tile = plan.tile;
+  args.tiles = plan.tiles;
+  args.div_c = divisor_of(d.c);
+  args.div_spatial = divisor_of(d.spatial);
+  args.div_groups = divisor_of(d.groups);
+  args.div_cpg = divisor_of(args.cpg);
+  args.div_tiles = divisor_of(plan.tiles);
+  args.weight_dtype = d.weight_dtype;
+  args.eps = d.eps;
+
+  const bool vec = vector_path(d, ops);
+  const int elements = vec ? vector_elements(d.dtype) : 1;
+  const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
+  // reduce
+  if (d.layout == MFA_LAYOUT_NCHW) {
+    launch(pipeline.functions[vec ? kReduceVec : kReduceScalar],
+           grid_of(ceil_div(d.n * d.c * plan.tiles, MFA_GN_WARPS), cap * 2), 1, 1, stream, args,
+           "cuLaunchKernel(mfa_gn_reduce)");
+  } else {
+    const NhwcShape shape = nhwc_shape(d.c, elements);
+    require(shape.column_blocks <= 65535, MFA_STATUS_UNSUPPORTED, "descriptor->c is ", d.c,
+            ": too many channels for one NHWC launch");
+    launch(pipeline.functions[vec ? kReduceVec : kReduceScalar], static_cast<unsigned>(plan.tiles),
+           static_cast<unsigned>(shape.column_blocks), static_cast<unsigned>(d.n), stream, args,
+           "cuLaunchKernel(mfa_gn_reduce)");
+  }
+  // finalize
+  const int64_t group_blocks = ceil_div(d.n * d.groups, MFA_GN_WARPS);
+  if (d.pass == MFA_PASS_FORWARD) {
+    launch(pipeline.functions[kFinalize], grid_of(group_blocks, cap), 1, 1, stream, args,
+           "cuLaunchKernel(mfa_gn_finalize)");
+  } else {
+    launch(pipeline.functions[kFinalize], grid_of(std::max(group_blocks, ceil_div(d.c, MFA_GN_THREADS)), cap), 2, 1,
+           stream, args, "cuLaunchKernel(mfa_gn_finalize)");
+  }
+  // apply
+  launch(pipeline.functions[vec ? kApplyVec : kApplyScalar],
+         grid_of(ceil_div(d.n * d.c * d.spatial / elements, MFA_GN_THREADS), cap), 1, 1, stream, args,
+         "cuLaunchKernel(mfa_gn_apply)");
+}
+
+// ----- every variant, for `check` and the CPU tests -----
+
+std::vector<mfa_group_norm_descriptor> all_variant_descriptors() {
+  std::vector<mfa_group_norm_descriptor> all;
+  for (int32_t pass : {MFA_PASS_FORWARD, MFA_PASS_BACKWARD})
+    for (int32_t layout : {MFA_LAYOUT_NCHW, MFA_LAYOUT_NHWC})
+      for (int32_t dtype : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32})
+        for (int32_t activation :
+             {MFA_ACTIVATION_NONE, MFA_ACTIVATION_SILU, MFA_ACTIVATION_GELU_ERF, MFA_ACTIVATION_GELU_TANH}) {
+          mfa_group_norm_descriptor d = MFA_GROUP_NORM_DESCRIPTOR_INIT;
+          d.n = d.c = d.spatial = d.groups = 1;
+          d.pass = pass;
+          d.layout = layout;
+          d.dtype = d.weight_dtype = dtype;
+          d.activation = activation;
+          all.push_back(d);
+        }
+  return all;
+}
+
+void fill_report(mfa_kernel_report &report, const GroupNormVariant &variant, const char *entry,
+                 const CacheLookup &lookup) {
+  const mfa_struct_header header = report.header;
+  report = MFA_KERNEL_REPORT_INIT;
+  report.header = header;
+  std::strncpy(report.kernel, entry, sizeof report.kernel - 1);
+  std::strncpy(report.variant, variant.key().c_str(), sizeof report.variant - 1);
+  const KernelResources resources = parse_resources(lookup.kernel->log, entry);
+  require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ",
+          variant.key(), ":\n", lookup.kernel->log);
+  report.registers = resources.registers;
+  report.spill_store_bytes = resources.spill_store_bytes;
+  report.spill_load_bytes = resources.spill_load_bytes;
+  report.stack_frame_bytes = resources.stack_frame_bytes;
+  report.static_shared_bytes = resources.static_shared_bytes;
+  report.dynamic_shared_bytes = 0;
+  report.compile_ms = lookup.milliseconds;
+  report.cache = lookup.origin;
+}
+
+}  // namespace
+}  // namespace mfa
+
+extern "C" {
+
+MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mfa_group_norm_descriptor *descriptor,
+                                                  mfa_group_norm_pipeline **out_pipeline) {
+  return mfa::abi_call([&] {
+    const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
+    mfa::require_arg(context, "context");
+    mfa::require_arg(out_pipeline, "out_pipeline");
+    auto pipeline = std::make_unique<mfa_group_norm_pipeline>();
+    pipeline->context = context->impl;
+    pipeline->descriptor = checked;
+    pipeline->plan = mfa::plan_for(checked, pipeline->context->info().sm_count);
+    const mfa::GroupNormVariant variant = mfa::variant_for(checked);
+    const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, pipeline->context->arch()));
+    for (int entry = 0; entry < mfa::kEntryCount; ++entry)
+      pipeline->functions[entry] = pipeline->context->function(*lookup.kernel, mfa::kEntries[entry]);
+    pipeline->info = MFA_PIPELINE_INFO_INIT;
+    std::strncpy(pipeline->info.variant, variant.key().c_str(), sizeof pipeline->info.variant - 1);
+    pipeline->info.cache = lookup.origin;
+    pipeline->info.workspace_bytes = pipeline->plan.workspace_bytes;
+    pipeline->info.compile_ms = lookup.origin == MFA_CACHE_MEMORY ? 0.0 : lookup.milliseconds;
+    *out_pipeline = pipeline.release();
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_pipeline_destroy(mfa_group_norm_pipeline *pipeline) {
+  return mfa::abi_call([&] { delete pipeline; });
+}
+
+MFA_API mfa_status mfa_group_norm_pipeline_get_info(const mfa_group_norm_pipeline *pipeline,
+                                                    mfa_pipeline_info *out_info) {
+  return mfa::abi_call([&] {
+    mfa::require_arg(pipeline, "pipeline");
+    mfa::copy_out(out_info, pipeline->info, MFA_STRUCT_PIPELINE_INFO, "out_info");
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_encode(const mfa_group_norm_pipeline *pipeline, void *stream,
+                                         const mfa_group_norm_tensors *tensors, void *workspace,
+                                         uint64_t workspace_bytes) {
+  return mfa::abi_call([&] {
+    mfa::require_arg(pipeline, "pipeline");
+    mfa::require_arg(workspace, "workspace");
+    mfa::require(workspace_bytes >= pipeline->info.workspace_bytes, MFA_STATUS_INVALID_ARGUMENT,
+                 "workspace_bytes is ", workspace_bytes, ", the pipeline needs ", pipeline->info.workspace_bytes);
+    mfa::require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, MFA_STATUS_MISALIGNED, "workspace (", workspace,
+                 ") is not aligned to 16 bytes");
+    const mfa::GroupNormOperands ops =
+        mfa::check_operands(pipeline->descriptor, pipeline->context->ordinal(), tensors);
+    pipeline->context->make_current();
+    mfa::encode(*pipeline, stream, ops, workspace);
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_validate(const mfa_group_norm_descriptor *descriptor,
+                                           const mfa_group_norm_tensors *tensors) {
+  return mfa::abi_call([&] {
+    mfa::check_operands(mfa::validate_descriptor(descriptor), mfa::kAnyDevice, tensors);
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count) {
+  return mfa::abi_call([&] {
+    mfa::require_arg(out_count, "out_count");
+    *out_count = static_cast<int64_t>(mfa::all_variant_descriptors().size());
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor) {
+  return mfa::abi_call([&] {
+    const auto all = mfa::all_variant_descriptors();
+    mfa::require(index >= 0 && index < static_cast<int64_t>(all.size()), MFA_STATUS_INVALID_ARGUMENT, "index is ",
+                 index, ", there are ", all.size(), " variants");
+    mfa::copy_out(out_descriptor, all[index], MFA_STRUCT_GROUP_NORM_DESCRIPTOR, "out_descriptor");
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_compile_report(const mfa_group_norm_descriptor *descriptor, const char *arch,
+                                                 mfa_kernel_report *out_reports, int32_t capacity,
+                                                 int32_t *out_count) {
+  return mfa::abi_call([&] {
+    mfa::require_arg(arch, "arch");
+    mfa::require_arg(out_count, "out_count");
+    mfa::require(capacity >= 0 && (capacity == 0 || out_reports), MFA_STATUS_INVALID_ARGUMENT,
+                 "out_reports is NULL with capacity ", capacity);
+    const std::string target(arch);
+    mfa::require(target.rfind("sm_", 0) == 0, MFA_STATUS_INVALID_ARGUMENT, "arch is \"", target,
+                 "\", expected e.g. \"sm_90a\"");
+    const mfa::GroupNormVariant variant = mfa::variant_for(mfa::validate_descriptor(descriptor));
+    const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, target));
+    int32_t count = 0;
+    for (const char *entry : mfa::kEntries) {
+      if (count < capacity) {
+        mfa::require_header(out_reports[count].header, MFA_STRUCT_KERNEL_REPORT, sizeof(mfa_kernel_report),
+                            "out_reports[i]");
+        mfa::fill_report(out_reports[count], variant, entry, lookup);
+      }
+      ++count;
+    }
+    *out_count = count;
+  });
+}
+
+}  // extern "C"

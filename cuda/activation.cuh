@@ -1,0 +1,58 @@
+// activation.cuh: the activations kernels fuse (GEMM epilogues, group norm) and their derivatives (group
+// norm's backward), in one place. The MFA_ACT_* values equal mfa.h's MFA_ACTIVATION_*.
+//
+// Written without cancellation: 1 + tanh(u) and 1 + erf(u) cancel for negative arguments, and 1 - s
+// (s a sigmoid near 1) or 1 - tanh^2 for large ones; a result near zero then lost its relative accuracy.
+// So the tanh GELU and SiLU use logistic forms (0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))), the erf GELU's
+// derivative erfc (1 + erf(-v) = erfc(v); its forward: see there), and the derivatives take sigmoid(-z) = 1 / (1 + exp(z)) instead of 1 - sigmoid(z). The forward uses
+// __expf (its error, ~2 ulp times |argument|, stays far below the outputs' tolerances; expf's larger code
+// spilled register-bound GEMM epilogues), the derivatives expf. Overflowing exponentials give the right
+// limits (1/inf = 0).
+#pragma once
+
+#define MFA_ACT_NONE 0
+#define MFA_ACT_RELU 1
+#define MFA_ACT_GELU_TANH 2
+#define MFA_ACT_GELU_ERF 3
+#define MFA_ACT_SILU 4
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define MFA_GELU_TANH_K2 1.5957691216057308f   // 2 sqrt(2 / pi)
+#define MFA_GELU_TANH_A 0.044715f
+#define MFA_SQRT_HALF 0.7071067811865476f      // 1 / sqrt(2)
+#define MFA_INV_SQRT_2PI 0.3989422804014327f   // 1 / sqrt(2 pi)
+
+__device__ __forceinline__ float mfa_activate(float x, int activation) {
+  switch (activation) {
+    case MFA_ACT_RELU: return fmaxf(x, 0.0f);
+    case MFA_ACT_GELU_TANH: return x / (1.0f + __expf(-MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x)));
+    // 1 + erf cancels for x < -1, but only relative to a result below 0.08 |x|: the absolute error
+    // stays at fp32 rounding. erfcf's larger register footprint spilled the fp32 Hopper GEMM's epilogue.
+    case MFA_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * MFA_SQRT_HALF));
+    case MFA_ACT_SILU: return x / (1.0f + __expf(-x));
+    default: return x;
+  }
+}
+
+// d activation / dx at x.
+//   silu:      s(x) (1 + x s(-x))                       s: the logistic sigmoid
+//   gelu_erf:  Phi(x) + x phi(x) = 0.5 erfc(-x / sqrt2) + x exp(-x^2 / 2) / sqrt(2 pi)
+//   gelu_tanh: gelu = x s(2u), u = sqrt(2/pi) (x + a x^3):  s(2u) + x s(2u) s(-2u) 2 sqrt(2/pi) (1 + 3 a x^2)
+__device__ __forceinline__ float mfa_activate_grad(float x, int activation) {
+  switch (activation) {
+    case MFA_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
+    case MFA_ACT_GELU_TANH: {
+      const float two_u = MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x);
+      const float s = 1.0f / (1.0f + expf(-two_u)), s_neg = 1.0f / (1.0f + expf(two_u));
+      return s + x * s * s_neg * MFA_GELU_TANH_K2 * (1.0f + 3.0f * MFA_GELU_TANH_A * x * x);
+    }
+    case MFA_ACT_GELU_ERF:
+      return 0.5f * erfcf(-x * MFA_SQRT_HALF) + x * MFA_INV_SQRT_2PI * expf(-0.5f * x * x);
+    case MFA_ACT_SILU: {
+      const float s = 1.0f / (1.0f + expf(-x)), s_neg = 1.0f / (1.0f + expf(x));
+      return s * (1.0f + x * s_neg);
+    }
+    default: return 1.0f;
+  }
+}
+#endif

@@ -1,0 +1,72 @@
+// group_norm.cuh: what the group-norm kernels (group_norm.cu) and their host side (cpp/group_norm.cpp)
+// agree on: the argument struct, the block size, the values of the variant macros.
+//
+// Every pass is three launches over per-(sample, channel, spatial tile) partials in a workspace:
+//   reduce    partials[n][c][tile] = (mean, M2) of x' (forward) or (sum dy^ * xhat, sum dy^) (backward)
+//   finalize  merges them in a fixed order: forward mean/rstd per (n, group); backward the per-(n, group)
+//             coefficients of dx and, per channel, dweight and dbias
+//   apply     elementwise: y (and x_sum) forward, dx backward
+// No atomics anywhere: the same inputs give the same bits.
+#pragma once
+
+// Values of the variant macros a generated source defines (MFA_GN_PASS, MFA_GN_LAYOUT, MFA_GN_DTYPE,
+// MFA_GN_ACTIVATION); they equal mfa.h's MFA_PASS_*, MFA_LAYOUT_*, MFA_DTYPE_*, MFA_ACTIVATION_*.
+#define MFA_GN_FORWARD 0
+#define MFA_GN_BACKWARD 1
+#define MFA_GN_NCHW 0
+#define MFA_GN_NHWC 1
+#define MFA_GN_F16 1
+#define MFA_GN_BF16 2
+#define MFA_GN_F32 3
+// MFA_GN_ACTIVATION takes activation.cuh's MFA_ACT_* values.
+
+#define MFA_GN_THREADS 256
+// Floats per (n, group) in the workspace's group_stats (forward: pivot p, mean of x' - p, rstd; one spare).
+#define MFA_GN_STATS 4
+#define MFA_GN_WARPS (MFA_GN_THREADS / 32)
+// Spatial tiles are multiples of this many positions, so that 16-byte vectors never straddle two tiles.
+#define MFA_GN_TILE_MULTIPLE 8
+
+// Division of 64-bit indices by a 32-bit divisor without the 64-bit division subroutine (which costs a
+// call and stack): q = (t + ((n - t) >> 1)) >> (shift - 1), t = umulhi(magic, n), with shift =
+// ceil(log2 value) and magic = floor(2^64 (2^shift - value) / value) + 1 (Granlund and Montgomery);
+// exact for every 64-bit n. The host fills it with mfa_gn_divisor_of (cpp/group_norm.cpp).
+struct mfa_gn_divisor {
+  unsigned long long magic;
+  unsigned int shift;
+  unsigned int value;
+};
+
+// Kernel parameters. x is [n, c, spatial] in the variant's layout: NCHW element (n, c, s) at
+// (n * c + c) * spatial + s, NHWC at (n * spatial + s) * c + c. Element tensors share x's layout.
+struct mfa_gn_args {
+  const void *x;         // forward: x; backward: x' (the forward's normalized input)
+  const void *residual;  // forward: added to x, or null; backward: unused
+  const void *dy;        // backward only
+  const void *weight;    // [c] of weight_dtype, or null (1)
+  const void *bias;      // [c] of weight_dtype, or null (0)
+  void *y;               // forward: y; backward: dx
+  void *x_sum;           // forward: x + residual, or null
+  float *mean;           // [n, groups]: forward output (or null), backward input
+  float *rstd;           // likewise
+  void *dweight;         // backward: [c] of weight_dtype, or null
+  void *dbias;
+  float *partials;       // workspace: [n][c][tiles][2]
+  float *group_stats;    // workspace: [n][groups][MFA_GN_STATS]: forward (p, mean_p, rstd), backward
+                         // (rstd*s1/M, rstd*s2/M)
+  long long n, c, spatial, groups, cpg;  // cpg: channels per group
+  long long tile, tiles;                 // spatial positions per partial, partials per (n, c)
+  mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles;
+  int weight_dtype;                      // MFA_GN_F16/BF16/F32, 0 for none
+  float eps;
+};
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+// n / d.value for n >= 0.
+__device__ __forceinline__ long long mfa_gn_div(long long n, const mfa_gn_divisor &d) {
+  if (d.value == 1) return n;
+  const unsigned long long u = static_cast<unsigned long long>(n);
+  const unsigned long long t = __umul64hi(d.magic, u);
+  return static_cast<long long>((t + ((u - t) >> 1)) >> (d.shift - 1));
+}
+#endif

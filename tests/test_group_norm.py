@@ -1,0 +1,420 @@
+"""Group normalization: descriptor and tensor validation (CPU), NVRTC compilation of every variant (CPU),
+and forward/backward against float64 references on the GPU (torch; numpy in/out too)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import mfa_c
+from mfa_c._tensors import DTYPES, TensorView
+from mfa_c.gemm import _float64
+from mfa_c.group_norm import TOLERANCES, _layout_strides, group_norm_validate
+from conftest import rel_error
+
+DTYPE_NAMES = ["float16", "bfloat16", "float32"]
+LAYOUTS = ["nchw", "nhwc"]
+ACTIVATIONS = [None, "silu", "gelu", "gelu_tanh"]
+
+# ================================================================================================
+# CPU: validation. Tensors describe made-up device addresses: validate reads only the structs.
+
+N, C, H, W, G = 2, 12, 5, 3, 4
+BASE = {"x": 0x1000000, "residual": 0x2000000, "weight": 0x3000000, "bias": 0x3100000, "y": 0x4000000,
+        "x_sum": 0x5000000, "mean": 0x6000000, "rstd": 0x6100000, "dy": 0x7000000, "dx": 0x8000000,
+        "dweight": 0x9000000, "dbias": 0x9100000}
+
+
+def view(name, shape, dtype="float16", strides=None, **changes):
+    fields = dict(data=BASE[name], shape=tuple(shape), strides=strides or _layout_strides(tuple(shape), "nchw"),
+                  dtype=DTYPES[dtype], device_id=0)
+    fields.update(changes)
+    return TensorView(**fields)
+
+
+def forward_tensors(layout="nchw", dtype="float16", residual=False):
+    shape = (N, C, H, W)
+    strides = _layout_strides(shape, layout)
+    tensors = {"x": view("x", shape, dtype, strides), "weight": view("weight", (C,), dtype),
+               "bias": view("bias", (C,), dtype), "y": view("y", shape, dtype, strides),
+               "mean": view("mean", (N, G), "float32"), "rstd": view("rstd", (N, G), "float32")}
+    if residual:
+        tensors["residual"] = view("residual", shape, dtype, strides)
+        tensors["x_sum"] = view("x_sum", shape, dtype, strides)
+    return tensors
+
+
+def backward_tensors(layout="nchw", dtype="float16"):
+    shape = (N, C, H, W)
+    strides = _layout_strides(shape, layout)
+    return {"dy": view("dy", shape, dtype, strides), "x": view("x", shape, dtype, strides),
+            "weight": view("weight", (C,), dtype), "bias": view("bias", (C,), dtype),
+            "mean": view("mean", (N, G), "float32"), "rstd": view("rstd", (N, G), "float32"),
+            "dx": view("dx", shape, dtype, strides), "dweight": view("dweight", (C,), dtype),
+            "dbias": view("dbias", (C,), dtype)}
+
+
+def validate(tensors, **descriptor):
+    fields = dict(n=N, c=C, spatial=H * W, groups=G, dtype="float16", layout="nchw")
+    fields.update(descriptor)
+    group_norm_validate(fields, tensors)
+
+
+def expect_error(status, *words, tensors, **descriptor):
+    with pytest.raises(mfa_c.MFAError) as caught:
+        validate(tensors, **descriptor)
+    assert caught.value.status_name == f"MFA_STATUS_{status}", str(caught.value)
+    for word in words:
+        assert word in caught.value.message, f"{caught.value.message!r} does not name {word!r}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_valid_tensors_pass(layout, dtype):
+    validate(forward_tensors(layout, dtype), dtype=dtype, layout=layout)
+    validate(forward_tensors(layout, dtype, residual=True), dtype=dtype, layout=layout, residual=True)
+    validate(backward_tensors(layout, dtype), dtype=dtype, layout=layout, pass_="backward")
+    stats_free = {k: v for k, v in forward_tensors(layout, dtype).items() if k not in ("mean", "rstd")}
+    validate(stats_free, dtype=dtype, layout=layout)
+    grads_free = {k: v for k, v in backward_tensors(layout, dtype).items() if k not in ("dweight", "dbias")}
+    validate(grads_free, dtype=dtype, layout=layout, pass_="backward")
+
+
+def test_no_affine_and_f32_weights():
+    tensors = {k: v for k, v in forward_tensors().items() if k not in ("weight", "bias")}
+    validate(tensors, weight_dtype=None)
+    tensors = forward_tensors()
+    tensors["weight"] = view("weight", (C,), "float32")
+    tensors["bias"] = view("bias", (C,), "float32")
+    validate(tensors, weight_dtype="float32")
+
+
+def test_spatial_dimensions_of_any_rank():
+    for shape in [(N, C), (N, C, H * W), (N, C, 1, H, W)]:
+        for layout in LAYOUTS:
+            tensors = forward_tensors(layout)
+            strides = _layout_strides(shape, layout)
+            tensors["x"] = view("x", shape, strides=strides)
+            tensors["y"] = view("y", shape, strides=strides)
+            validate(tensors, layout=layout, spatial=math.prod(shape[2:]))
+
+
+@pytest.mark.parametrize("descriptor, status, words", [
+    (dict(groups=5), "INVALID_ARGUMENT", ["descriptor->groups is 5", "divide c"]),
+    (dict(groups=0), "INVALID_ARGUMENT", ["descriptor->groups is 0"]),
+    (dict(n=0), "INVALID_ARGUMENT", ["descriptor->n is 0"]),
+    (dict(spatial=0), "INVALID_ARGUMENT", ["descriptor->spatial is 0"]),
+    (dict(eps=0.0), "INVALID_ARGUMENT", ["descriptor->eps"]),
+    (dict(eps=float("nan")), "INVALID_ARGUMENT", ["descriptor->eps"]),
+    (dict(weight_dtype="bfloat16"), "UNSUPPORTED", ["descriptor->weight_dtype"]),
+])
+def test_bad_descriptors(descriptor, status, words):
+    expect_error(status, *words, tensors=forward_tensors(), **descriptor)
+
+
+def test_bad_descriptor_fields_through_the_c_struct():
+    descriptor = mfa_c.ffi.new("mfa_group_norm_descriptor *")
+    for field, value, words in [("layout", 7, "descriptor->layout is 7"), ("activation", 1, "RELU"),
+                                ("activation", 9, "descriptor->activation is 9"), ("pass", 2, "descriptor->pass is 2"),
+                                ("has_residual", 2, "descriptor->has_residual is 2"),
+                                ("dtype", 9, "descriptor->dtype is 9"), ("reserved", 1, "descriptor->reserved")]:
+        from mfa_c._ffi import new_struct
+        descriptor = new_struct("mfa_group_norm_descriptor", n=N, c=C, spatial=H * W, groups=G, **{field: value})
+        tensors = mfa_c.ffi.new("mfa_group_norm_tensors *")
+        status = mfa_c.lib.mfa_group_norm_validate(descriptor, tensors)
+        message = mfa_c.ffi.string(mfa_c.lib.mfa_last_error_message()).decode()
+        assert status != 0 and words in message, (field, value, message)
+    assert mfa_c.lib.mfa_group_norm_validate(mfa_c.ffi.NULL, mfa_c.ffi.NULL) == mfa_c.lib.MFA_STATUS_INVALID_ARGUMENT
+    assert "descriptor is NULL" in mfa_c.ffi.string(mfa_c.lib.mfa_last_error_message()).decode()
+
+
+def _with(tensors, **changes):
+    tensors = dict(tensors)
+    for name, value in changes.items():
+        if value is None:
+            tensors.pop(name, None)
+        else:
+            tensors[name] = value
+    return tensors
+
+
+FWD = forward_tensors()
+NHWC = forward_tensors("nhwc")
+BWD = backward_tensors()
+
+
+@pytest.mark.parametrize("tensors, descriptor, status, words", [
+    (_with(FWD, x=None), {}, "INVALID_ARGUMENT", ["x is NULL"]),
+    (_with(FWD, y=None), {}, "INVALID_ARGUMENT", ["y is NULL"]),
+    (_with(FWD, weight=None), {}, "INVALID_ARGUMENT", ["weight is NULL"]),
+    (FWD, dict(weight_dtype=None), "INVALID_ARGUMENT", ["weight is given"]),
+    (FWD, dict(residual=True), "INVALID_ARGUMENT", ["residual is NULL"]),
+    (_with(FWD, residual=view("residual", (N, C, H, W))), {}, "INVALID_ARGUMENT", ["residual is given"]),
+    (_with(FWD, x_sum=view("x_sum", (N, C, H, W))), {}, "INVALID_ARGUMENT", ["x_sum is given"]),
+    (_with(FWD, dy=view("dy", (N, C, H, W))), {}, "INVALID_ARGUMENT", ["dy is given"]),
+    (_with(FWD, x=view("x", (N, C + 1, H, W))), {}, "SHAPE_MISMATCH", ["x.shape is [2, 13, 5, 3]"]),
+    (_with(FWD, y=view("y", (N, C, H, W + 1))), {}, "SHAPE_MISMATCH", ["y.shape"]),
+    (_with(FWD, x=view("x", (N * C * H * W,))), {}, "SHAPE_MISMATCH", ["x.ndim is 1"]),
+    (_with(FWD, x=view("x", (N, C, H, W), "float32")), {}, "SHAPE_MISMATCH", ["x.dtype"]),
+    (_with(FWD, weight=view("weight", (C,), "float32")), {}, "SHAPE_MISMATCH", ["weight.dtype"]),
+    (_with(FWD, weight=view("weight", (C + 1,))), {}, "SHAPE_MISMATCH", ["weight.shape"]),
+    (_with(FWD, mean=view("mean", (N, G + 1), "float32")), {}, "SHAPE_MISMATCH", ["mean.shape"]),
+    (_with(FWD, rstd=view("rstd", (N, G), "float16")), {}, "SHAPE_MISMATCH", ["rstd.dtype"]),
+    (_with(FWD, rstd=view("rstd", (N, G), "float32", strides=(1, N))), {}, "BAD_STRIDE", ["rstd.strides"]),
+    (NHWC, {}, "BAD_STRIDE", ["x.strides", "NCHW"]),
+    (FWD, dict(layout="nhwc"), "BAD_STRIDE", ["x.strides", "NHWC"]),
+    (_with(FWD, x=view("x", (N, C, H, W), strides=(C * H * W * 2, H * W * 2, W * 2, 2))), {}, "BAD_STRIDE",
+     ["x.strides"]),
+    (_with(FWD, x=view("x", (N, C, H, W), data=BASE["x"] + 1)), {}, "MISALIGNED", ["x.data"]),
+    (_with(FWD, x=view("x", (N, C, H, W), device_type=mfa_c.lib.MFA_DEVICE_CPU)), {}, "INVALID_ARGUMENT",
+     ["x.device.device_type", "copy it to the GPU"]),
+    (_with(FWD, y=view("y", (N, C, H, W), data=BASE["x"] + 64)), {}, "INVALID_ARGUMENT", ["y overlaps x"]),
+    (_with(FWD, mean=view("mean", (N, G), "float32", data=BASE["rstd"])), {}, "INVALID_ARGUMENT",
+     ["overlaps"]),
+    (_with(BWD, mean=None), dict(pass_="backward"), "INVALID_ARGUMENT", ["mean is NULL"]),
+    (_with(BWD, dy=None), dict(pass_="backward"), "INVALID_ARGUMENT", ["dy is NULL"]),
+    (_with(BWD, dbias=None), dict(pass_="backward"), "INVALID_ARGUMENT", ["dweight and dbias"]),
+    (_with(BWD, y=view("y", (N, C, H, W))), dict(pass_="backward"), "INVALID_ARGUMENT", ["y is given"]),
+    (BWD, dict(pass_="backward", residual=True), "INVALID_ARGUMENT", ["has_residual", "x_sum"]),
+    (_with(BWD, dx=view("dx", (N, C, H, W), data=BASE["dy"])), dict(pass_="backward"), "INVALID_ARGUMENT",
+     ["dx overlaps dy"]),
+])
+def test_bad_tensors(tensors, descriptor, status, words):
+    expect_error(status, *words, tensors=tensors, **descriptor)
+
+
+def test_python_argument_errors():
+    with pytest.raises(mfa_c.MFAError, match="^MFA_STATUS_INVALID_ARGUMENT: activation:"):
+        mfa_c.group_norm_compile_report(activation="relu6")
+    with pytest.raises(mfa_c.MFAError, match="^MFA_STATUS_INVALID_ARGUMENT: layout:"):
+        mfa_c.group_norm_compile_report(layout="nchwc")
+
+
+# ================================================================================================
+# CPU: every variant compiles for sm_90a without spills.
+
+VARIANTS = mfa_c.group_norm_variants()
+
+
+def test_variant_list_covers_pass_layout_dtype_activation():
+    keys = {(v["pass_"], v["layout"], v["dtype"], v["activation"]) for v in VARIANTS}
+    assert len(keys) == len(VARIANTS) == 48
+
+
+@pytest.mark.parametrize("index", range(len(VARIANTS)),
+                         ids=[f"{v['pass_']}-{v['layout']}-{v['dtype']}-{v['activation']}" for v in VARIANTS])
+def test_variant_compiles_for_sm90a(index):
+    reports = mfa_c.group_norm_compile_report("sm_90a", **VARIANTS[index])
+    assert [r["kernel"] for r in reports] == ["mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
+                                              "mfa_gn_apply_vec", "mfa_gn_apply_scalar"]
+    for report in reports:
+        print(f"{report['variant']} {report['kernel']}: {report['registers']} registers, "
+              f"{report['static_shared_bytes']} B smem, spills {report['spill_store_bytes']}/{report['spill_load_bytes']}")
+        assert report["spill_store_bytes"] == 0 and report["spill_load_bytes"] == 0, report
+        assert report["stack_frame_bytes"] == 0, report
+        assert 0 < report["registers"] <= 255 and -(-report["registers"] // 8) * 8 * 256 <= 65536, report
+        assert report["static_shared_bytes"] <= 48 * 1024, report
+    assert len({r["variant"] for r in reports}) == 1
+
+
+def test_variant_compiles_for_sm80():
+    assert mfa_c.group_norm_compile_report("sm_80", dtype="bfloat16", layout="nhwc", pass_="backward",
+                                           activation="gelu_tanh")
+
+
+# ================================================================================================
+# GPU: against float64 (torch autograd in float64 for the backward).
+
+
+def _torch_input(torch, rng, shape, dtype, layout, scale=1.0, offset=0.0):
+    values = torch.from_numpy(offset + scale * rng.standard_normal(shape)).to("cuda", getattr(torch, dtype))
+    return values.contiguous(memory_format=torch.channels_last) if layout == "nhwc" and len(shape) == 4 else values
+
+
+def _affine(torch, rng, c, dtype):
+    weight = torch.from_numpy(1 + 0.5 * rng.standard_normal(c)).to("cuda", getattr(torch, dtype))
+    bias = torch.from_numpy(0.5 * rng.standard_normal(c)).to("cuda", getattr(torch, dtype))
+    return weight, bias
+
+
+def _check_forward(torch, rng, shape, groups, dtype, layout, activation=None, residual=False, scale=1.0, offset=0.0,
+                   affine=True):
+    x = _torch_input(torch, rng, shape, dtype, layout, scale, offset)
+    r = _torch_input(torch, rng, shape, dtype, layout) if residual else None
+    weight, bias = _affine(torch, rng, shape[1], dtype) if affine else (None, None)
+    y = torch.full_like(x, float("nan"))
+    x_sum = torch.full_like(x, float("nan")) if residual else None
+    out, mean, rstd = mfa_c.group_norm(x, groups, weight, bias, activation=activation, residual=r, out=y,
+                                       x_sum=x_sum, return_stats=True)
+    assert out is y
+    summed = (x + r) if residual else x  # rounded to dtype, as the kernel rounds it
+    ref_y, ref_mean, ref_rstd = mfa_c.group_norm_reference(summed, groups, weight, bias, activation=activation)
+    tolerance = TOLERANCES[dtype]
+    assert rel_error(y, ref_y) <= tolerance
+    # The mean's error is measured against the spread (1 / rstd): a mean near zero has no relative
+    # accuracy to keep, while normalizing needs it to a fraction of a standard deviation. The public
+    # mean is an f32, so its own rounding (half an ulp: 2^-24 relative) is allowed on top.
+    mean_error = np.abs(_float64(mean) - ref_mean)
+    assert bool(np.all(mean_error <= 1e-5 / ref_rstd + np.abs(ref_mean) * 2.0 ** -24)), float(np.max(mean_error))
+    assert rel_error(rstd, ref_rstd) <= 1e-4
+    if residual:
+        assert torch.equal(x_sum, summed)
+    return x, weight, bias, y
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_forward(ctx, torch_cuda, rng, dtype, layout, activation):
+    _check_forward(torch_cuda, rng, (2, 64, 16, 16), 32, dtype, layout, activation)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 3, 7, 7), 1), ((2, 3, 7, 7), 3), ((3, 6, 1, 1), 2),
+                                           ((1, 12, 5, 9), 12), ((2, 20, 7, 7), 4), ((4, 10, 3, 3), 5),
+                                           ((2, 16), 4), ((1, 24, 33, 1), 6)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_odd_shapes(ctx, torch_cuda, rng, shape, groups, layout, dtype):
+    _check_forward(torch_cuda, rng, shape, groups, dtype, layout, "silu")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_residual_and_no_affine(ctx, torch_cuda, rng, dtype, layout):
+    _check_forward(torch_cuda, rng, (2, 32, 9, 9), 8, dtype, layout, "silu", residual=True)
+    _check_forward(torch_cuda, rng, (2, 32, 9, 9), 8, dtype, layout, None, affine=False)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_large_group_one_sample(ctx, torch_cuda, rng, layout):
+    """N = 1 with groups of 2^24 elements: the reduction of one group is split over many blocks."""
+    _check_forward(torch_cuda, rng, (1, 64, 512, 1024), 2, "float32", layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_large_mean(ctx, torch_cuda, rng, layout):
+    """mean 1e4, spread 1: statistics without cancellation."""
+    _check_forward(torch_cuda, rng, (2, 32, 64, 64), 8, "float32", layout, offset=1e4)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_constant_input(ctx, torch_cuda, dtype, layout):
+    torch = torch_cuda
+    x = torch.full((2, 8, 4, 4), 3.0, device="cuda", dtype=getattr(torch, dtype))
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.ones(8, device="cuda", dtype=x.dtype)
+    bias = torch.arange(8, device="cuda", dtype=x.dtype)
+    y, mean, rstd = mfa_c.group_norm(x, 4, weight, bias, eps=1e-5, return_stats=True)
+    assert torch.all(mean == 3.0)
+    assert torch.allclose(rstd.double(), torch.full_like(rstd.double(), 1 / math.sqrt(1e-5)), rtol=1e-5)
+    assert torch.equal(y.float(), bias.float().view(1, 8, 1, 1).expand_as(y))
+
+
+def _torch_backward_reference(torch, x, weight, bias, dy, groups, activation, dtype=None):
+    """(dx, dweight, dbias) by torch autograd in float64, or in `dtype` (the precision reference)."""
+    dtype = dtype or torch.float64
+    x64 = x.detach().to(dtype).requires_grad_(True)
+    w64 = weight.detach().to(dtype).requires_grad_(True) if weight is not None else None
+    b64 = bias.detach().to(dtype).requires_grad_(True) if bias is not None else None
+    y = torch.nn.functional.group_norm(x64, groups, w64, b64, eps=1e-5)
+    y = {None: lambda t: t, "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+         "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh")}[activation](y)
+    y.backward(dy.to(dtype))
+    return x64.grad, (w64.grad if w64 is not None else None), (b64.grad if b64 is not None else None)
+
+
+def _assert_like_the_precision_reference(ours, ref64, ref_precision, what, floor):
+    """The rule for ill-conditioned results (as FlashAttention-3 tests): our error against float64 at most
+    twice that of the same computation done by torch in the inputs' precision, plus a tiny floor. A fixed
+    relative tolerance is the wrong test where the result is a cancellation of much larger terms (dx of
+    a two-element group is ~1e-5 of its terms)."""
+    ours_error, theirs_error = rel_error(ours, ref64), rel_error(ref_precision, ref64)
+    assert ours_error <= 2 * theirs_error + floor, (
+        f"{what}: error {ours_error:.3g} vs float64, torch in the input precision {theirs_error:.3g}")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize("shape, groups", [((2, 64, 16, 16), 32), ((2, 6, 7, 7), 3), ((3, 10, 1, 1), 5)])
+def test_backward(ctx, torch_cuda, rng, shape, groups, dtype, layout, activation):
+    torch = torch_cuda
+    x = _torch_input(torch, rng, shape, dtype, layout)
+    dy = _torch_input(torch, rng, shape, dtype, layout)
+    weight, bias = _affine(torch, rng, shape[1], dtype)
+    _, mean, rstd = mfa_c.group_norm(x, groups, weight, bias, activation=activation, return_stats=True)
+    dx, dweight, dbias = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, groups, activation=activation)
+    refs = _torch_backward_reference(torch, x, weight, bias, dy, groups, activation)
+    tolerance = TOLERANCES[dtype] * (1 if dtype != "float32" else 10)
+    if shape[1] // groups * math.prod(shape[2:]) >= 16:  # well-conditioned: a fixed tolerance
+        for ours, ref, what in zip((dx, dweight, dbias), refs, ("dx", "dweight", "dbias")):
+            assert rel_error(ours, ref) <= tolerance, what
+    else:  # tiny groups: dx cancels (two elements: to ~eps / var of its terms); compare with torch in dtype
+        precision = _torch_backward_reference(torch, x, weight, bias, dy, groups, activation, dtype=x.dtype)
+        for ours, ref, theirs, what in zip((dx, dweight, dbias), refs, precision, ("dx", "dweight", "dbias")):
+            _assert_like_the_precision_reference(ours, ref, theirs, what, floor=TOLERANCES[dtype] / 10)
+    again = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, groups, activation=activation)
+    for first, second in zip((dx, dweight, dbias), again):  # the same bits (NaN would fail)
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_large_mean(ctx, torch_cuda, rng, layout):
+    """mean 1e4, spread 1: the backward reads an fp32 mean (rounded by up to 5e-4); it should do as well
+    as torch's own fp32 backward (which has the same limit), measured against float64."""
+    torch = torch_cuda
+    shape, groups = (2, 32, 16, 16), 8
+    x = _torch_input(torch, rng, shape, "float32", layout, offset=1e4)
+    dy = _torch_input(torch, rng, shape, "float32", layout)
+    weight, bias = _affine(torch, rng, shape[1], "float32")
+    _, mean, rstd = mfa_c.group_norm(x, groups, weight, bias, return_stats=True)
+    ours = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, groups)
+    refs = _torch_backward_reference(torch, x, weight, bias, dy, groups, None)
+    precision = _torch_backward_reference(torch, x, weight, bias, dy, groups, None, dtype=torch.float32)
+    for mine, ref, theirs, what in zip(ours, refs, precision, ("dx", "dweight", "dbias")):
+        _assert_like_the_precision_reference(mine, ref, theirs, what, floor=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_large_group(ctx, torch_cuda, rng, layout):
+    torch = torch_cuda
+    shape = (1, 32, 256, 512)
+    x = _torch_input(torch, rng, shape, "float32", layout)
+    dy = _torch_input(torch, rng, shape, "float32", layout)
+    weight, bias = _affine(torch, rng, 32, "float32")
+    _, mean, rstd = mfa_c.group_norm(x, 2, weight, bias, return_stats=True)
+    dx, dweight, dbias = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, 2)
+    ref = _torch_backward_reference(torch, x, weight, bias, dy, 2, None)
+    for ours, theirs in zip((dx, dweight, dbias), ref):
+        assert rel_error(ours, theirs) <= 1e-4
+
+
+def test_numpy_in_numpy_out(ctx, rng):
+    x = rng.standard_normal((2, 8, 5, 5)).astype(np.float32)
+    weight = rng.standard_normal(8).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    y, mean, rstd = mfa_c.group_norm(x, 4, weight, bias, return_stats=True, activation="silu")
+    ref_y, ref_mean, ref_rstd = mfa_c.group_norm_reference(x, 4, weight, bias, activation="silu")
+    assert isinstance(y, np.ndarray) and rel_error(y, ref_y) <= 1e-5 and rel_error(mean, ref_mean) <= 1e-5
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, dweight, dbias = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, 4, activation="silu")
+    assert isinstance(dx, np.ndarray) and dx.shape == x.shape and dweight.shape == (8,)
+    assert np.isfinite(dx).all()
+
+
+def test_errors_on_the_gpu_path(ctx, torch_cuda):
+    torch = torch_cuda
+    x = torch.randn(2, 6, 4, 4, device="cuda", dtype=torch.float16)
+    with pytest.raises(mfa_c.MFAError, match="descriptor->groups is 4"):
+        mfa_c.group_norm(x, 4)
+    # The descriptor's weight_dtype is weight's (f32 weights are legal for f16 x): the first argument that
+    # disagrees, in the order of the signature (x, weight, bias), is bias.
+    with pytest.raises(mfa_c.MFAError, match="bias.dtype"):
+        mfa_c.group_norm(x, 3, torch.ones(6, device="cuda"), torch.zeros(6, device="cuda", dtype=torch.float16))
+    with pytest.raises(mfa_c.MFAError, match="descriptor->weight_dtype"):  # bf16 weights for f16 x: weight first
+        mfa_c.group_norm(x, 3, torch.ones(6, device="cuda", dtype=torch.bfloat16),
+                         torch.zeros(6, device="cuda", dtype=torch.float32))
+    with pytest.raises(mfa_c.MFAError, match="neither NCHW"):
+        mfa_c.group_norm(x.transpose(2, 3), 3)
