@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -205,6 +206,27 @@ void clear_caches(int32_t scope_bits) {
       for (const std::string &name : entries) remove_tree(root + "/" + name);
     }
   }
+}
+
+void fill_kernel_report(mfa_kernel_report &report, const std::string &variant, const char *entry,
+                        const CacheLookup &lookup, int64_t dynamic_shared_bytes) {
+  static const char *origins[] = {"compiled", "from memory", "from disk"};
+  const KernelResources resources = parse_resources(lookup.kernel->log, entry);
+  require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ", variant,
+          " (", origins[lookup.origin], "):\n", lookup.kernel->log);
+  const mfa_struct_header header = report.header;
+  report = MFA_KERNEL_REPORT_INIT;
+  report.header = header;
+  std::strncpy(report.kernel, entry, sizeof report.kernel - 1);
+  std::strncpy(report.variant, variant.c_str(), sizeof report.variant - 1);
+  report.registers = resources.registers;
+  report.spill_store_bytes = resources.spill_store_bytes;
+  report.spill_load_bytes = resources.spill_load_bytes;
+  report.stack_frame_bytes = resources.stack_frame_bytes;
+  report.static_shared_bytes = resources.static_shared_bytes;
+  report.dynamic_shared_bytes = dynamic_shared_bytes;
+  report.compile_ms = lookup.milliseconds;
+  report.cache = lookup.origin;
 }
 
 }  // namespace mfa

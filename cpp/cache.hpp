@@ -37,4 +37,8 @@ const std::string &cache_directory();
 
 void clear_caches(int32_t scope_bits);
 
+// Fills `report` (keeping its header) with one entry point's figures from the kernel's ptxas log.
+void fill_kernel_report(mfa_kernel_report &report, const std::string &variant, const char *entry,
+                        const CacheLookup &lookup, int64_t dynamic_shared_bytes);
+
 }  // namespace mfa

@@ -417,28 +417,7 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
   return all;
 }
 
-const char *origin_name(int32_t origin) {
-  return origin == MFA_CACHE_DISK ? "from disk" : origin == MFA_CACHE_MEMORY ? "from memory" : "compiled";
-}
 
-void fill_report(mfa_kernel_report &report, const GemmVariant &variant, const char *entry, const CacheLookup &lookup) {
-  const mfa_struct_header header = report.header;
-  report = MFA_KERNEL_REPORT_INIT;
-  report.header = header;
-  std::strncpy(report.kernel, entry, sizeof report.kernel - 1);
-  std::strncpy(report.variant, variant.key().c_str(), sizeof report.variant - 1);
-  const KernelResources resources = parse_resources(lookup.kernel->log, entry);
-  require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ",
-          variant.key(), " (", origin_name(lookup.origin), "):\n", lookup.kernel->log);
-  report.registers = resources.registers;
-  report.spill_store_bytes = resources.spill_store_bytes;
-  report.spill_load_bytes = resources.spill_load_bytes;
-  report.stack_frame_bytes = resources.stack_frame_bytes;
-  report.static_shared_bytes = resources.static_shared_bytes;
-  report.dynamic_shared_bytes = variant.dynamic_shared_bytes();
-  report.compile_ms = lookup.milliseconds;
-  report.cache = lookup.origin;
-}
 
 }  // namespace
 }  // namespace mfa
@@ -531,7 +510,7 @@ MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor
         if (count < capacity) {
           mfa::require_header(out_reports[count].header, MFA_STRUCT_KERNEL_REPORT, sizeof(mfa_kernel_report),
                               "out_reports[i]");
-          mfa::fill_report(out_reports[count], variant, entry, lookup);
+          mfa::fill_kernel_report(out_reports[count], variant.key(), entry, lookup, variant.dynamic_shared_bytes());
         }
         ++count;
       }

@@ -442,25 +442,6 @@ std::vector<mfa_group_norm_descriptor> all_variant_descriptors() {
   return all;
 }
 
-void fill_report(mfa_kernel_report &report, const GroupNormVariant &variant, const char *entry,
-                 const CacheLookup &lookup) {
-  const mfa_struct_header header = report.header;
-  report = MFA_KERNEL_REPORT_INIT;
-  report.header = header;
-  std::strncpy(report.kernel, entry, sizeof report.kernel - 1);
-  std::strncpy(report.variant, variant.key().c_str(), sizeof report.variant - 1);
-  const KernelResources resources = parse_resources(lookup.kernel->log, entry);
-  require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ",
-          variant.key(), ":\n", lookup.kernel->log);
-  report.registers = resources.registers;
-  report.spill_store_bytes = resources.spill_store_bytes;
-  report.spill_load_bytes = resources.spill_load_bytes;
-  report.stack_frame_bytes = resources.stack_frame_bytes;
-  report.static_shared_bytes = resources.static_shared_bytes;
-  report.dynamic_shared_bytes = 0;
-  report.compile_ms = lookup.milliseconds;
-  report.cache = lookup.origin;
-}
 
 }  // namespace
 }  // namespace mfa
@@ -560,7 +541,7 @@ MFA_API mfa_status mfa_group_norm_compile_report(const mfa_group_norm_descriptor
       if (count < capacity) {
         mfa::require_header(out_reports[count].header, MFA_STRUCT_KERNEL_REPORT, sizeof(mfa_kernel_report),
                             "out_reports[i]");
-        mfa::fill_report(out_reports[count], variant, entry, lookup);
+        mfa::fill_kernel_report(out_reports[count], variant.key(), entry, lookup, 0);
       }
       ++count;
     }

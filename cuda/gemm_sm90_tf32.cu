@@ -141,7 +141,7 @@ __device__ __forceinline__ unsigned mnmajor_offset(unsigned u, unsigned k) {
 // K-major layouts (encoded as 16 bytes), and the slice starts s * 32 bytes into row 0 (wgmma applies
 // the swizzle XOR to the addresses it forms, as for 16-bit operands where k16 is also 32 bytes).
 __device__ __forceinline__ unsigned long long b_desc(unsigned b_region, int s) {
-  return mfa_tf32_desc_sw128(b_region + s * 32, 16, kSwizzleAtom);
+  return mfa_wgmma_desc_sw128(b_region + s * 32, 16, kSwizzleAtom);
 }
 
 // ----- producer: one elected thread of warp 0 streams the k-tiles through the ring -----
@@ -150,8 +150,8 @@ __device__ __forceinline__ unsigned long long b_desc(unsigned b_region, int s) {
 // B likewise with n: TRANS_B = 1 one box {k0, n0, z}; TRANS_B = 0 four boxes {n0 + 32 i, k0, z}.
 __device__ __forceinline__ void produce(const Ring &ring, const mfa_gemm_args &args, const Schedule &schedule,
                                         const mfa_tensor_map &map_a, const mfa_tensor_map &map_b, int k_tiles) {
-  mfa_tf32_tma_prefetch_map(&map_a);
-  mfa_tf32_tma_prefetch_map(&map_b);
+  mfa_tma_prefetch_map(&map_a);
+  mfa_tma_prefetch_map(&map_b);
   RingPos pos;
   for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
     const Tile tile = schedule.at(t);
@@ -159,23 +159,23 @@ __device__ __forceinline__ void produce(const Ring &ring, const mfa_gemm_args &a
     const int z_a = args.batch_stride_a != 0 ? tile.batch : 0;
     const int z_b = args.batch_stride_b != 0 ? tile.batch : 0;
     for (int kt = 0; kt < k_tiles; ++kt) {
-      mfa_tf32_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);
+      mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);
       const unsigned full = ring.full(pos.stage), stage = ring.stage(pos.stage);
-      mfa_tf32_mbar_arrive_expect_tx(full, kTmaBytes);
+      mfa_mbar_arrive_expect_tx(full, kTmaBytes);
       const int k0 = kt * BK;
       if (MFA_TRANS_A) {
 #pragma unroll
         for (int i = 0; i < BM / (int)kBoxMN; ++i)
-          mfa_tf32_tma_load_3d(stage + kAOffset + i * kMNBoxBytes, &map_a, full, tile.m0 + i * kBoxMN, k0, z_a);
+          mfa_tma_load_3d(stage + kAOffset + i * kMNBoxBytes, &map_a, full, tile.m0 + i * kBoxMN, k0, z_a);
       } else {
-        mfa_tf32_tma_load_3d(stage + kAOffset, &map_a, full, k0, tile.m0, z_a);
+        mfa_tma_load_3d(stage + kAOffset, &map_a, full, k0, tile.m0, z_a);
       }
       if (MFA_TRANS_B) {
-        mfa_tf32_tma_load_3d(stage + kBOffset, &map_b, full, k0, tile.n0, z_b);
+        mfa_tma_load_3d(stage + kBOffset, &map_b, full, k0, tile.n0, z_b);
       } else {
 #pragma unroll
         for (int i = 0; i < BN / (int)kBoxMN; ++i)
-          mfa_tf32_tma_load_3d(stage + kBOffset + i * kMNBoxBytes, &map_b, full, tile.n0 + i * kBoxMN, k0, z_b);
+          mfa_tma_load_3d(stage + kBOffset + i * kMNBoxBytes, &map_b, full, tile.n0 + i * kBoxMN, k0, z_b);
       }
       pos.advance();
     }
@@ -258,11 +258,11 @@ __device__ __forceinline__ void split_stages(const Ring &ring, unsigned char *sm
   RingPos pos;
   for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
     for (int kt = 0; kt < k_tiles; ++kt) {
-      mfa_tf32_mbar_wait(ring.full(pos.stage), pos.phase);
+      mfa_mbar_wait(ring.full(pos.stage), pos.phase);
       split_b(smem_ring + pos.stage * kStageBytes, st);
-      mfa_tf32_fence_proxy_async_smem();
+      mfa_fence_proxy_async_smem();
       __syncwarp();
-      if (threadIdx.x % 32 == 0) mfa_tf32_mbar_arrive(ring.ready(pos.stage));
+      if (threadIdx.x % 32 == 0) mfa_mbar_arrive(ring.ready(pos.stage));
       pos.advance();
     }
   }
@@ -298,7 +298,7 @@ __device__ __forceinline__ void mma_k_tile(const float (&a)[4 * kSlices], unsign
 #pragma unroll
     for (int r = 0; r < 4; ++r) split(a[4 * s + r], a_hi[s][r], a_lo[s][r]);
   const unsigned b_hi = stage_addr + kBHiOffset, b_lo = stage_addr + kBLoOffset;
-  mfa_tf32_wgmma_fence();
+  mfa_wgmma_fence();
 #pragma unroll
   for (int s = 0; s < kSlices; ++s) {
     if (s == 0) mfa_tf32_wgmma_m64n128k8_rs<0>(tile_acc, a_lo[s], b_desc(b_hi, s));
@@ -306,7 +306,7 @@ __device__ __forceinline__ void mma_k_tile(const float (&a)[4 * kSlices], unsign
     mfa_tf32_wgmma_m64n128k8_rs<1>(tile_acc, a_hi[s], b_desc(b_lo, s));
     mfa_tf32_wgmma_m64n128k8_rs<1>(tile_acc, a_hi[s], b_desc(b_hi, s));
   }
-  mfa_tf32_wgmma_commit();
+  mfa_wgmma_commit_group();
 }
 
 // Wait until stage `pos` is ready for wgmma, then load this thread's raw A fragments of it. `full`
@@ -314,8 +314,8 @@ __device__ __forceinline__ void mma_k_tile(const float (&a)[4 * kSlices], unsign
 // try_wait and keeps the consumers' view of A independent of the split warps' barrier chain.
 __device__ __forceinline__ void prepare(const Ring &ring, const unsigned char *smem_ring, const RingPos &pos, int w,
                                         int t, float (&a)[4 * kSlices]) {
-  mfa_tf32_mbar_wait(ring.full(pos.stage), pos.phase);
-  mfa_tf32_mbar_wait(ring.ready(pos.stage), pos.phase);
+  mfa_mbar_wait(ring.full(pos.stage), pos.phase);
+  mfa_mbar_wait(ring.ready(pos.stage), pos.phase);
   load_a(smem_ring + pos.stage * kStageBytes, w, t, a);
 }
 
@@ -335,11 +335,11 @@ __device__ __forceinline__ void consume(const Ring &ring, const unsigned char *s
     pos.advance();
     const bool more = kt + 1 < k_tiles;
     if (more) prepare(ring, smem_ring, pos, w, t, a);
-    mfa_tf32_wgmma_wait<0>();
+    mfa_wgmma_wait_group<0>();
 #pragma unroll
-    for (int i = 0; i < kAcc; ++i) mfa_tf32_fence_operand(tile_acc[i]);
+    for (int i = 0; i < kAcc; ++i) mfa_fence_operand(tile_acc[i]);
     // wait_group is .sync.aligned: every lane of the warp is past it, so one arrival speaks for the warp.
-    if (threadIdx.x % 32 == 0) mfa_tf32_mbar_arrive(ring.empty(in_flight));
+    if (threadIdx.x % 32 == 0) mfa_mbar_arrive(ring.empty(in_flight));
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] += tile_acc[i];
   }
@@ -472,12 +472,12 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
   ring.bars = aligned + kStages * kStageBytes;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mfa_tf32_mbar_init(ring.full(s), 1);
-      mfa_tf32_mbar_init(ring.empty(s), kConsumerWarps);
-      mfa_tf32_mbar_init(ring.ready(s), kSplitWarps);
+      mfa_mbar_init(ring.full(s), 1);
+      mfa_mbar_init(ring.empty(s), kConsumerWarps);
+      mfa_mbar_init(ring.ready(s), kSplitWarps);
     }
-    mfa_tf32_fence_mbar_init();
-    mfa_tf32_fence_proxy_async_smem();
+    mfa_fence_mbar_init();
+    mfa_fence_proxy_async_smem();
   }
   __syncthreads();
 
@@ -485,14 +485,14 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
   const int k_tiles = (args.k + BK - 1) / BK;
 
   if (threadIdx.x < 128) {
-    mfa_tf32_setmaxnreg_dec<40>();
+    mfa_setmaxnreg_dec<40>();
     if (threadIdx.x / 32 == 0) {
-      if (mfa_tf32_elect_one()) produce(ring, args, schedule, map_a, map_b, k_tiles);
+      if (mfa_elect_one()) produce(ring, args, schedule, map_a, map_b, k_tiles);
     } else {
       split_stages(ring, smem_ring, schedule, k_tiles);
     }
   } else {
-    mfa_tf32_setmaxnreg_inc<232>();
+    mfa_setmaxnreg_inc<232>();
     const int w = (threadIdx.x - 128) / 128, t = threadIdx.x % 128;
     constexpr unsigned pair_bytes = MFA_OUT_DTYPE == MFA_GEMM_F32 ? 8 : 4;
     const bool pairs = reinterpret_cast<unsigned long long>(args.c) % pair_bytes == 0 && args.ldc % 2 == 0 &&

@@ -18,6 +18,22 @@ class Closeable:
         self.close()
 
 
+class CachedPipeline(Closeable):
+    """A pipeline class whose instances the one-call API (mfa_c.gemm, mfa_c.group_norm) shares per
+    context and descriptor; subclasses define _create(context, fields)."""
+
+    @classmethod
+    def _cached(cls, context, fields):
+        """The context's pipeline for these descriptor fields, created on first use."""
+        key = (cls.__name__, *fields.items())
+        pipeline = context.pipelines.get(key)
+        if pipeline is None:
+            pipeline = cls.__new__(cls)
+            pipeline._create(context, fields)
+            context.pipelines[key] = pipeline
+        return pipeline
+
+
 class Context(Closeable):
     """One GPU (the device's primary context, shared with PyTorch and the CUDA runtime)."""
 
@@ -27,7 +43,7 @@ class Context(Closeable):
         check(lib.mfa_context_create(options, handle))
         self._handle = ffi.gc(handle[0], lib.mfa_context_destroy)
         self.device = device
-        self.gemm_pipelines = {}  # descriptor fields -> GemmPipeline, filled by mfa_c.gemm
+        self.pipelines = {}  # (pipeline class, descriptor fields) -> pipeline, filled by mfa_c.gemm etc.
         self._dependents = weakref.WeakSet()  # closed before the context, which they point into
         info = new_struct("mfa_device_info")
         check(lib.mfa_context_get_info(self._handle, info))
@@ -60,7 +76,7 @@ class Context(Closeable):
             return
         for dependent in list(self._dependents):
             dependent.close()
-        self.gemm_pipelines.clear()
+        self.pipelines.clear()
         ffi.release(self._handle)
         self._handle = None
 

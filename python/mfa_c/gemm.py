@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._context import Closeable, DeviceBuffer, default_context, stream_handle
+from ._context import CachedPipeline, DeviceBuffer, default_context, stream_handle
 from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text
 from ._tensors import DTYPES, TensorView, compact_strides, device_view, dtype_of, is_torch_tensor
 
@@ -53,7 +53,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, bia
     return _gemm_device(a, b, c, bias, trans_a, trans_b, out_dtype, options, stream, context)
 
 
-class GemmPipeline(Closeable):
+class GemmPipeline(CachedPipeline):
     """A GEMM compiled for one descriptor, encoded many times.
 
     GemmPipeline(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
@@ -63,17 +63,6 @@ class GemmPipeline(Closeable):
 
     def __init__(self, m, n, k, *, context=None, **descriptor):
         self._create(context or default_context(), _pipeline_fields(m, n, k, **descriptor))
-
-    @classmethod
-    def _cached(cls, context, fields):
-        """The context's pipeline for these descriptor fields, created on first use."""
-        key = tuple(fields.items())
-        pipeline = context.gemm_pipelines.get(key)
-        if pipeline is None:
-            pipeline = cls.__new__(cls)
-            pipeline._create(context, fields)
-            context.gemm_pipelines[key] = pipeline
-        return pipeline
 
     def _create(self, context, fields):
         descriptor = new_struct("mfa_gemm_descriptor", **fields)

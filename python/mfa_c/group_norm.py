@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ._context import Closeable, DeviceBuffer, default_context
+from ._context import CachedPipeline, DeviceBuffer, default_context
 from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text
 from ._tensors import DTYPES, DType, TensorView, device_view, dtype_of, is_torch_tensor
 from .gemm import _REFERENCE_ACTIVATIONS, _default_stream, _float64, _report_dict
@@ -34,7 +34,7 @@ _DTYPE_NAMES = {dtype.mfa: dtype.name for dtype in DTYPES.values()}
 TOLERANCES = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 
 
-class GroupNormPipeline(Closeable):
+class GroupNormPipeline(CachedPipeline):
     """A group-norm pass compiled for one descriptor, encoded many times.
 
     GroupNormPipeline(n, c, spatial, groups, *, dtype="float16", weight_dtype=<dtype>, layout="nchw",
@@ -44,16 +44,6 @@ class GroupNormPipeline(Closeable):
 
     def __init__(self, n, c, spatial, groups, *, context=None, **descriptor):
         self._create(context or default_context(), _descriptor_fields(n, c, spatial, groups, **descriptor))
-
-    @classmethod
-    def _cached(cls, context, fields):
-        key = ("group_norm", *fields.items())
-        pipeline = context.gemm_pipelines.get(key)  # the context's pipeline cache, keyed by descriptor
-        if pipeline is None:
-            pipeline = cls.__new__(cls)
-            pipeline._create(context, fields)
-            context.gemm_pipelines[key] = pipeline
-        return pipeline
 
     def _create(self, context, fields):
         descriptor = new_struct("mfa_group_norm_descriptor", **fields)
