@@ -417,8 +417,6 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
   return all;
 }
 
-
-
 }  // namespace
 }  // namespace mfa
 

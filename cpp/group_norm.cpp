@@ -442,7 +442,6 @@ std::vector<mfa_group_norm_descriptor> all_variant_descriptors() {
   return all;
 }
 
-
 }  // namespace
 }  // namespace mfa
 

@@ -44,6 +44,7 @@
 //   (TRANS_B = 0) arrives N-major (four 32-n boxes) and the split transposes it into a separate hi
 //   buffer (4x4 blocks through registers), so its stages are 64 KB instead of 48 KB.
 #include "ptx_sm90_tf32.cuh"
+#include "gemm_sm90_epilogue.cuh"  // mfa_sm90_epilogue
 
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F32 && MFA_MATH == MFA_MATH_TF32X3, "fp32 inputs, 3xTF32 arithmetic");
 
@@ -345,110 +346,7 @@ __device__ __forceinline__ void consume(const Ring &ring, const unsigned char *s
   }
 }
 
-// ----- epilogue (the lean scheme of gemm_sm90.cu, same order of operations as mfa_epilogue_store) -----
-// m64nN f32 D fragment (9.7.15.5.1.1.1): thread t of the warpgroup holds, for each n8 block j,
-// acc[4j + 2h + c] = element (row0 + 8h, col0 + 8j + c) with row0 = 16 (t / 32) + (t % 32) / 4 and
-// col0 = 2 (t % 4) relative to its warpgroup's 64 x 128 part of the tile.
-struct Fragment {
-  int row0, col0;
-  long long index0, row_step;
-  __device__ bool row_in(const mfa_gemm_args &args, int h) const { return row0 + 8 * h < args.m; }
-  __device__ int col(int j) const { return col0 + 8 * j; }
-  __device__ long long index(int j, int h) const { return index0 + h * row_step + 8 * j; }
-};
-
-__device__ __forceinline__ Fragment fragment_of(const mfa_gemm_args &args, const Tile &tile, int w, int t) {
-  Fragment f;
-  f.row0 = tile.m0 + 64 * w + 16 * (t / 32) + (t % 32) / 4;
-  f.col0 = tile.n0 + 2 * (t % 4);
-  f.index0 = tile.batch * args.batch_stride_c + static_cast<long long>(f.row0) * args.ldc + f.col0;
-  f.row_step = 8 * args.ldc;
-  return f;
-}
-
-// acc = alpha * acc + beta * C (C read only when beta != 0, so it may hold NaN otherwise).
-__device__ __forceinline__ void blend(const mfa_gemm_args &args, const Fragment &f, bool pairs, float (&acc)[kAcc]) {
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] *= args.alpha;
-  if (args.beta == 0.0f) return;
-#pragma unroll
-  for (int j = 0; j < kAcc / 4; ++j) {
-    const int col = f.col(j);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (!f.row_in(args, h) || col >= args.n) continue;
-      float c0, c1 = 0.0f;
-      if (pairs && col + 1 < args.n) {
-        mfa_load_pair_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), c0, c1);
-      } else {
-        c0 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h));
-        if (col + 1 < args.n) c1 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1);
-      }
-      acc[4 * j + 2 * h] += args.beta * c0;
-      acc[4 * j + 2 * h + 1] += args.beta * c1;
-    }
-  }
-}
-
-// acc += bias[col], each bias element loaded once (both rows of a column share it).
-template <int BIAS_DTYPE>
-__device__ __forceinline__ void add_bias(const mfa_gemm_args &args, const Fragment &f, float (&acc)[kAcc]) {
-#pragma unroll
-  for (int j = 0; j < kAcc / 4; ++j)
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      if (f.col(j) + c >= args.n) continue;
-      const float bias = mfa_load_as_float<BIAS_DTYPE>(args.bias, f.col(j) + c);
-      acc[4 * j + c] += bias;
-      acc[4 * j + 2 + c] += bias;
-    }
-}
-
-template <int ACTIVATION>
-__device__ __forceinline__ void activate(float (&acc)[kAcc]) {
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = mfa_activate(acc[i], ACTIVATION);
-}
-
-// Store the in-bounds elements: column pairs as one access when `pairs`, single elements otherwise.
-__device__ __forceinline__ void write(const mfa_gemm_args &args, const Fragment &f, bool pairs,
-                                      const float (&acc)[kAcc]) {
-#pragma unroll
-  for (int j = 0; j < kAcc / 4; ++j) {
-    const int col = f.col(j);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (!f.row_in(args, h) || col >= args.n) continue;
-      const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-      if (pairs && col + 1 < args.n) {
-        mfa_store_pair_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0, v1);
-      } else {
-        mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0);
-        if (col + 1 < args.n) mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1, v1);
-      }
-    }
-  }
-}
-
-__device__ __forceinline__ void epilogue(const mfa_gemm_args &args, const Tile &tile, int w, int t, bool pairs,
-                                         float (&acc)[kAcc]) {
-  const Fragment f = fragment_of(args, tile, w, t);
-  blend(args, f, pairs, acc);
-  switch (args.bias_dtype) {
-    case MFA_GEMM_F16: add_bias<MFA_GEMM_F16>(args, f, acc); break;
-    case MFA_GEMM_BF16: add_bias<MFA_GEMM_BF16>(args, f, acc); break;
-    case MFA_GEMM_F32: add_bias<MFA_GEMM_F32>(args, f, acc); break;
-    default: break;
-  }
-  switch (args.activation) {
-    case MFA_ACT_RELU: activate<MFA_ACT_RELU>(acc); break;
-    case MFA_ACT_GELU_TANH: activate<MFA_ACT_GELU_TANH>(acc); break;
-    case MFA_ACT_GELU_ERF: activate<MFA_ACT_GELU_ERF>(acc); break;
-    case MFA_ACT_SILU: activate<MFA_ACT_SILU>(acc); break;
-    default: break;
-  }
-  write(args, f, pairs, acc);
-}
+// ----- epilogue: gemm_sm90_epilogue.cuh (shared with gemm_sm90.cu), N = kAcc -----
 
 }  // namespace mfa_sm90_tf32
 
@@ -507,7 +405,7 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
 #pragma unroll
         for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
       }
-      epilogue(args, tile, w, t, pairs, acc);
+      mfa_sm90_epilogue(args, tile, w, t, pairs, acc);
     }
   }
 }

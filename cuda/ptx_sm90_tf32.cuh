@@ -13,8 +13,8 @@
 // D(64x128, f32) = A(64x8, tf32, registers) * B(8x128, tf32, K-major shared memory via desc_b)
 // + (SCALE_D ? D : 0). A fragment (9.7.15.5.1.1, the m16n8k8 tf32 layout per warp): thread t of the
 // warpgroup holds a[0] = (row 16 (t/32) + (t%32)/4, k = t%4), a[1] = row + 8, a[2] = k + 4,
-// a[3] = row + 8, k + 4. D fragment as for every m64nN f32 wgmma (see the epilogue). tf32 operands
-// have no transpose immediates: both must be K-major.
+// a[3] = row + 8, k + 4. D fragment as for every m64nN f32 wgmma (see gemm_sm90_epilogue.cuh). tf32
+// operands have no transpose immediates: both must be K-major.
 template <int SCALE_D>
 __device__ __forceinline__ void mfa_tf32_wgmma_m64n128k8_rs(float (&d)[64], const unsigned (&a)[4],
                                                             unsigned long long desc_b) {
