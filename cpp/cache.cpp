@@ -208,8 +208,21 @@ void clear_caches(int32_t scope_bits) {
   }
 }
 
-void fill_kernel_report(mfa_kernel_report &report, const std::string &variant, const char *entry,
-                        const CacheLookup &lookup, int64_t dynamic_shared_bytes) {
+KernelReports::KernelReports(const char *arch, mfa_kernel_report *out_reports, int32_t capacity, int32_t *out_count)
+    : out_reports_(out_reports), capacity_(capacity), out_count_(out_count) {
+  require_arg(arch, "arch");
+  require_arg(out_count, "out_count");
+  require(capacity >= 0 && (capacity == 0 || out_reports), MFA_STATUS_INVALID_ARGUMENT,
+          "out_reports is NULL with capacity ", capacity);
+  arch_ = arch;
+  require(arch_.rfind("sm_", 0) == 0, MFA_STATUS_INVALID_ARGUMENT, "arch is \"", arch_, "\", expected e.g. \"sm_90a\"");
+}
+
+void KernelReports::add(const std::string &variant, const char *entry, const CacheLookup &lookup,
+                        int64_t dynamic_shared_bytes) {
+  if (count_++ >= capacity_) return;
+  mfa_kernel_report &report = out_reports_[count_ - 1];
+  require_header(report.header, MFA_STRUCT_KERNEL_REPORT, sizeof(mfa_kernel_report), "out_reports[i]");
   static const char *origins[] = {"compiled", "from memory", "from disk"};
   const KernelResources resources = parse_resources(lookup.kernel->log, entry);
   require(resources.found, MFA_STATUS_INTERNAL, "no resource report for ", entry, " in the ptxas log of ", variant,

@@ -37,8 +37,20 @@ const std::string &cache_directory();
 
 void clear_caches(int32_t scope_bits);
 
-// Fills `report` (keeping its header) with one entry point's figures from the kernel's ptxas log.
-void fill_kernel_report(mfa_kernel_report &report, const std::string &variant, const char *entry,
-                        const CacheLookup &lookup, int64_t dynamic_shared_bytes);
+// The output side of every mfa_*_compile_report: checks the caller's arguments, fills one report per
+// entry point while there is room (keeping each report's header), and counts them all.
+class KernelReports {
+ public:
+  KernelReports(const char *arch, mfa_kernel_report *out_reports, int32_t capacity, int32_t *out_count);
+  const std::string &arch() const { return arch_; }
+  void add(const std::string &variant, const char *entry, const CacheLookup &lookup, int64_t dynamic_shared_bytes);
+  void finish() const { *out_count_ = count_; }
+
+ private:
+  std::string arch_;
+  mfa_kernel_report *out_reports_;
+  int32_t capacity_, count_ = 0;
+  int32_t *out_count_;
+};
 
 }  // namespace mfa

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "mfa.h"
 
@@ -74,6 +75,14 @@ void copy_out(Struct *out, const Struct &value, uint32_t type, const char *name)
   const mfa_struct_header header = out->header;
   std::memcpy(static_cast<void *>(out), &value, std::min<size_t>(header.size, sizeof(Struct)));
   out->header = header;
+}
+
+// mfa_*_variant_descriptor: the index-th of an operation's variant descriptors, copied out.
+template <class Descriptor>
+void copy_out_variant(const std::vector<Descriptor> &all, int64_t index, Descriptor *out, uint32_t type) {
+  require(index >= 0 && index < static_cast<int64_t>(all.size()), MFA_STATUS_INVALID_ARGUMENT, "index is ", index,
+          ", there are ", all.size(), " variants");
+  copy_out(out, all[index], type, "out_descriptor");
 }
 
 }  // namespace mfa

@@ -515,10 +515,7 @@ MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count) {
 
 MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor) {
   return mfa::abi_call([&] {
-    const auto all = mfa::all_variant_descriptors();
-    mfa::require(index >= 0 && index < static_cast<int64_t>(all.size()), MFA_STATUS_INVALID_ARGUMENT, "index is ",
-                 index, ", there are ", all.size(), " variants");
-    mfa::copy_out(out_descriptor, all[index], MFA_STRUCT_GROUP_NORM_DESCRIPTOR, "out_descriptor");
+    mfa::copy_out_variant(mfa::all_variant_descriptors(), index, out_descriptor, MFA_STRUCT_GROUP_NORM_DESCRIPTOR);
   });
 }
 
@@ -526,25 +523,11 @@ MFA_API mfa_status mfa_group_norm_compile_report(const mfa_group_norm_descriptor
                                                  mfa_kernel_report *out_reports, int32_t capacity,
                                                  int32_t *out_count) {
   return mfa::abi_call([&] {
-    mfa::require_arg(arch, "arch");
-    mfa::require_arg(out_count, "out_count");
-    mfa::require(capacity >= 0 && (capacity == 0 || out_reports), MFA_STATUS_INVALID_ARGUMENT,
-                 "out_reports is NULL with capacity ", capacity);
-    const std::string target(arch);
-    mfa::require(target.rfind("sm_", 0) == 0, MFA_STATUS_INVALID_ARGUMENT, "arch is \"", target,
-                 "\", expected e.g. \"sm_90a\"");
+    mfa::KernelReports reports(arch, out_reports, capacity, out_count);
     const mfa::GroupNormVariant variant = mfa::variant_for(mfa::validate_descriptor(descriptor));
-    const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, target));
-    int32_t count = 0;
-    for (const char *entry : mfa::kEntries) {
-      if (count < capacity) {
-        mfa::require_header(out_reports[count].header, MFA_STRUCT_KERNEL_REPORT, sizeof(mfa_kernel_report),
-                            "out_reports[i]");
-        mfa::fill_kernel_report(out_reports[count], variant.key(), entry, lookup, 0);
-      }
-      ++count;
-    }
-    *out_count = count;
+    const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, reports.arch()));
+    for (const char *entry : mfa::kEntries) reports.add(variant.key(), entry, lookup, 0);
+    reports.finish();
   });
 }
 

@@ -66,6 +66,16 @@ def _initialize(struct, ctype, fields):
         setattr(struct, name, value)
 
 
+def variant_descriptors(op):
+    """Every descriptor the library enumerates for an operation ("gemm", "group_norm")."""
+    count = ffi.new("int64_t *")
+    check(getattr(lib, f"mfa_{op}_variant_count")(count))
+    descriptors = [new_struct(f"mfa_{op}_descriptor") for _ in range(count[0])]
+    for index, descriptor in enumerate(descriptors):
+        check(getattr(lib, f"mfa_{op}_variant_descriptor")(index, descriptor))
+    return descriptors
+
+
 def text(char_pointer_or_array):
     """A C string (const char * or char[N]) as str."""
     return ffi.string(char_pointer_or_array).decode()

@@ -211,12 +211,7 @@ def _bench_gemm(args, argv):
     _print_table(("case", "ours", "% peak", "cuBLAS", "ratio", "error", "variant"), [
         (row["case"], row["ours"], f"{100 * row['ours'] / peak:.0f}%", row["peer_value"], row["ratio"],
          f"{row['error']:.1e}", row["variant"]) for row in document["rows"]])
-    paths, note = bench.write_results(document, args.out)
-    for path in paths:
-        print(f"wrote {path}")
-    if note:
-        print(note)
-    return 0
+    return _write_results(document, args.out)
 
 
 def _bench_group_norm(args, argv):
@@ -230,7 +225,11 @@ def _bench_group_norm(args, argv):
         (row["case"], row["ours"], f"{100 * row['ours'] / copy:.0f}%", row["peer_value"], row["ratio"],
          row["microseconds"], f"{row['error']:.1e}" if "error" in row else "-", row["variant"])
         for row in document["rows"]])
-    paths, note = bench.write_results(document, args.out)
+    return _write_results(document, args.out)
+
+
+def _write_results(document, out_dir):
+    paths, note = bench.write_results(document, out_dir)
     for path in paths:
         print(f"wrote {path}")
     if note:

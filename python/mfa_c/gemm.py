@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._context import CachedPipeline, DeviceBuffer, default_context, stream_handle
-from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text
+from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text, variant_descriptors
 from ._tensors import DTYPES, TensorView, compact_strides, device_view, dtype_of, is_torch_tensor
 
 # MFA_* values and their names, which are mfa.h's (MFA_GEMM_PATH_HOPPER -> "hopper").
@@ -147,14 +147,7 @@ def relative_error(result, reference):
 
 def gemm_variants():
     """One dict per variant the library generates: the GemmPipeline keywords of its descriptor."""
-    count = ffi.new("int64_t *")
-    check(lib.mfa_gemm_variant_count(count))
-    variants = []
-    for index in range(count[0]):
-        descriptor = new_struct("mfa_gemm_descriptor")
-        check(lib.mfa_gemm_variant_descriptor(index, descriptor))
-        variants.append(_descriptor_keywords(descriptor))
-    return variants
+    return [_descriptor_keywords(descriptor) for descriptor in variant_descriptors("gemm")]
 
 
 def compile_report(arch="sm_90a", **descriptor):

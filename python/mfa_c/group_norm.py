@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ._context import CachedPipeline, DeviceBuffer, default_context
-from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text
+from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text, variant_descriptors
 from ._tensors import DTYPES, DType, TensorView, device_view, dtype_of, is_torch_tensor
 from .gemm import _REFERENCE_ACTIVATIONS, _default_stream, _float64, _report_dict
 
@@ -135,16 +135,10 @@ def group_norm_reference(x, groups, weight=None, bias=None, *, eps=1e-5, activat
 
 def group_norm_variants():
     """One dict per variant the library generates: GroupNormPipeline keywords (sizes aside)."""
-    count = ffi.new("int64_t *")
-    check(lib.mfa_group_norm_variant_count(count))
-    variants = []
-    for index in range(count[0]):
-        d = new_struct("mfa_group_norm_descriptor")
-        check(lib.mfa_group_norm_variant_descriptor(index, d))
-        variants.append({"dtype": _DTYPE_NAMES[d.dtype], "weight_dtype": _DTYPE_NAMES.get(d.weight_dtype),
-                         "layout": _LAYOUT_NAMES[d.layout], "activation": _ACTIVATION_NAMES[d.activation],
-                         "residual": bool(d.has_residual), "pass_": _PASS_NAMES[getattr(d, "pass")]})
-    return variants
+    return [{"dtype": _DTYPE_NAMES[d.dtype], "weight_dtype": _DTYPE_NAMES.get(d.weight_dtype),
+             "layout": _LAYOUT_NAMES[d.layout], "activation": _ACTIVATION_NAMES[d.activation],
+             "residual": bool(d.has_residual), "pass_": _PASS_NAMES[getattr(d, "pass")]}
+            for d in variant_descriptors("group_norm")]
 
 
 def group_norm_compile_report(arch="sm_90a", *, n=1, c=1, spatial=1, groups=1, **descriptor):
@@ -252,15 +246,9 @@ def _require_torch(value, argument):
 
 def _forward(x, groups, weight, bias, *, residual, out, x_sum, eps, activation, return_stats, layout, stream=None,
              context=None):
-    default_device = context.device if context else 0
-    view = device_view(x, "x", default_device)
-    context = context or default_context(view.device_id)
-    layout = layout or infer_layout(view)
-    views = {"x": view}
-    weight, bias = _affine(x, weight, bias, view)
-    for name, value in (("residual", residual), ("weight", weight), ("bias", bias), ("y", out), ("x_sum", x_sum)):
-        if value is not None:
-            views[name] = device_view(value, name, context.device)
+    view, context, layout, weight, bias = _device_call(x, weight, bias, layout, context)
+    views = _device_views(context, view, (("residual", residual), ("weight", weight), ("bias", bias), ("y", out),
+                                          ("x_sum", x_sum)))
     if out is None:
         _require_torch(x, "out")
         out = _new_like(x, view, layout)
@@ -278,6 +266,24 @@ def _forward(x, groups, weight, bias, *, residual, out, x_sum, eps, activation, 
     return (out, mean, rstd) if return_stats else out
 
 
+def _device_call(x, weight, bias, layout, context):
+    """(x's view, context, layout, weight, bias) of a call on device tensors: the context of x's device
+    unless one is given, the layout read off x's strides unless given, the affine pair completed."""
+    view = device_view(x, "x", context.device if context else 0)
+    context = context or default_context(view.device_id)
+    weight, bias = _affine(x, weight, bias, view)
+    return view, context, layout or infer_layout(view), weight, bias
+
+
+def _device_views(context, x_view, named_tensors):
+    """{"x": x_view, name: view} for each (name, tensor) given (not None), in that order."""
+    views = {"x": x_view}
+    for name, value in named_tensors:
+        if value is not None:
+            views[name] = device_view(value, name, context.device)
+    return views
+
+
 def _affine(x, weight, bias, view):
     """weight and bias as given, the missing one of a pair made (ones / zeros like the other)."""
     if (weight is None) == (bias is None):
@@ -289,15 +295,9 @@ def _affine(x, weight, bias, view):
 
 
 def _backward(dy, x, weight, bias, mean, rstd, groups, *, activation, eps, layout, dx=None, stream=None, context=None):
-    default_device = context.device if context else 0
-    view = device_view(x, "x", default_device)
-    context = context or default_context(view.device_id)
-    layout = layout or infer_layout(view)
-    weight, bias = _affine(x, weight, bias, view)
-    views = {"x": view}
-    for name, value in (("dy", dy), ("weight", weight), ("bias", bias), ("mean", mean), ("rstd", rstd), ("dx", dx)):
-        if value is not None:
-            views[name] = device_view(value, name, context.device)
+    view, context, layout, weight, bias = _device_call(x, weight, bias, layout, context)
+    views = _device_views(context, view, (("dy", dy), ("weight", weight), ("bias", bias), ("mean", mean),
+                                          ("rstd", rstd), ("dx", dx)))
     if dx is None:
         _require_torch(x, "dx")
         dx = _new_like(x, view, layout)
