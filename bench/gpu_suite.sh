@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The whole GPU round in one call on the device machine: build and install, run the full test suite
 # (GPU tests included), the C example, the compile-cache timing, and the benchmarks.
-#   bash bench/gpu_suite.sh [tests|bench|all]   (default all)
-# $OUT receives suite.log (everything printed) and results/ (bench JSON and charts): the device tool
-# brings back at most 8 files.
+#   bash bench/gpu_suite.sh [tests|bench|profile|all]   (default all)
+# $OUT receives suite.log (everything printed) and results.tgz (bench/results: JSON and charts).
+# MFA_BENCH_SWEEP=1 runs the GEMM sweep 128..8192 step 128 instead of the short square list.
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/mfa-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/suite.log") 2>&1
 export PYTHONUNBUFFERED=1 MFA_CACHE_DIR=/tmp/mfa-cache
+# Kernels compiled for sm_90a here by the CPU tests (same NVRTC version) are valid there: a carried
+# .mfa-cache saves the device the compile time. Entries are keyed by source and NVRTC version, so a
+# stale one is never used.
+[ -d .mfa-cache ] && mkdir -p "$MFA_CACHE_DIR" && cp -r .mfa-cache/. "$MFA_CACHE_DIR/"
 step() { echo; echo "=== $* ($(date +%T))"; }
 
 step install
@@ -23,17 +27,27 @@ python3 -m mfa_c info 2>&1
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "tests"
-  # A hung kernel must not eat the whole call: each test gets 120 s, then its stacks are dumped.
-  python3 -m pytest tests -q -rs --durations=15 --timeout=120 --timeout-method=thread 2>&1
-  for tile in 256 128; do
-    step "Hopper tests with the 128x${tile} tile forced"
-    MFA_SM90_TILE_N=$tile python3 -m pytest tests/test_gemm.py tests/test_gemm_schedule.py -q -rs -x \
-      --timeout=120 --timeout-method=thread -k "hopper or auto or stream" 2>&1 | tail -4
-  done
+  # Four pytest processes share the GPU (the float64 references keep the CPUs busy, not the GPU); a
+  # hung kernel must not eat the whole call: each test gets 120 s, then its stacks are dumped.
+  run_tests() {
+    local name=$1; shift
+    python3 -m pytest "$@" -q -rs --durations=5 --timeout=120 --timeout-method=thread >"/tmp/pytest-$name.log" 2>&1
+  }
+  # (wait on these pids only: a bare `wait` also waits for the tee of this script's own output)
+  pids=()
+  run_tests attention tests/test_attention.py & pids+=($!)
+  run_tests group_norm tests/test_group_norm.py & pids+=($!)
+  run_tests gemm tests/test_gemm.py tests/test_gemm_tiles.py tests/test_gemm_tf32.py & pids+=($!)
+  run_tests rest tests --ignore=tests/test_attention.py --ignore=tests/test_group_norm.py \
+    --ignore=tests/test_gemm.py --ignore=tests/test_gemm_tiles.py --ignore=tests/test_gemm_tf32.py
+  wait "${pids[@]}"
+  for log in /tmp/pytest-*.log; do echo "--- $log"; cat "$log"; done
   step "C example"
   cmake -S . -B /tmp/mfa-build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build /tmp/mfa-build >/dev/null &&
     /tmp/mfa-build/example_gemm 2>&1
   /tmp/mfa-build/example_gemm 1000 1023 127 2>&1
+  /tmp/mfa-build/example_attention 2>&1
+  /tmp/mfa-build/example_attention 1000 700 96 2>&1
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "compile time against the disk cache (a fresh cache, then a second process)"
@@ -47,11 +61,29 @@ print('$run process:', p.info['variant'], p.info['cache'], f\"{p.info['compile_m
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   step "bench"
-  mkdir -p "$OUT/results"
-  for dtypes in fp16,bf16 fp32; do
-    timeout 240 python3 -m mfa_c bench gemm --dtype "$dtypes" --trans NN,NT --out bench/results 2>&1 | grep -v "^\["
+  # The device tool brings back at most 8 files: the results travel as one archive, refreshed after
+  # every benchmark so that a run cut short still returns what it measured.
+  bench() {
+    local limit=$1; shift
+    timeout "$limit" python3 -m mfa_c bench "$@" --out bench/results 2>&1 | grep -v "^\["
+    tar -czf "$OUT/results.tgz" -C bench results
+  }
+  bench 300 attention
+  # GEMM: the square sizes (MFA_BENCH_SWEEP=1: 128..8192 step 128), fp32-accurate, the Stream-K / LLM
+  # shapes and the fused GELU; every row prints the variant and schedule that ran.
+  bench 300 gemm --suite "$([ "${MFA_BENCH_SWEEP:-0}" = 1 ] && echo sweep || echo square)" --dtype fp16,bf16 --trans NN,NT
+  bench 240 gemm --dtype fp32 --sizes 1024,2048,4096,8192 --trans NN,NT
+  bench 240 gemm --suite stream_k
+  bench 120 gemm --suite gelu
+  bench 240 group_norm
+fi
+if [ "$what" = profile ] || [ "$what" = all ]; then
+  # Nsight Compute's speed of light per kernel (one report file per case: the tool returns 8 files).
+  step "profile"
+  for case in group_norm_nhwc group_norm_nchw attention_d128 gemm_4096; do
+    timeout 90 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy -k regex:mfa_ \
+      --launch-count 3 python3 bench/profile_cases.py $case >"$OUT/ncu_$case.txt" 2>&1
+    grep -E "^  mfa_|Duration|DRAM Throughput|Compute \(SM\) Throughput" "$OUT/ncu_$case.txt"
   done
-  timeout 240 python3 -m mfa_c bench group_norm --out bench/results 2>&1 | grep -v "^\["
-  cp bench/results/* "$OUT/results/"
 fi
 step done

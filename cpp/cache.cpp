@@ -190,6 +190,15 @@ CacheLookup compile_cached(const KernelSource &source) {
   return lookup;
 }
 
+mfa_pipeline_info pipeline_info(const std::string &variant, const CacheLookup &lookup, uint64_t workspace_bytes) {
+  mfa_pipeline_info info = MFA_PIPELINE_INFO_INIT;
+  std::strncpy(info.variant, variant.c_str(), sizeof info.variant - 1);
+  info.cache = lookup.origin;
+  info.workspace_bytes = workspace_bytes;
+  info.compile_ms = lookup.origin == MFA_CACHE_MEMORY ? 0.0 : lookup.milliseconds;
+  return info;
+}
+
 void clear_caches(int32_t scope_bits) {
   if (scope_bits & MFA_CACHE_SCOPE_MEMORY) {
     std::lock_guard<std::mutex> lock(memory_cache().mutex);

@@ -37,6 +37,10 @@ const std::string &cache_directory();
 
 void clear_caches(int32_t scope_bits);
 
+// The info of a pipeline that runs one compiled variant: its name, where the kernel came from, the time
+// spent on it (0 on a memory-cache hit) and the workspace encode needs.
+mfa_pipeline_info pipeline_info(const std::string &variant, const CacheLookup &lookup, uint64_t workspace_bytes);
+
 // The output side of every mfa_*_compile_report: checks the caller's arguments, fills one report per
 // entry point while there is room (keeping each report's header), and counts them all.
 class KernelReports {

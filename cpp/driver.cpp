@@ -54,6 +54,7 @@ DriverApi load_driver() {
   bind(library, "cuModuleGetFunction", api.cuModuleGetFunction);
   bind(library, "cuFuncSetAttribute", api.cuFuncSetAttribute);
   bind(library, "cuLaunchKernel", api.cuLaunchKernel);
+  bind(library, "cuLaunchKernelEx", api.cuLaunchKernelEx);
   bind(library, "cuMemAlloc_v2", api.cuMemAlloc);
   bind(library, "cuMemFree_v2", api.cuMemFree);
   bind(library, "cuMemcpyHtoD_v2", api.cuMemcpyHtoD);

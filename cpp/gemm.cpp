@@ -5,7 +5,9 @@
 //
 //   path       kernels in its module              launched when
 //   hopper     mfa_gemm_sm90 (TMA + wgmma)        sm_90a, 16-bit inputs, TMA-legal addresses/strides, k > 0
-//              data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp)
+//              128 x 64, 128 x 128 or 128 x 256 tiles (the variant table below, or a chained
+//              mfa_gemm_tuning); data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp)
+//              mfa_gemm_sm90_tf32 (3xTF32)        sm_90a, fp32 inputs, ACCURATE precision; NN runs as B^T A^T
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
 #include <algorithm>
@@ -35,17 +37,27 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
-  int32_t tile_n = 0;  // hopper: the tile's width, MFA_SM90_BN (128 or 256); the tile is MFA_SM90_BM rows
+  int32_t tile_n = 0;  // hopper: the tile's width, MFA_SM90_BN (64, 128 or 256); the tile is MFA_SM90_BM rows
 
   int in_bytes() const { return element_bytes(in_dtype); }
   bool hopper_tf32() const { return path == MFA_GEMM_PATH_HOPPER && in_dtype == MFA_DTYPE_F32; }
+  // The fp32-accurate NN variant runs as C^T = B^T A^T: tf32 wgmma reads K-major B only, and NN's B
+  // (K x N, N contiguous) would arrive N-major, to be transposed by the split warps into a fourth
+  // buffer a stage (64 KB stages, 3 of them: measured 89.5 TFLOPS at 4096^3 against NT's 103). As
+  // B^T A^T both operands arrive K-major (A's rows are K-contiguous): the NT-like kernel, 48 KB
+  // stages, 4 of them, the elementwise split. The epilogue then writes C transposed
+  // (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED). TN gains nothing from the swap (its A^T would
+  // become an N-major B), so only NN swaps.
+  bool swapped_tf32() const { return hopper_tf32() && !trans_a && !trans_b; }
+  int32_t kernel_trans_a() const { return swapped_tf32() ? 1 : trans_a; }
+  int32_t kernel_trans_b() const { return swapped_tf32() ? 1 : trans_b; }
 
   std::string key() const {
     static const char *math_names[] = {"f16mma", "bf16mma", "tf32x3", "ffma"};
     const std::string tile = path == MFA_GEMM_PATH_HOPPER ? concat(".", MFA_SM90_BM, "x", tile_n) : "";
     return concat("gemm.", path == MFA_GEMM_PATH_HOPPER ? "sm90" : "sm80", ".", math_names[math], ".",
                   dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n',
-                  tile);
+                  tile, swapped_tf32() ? ".swap-ab" : "");
   }
 
   std::string source() const {
@@ -53,8 +65,9 @@ struct GemmVariant {
                   "#define MFA_IN_DTYPE ", in_dtype, "\n",
                   "#define MFA_OUT_DTYPE ", out_dtype, "\n",
                   "#define MFA_MATH ", math, "\n",
-                  "#define MFA_TRANS_A ", trans_a, "\n",
-                  "#define MFA_TRANS_B ", trans_b, "\n",
+                  "#define MFA_TRANS_A ", kernel_trans_a(), "\n",
+                  "#define MFA_TRANS_B ", kernel_trans_b(), "\n",
+                  swapped_tf32() ? "#define MFA_SM90_C_TRANSPOSED 1\n" : "",
                   path == MFA_GEMM_PATH_HOPPER && !hopper_tf32() ? concat("#define MFA_SM90_BN ", tile_n, "\n") : "",
                   "#include \"gemm.cuh\"\n",
                   "#include \"", kernel_file(), "\"\n");
@@ -72,7 +85,7 @@ struct GemmVariant {
 
   int dynamic_shared_bytes() const {
     if (path == MFA_GEMM_PATH_PORTABLE) return mfa_sm80_smem_bytes(trans_a, trans_b, in_bytes());
-    return hopper_tf32() ? mfa_sm90_tf32_smem_bytes(trans_b) : mfa_sm90_smem_bytes(tile_n);
+    return hopper_tf32() ? mfa_sm90_tf32_smem_bytes(kernel_trans_b()) : mfa_sm90_smem_bytes(tile_n);
   }
 };
 
@@ -86,13 +99,51 @@ bool is_float_dtype(int32_t dtype) {
   return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
 }
 
-// Checks everything a descriptor says on its own and fills in defaults (precision).
+bool hopper_tile_width(int64_t tile_n) { return tile_n == 64 || tile_n == 128 || tile_n == 256; }
+
+// The tuning chained to a descriptor (header.next), checked; all defaults when there is none.
+mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
+  mfa_gemm_tuning tuning = MFA_GEMM_TUNING_INIT;
+  const auto *chained = static_cast<const mfa_gemm_tuning *>(descriptor.header.next);
+  if (!chained) return tuning;
+  require_header(chained->header, MFA_STRUCT_GEMM_TUNING, sizeof(mfa_gemm_tuning), "descriptor->header.next");
+  std::memcpy(&tuning, chained, std::min<size_t>(chained->header.size, sizeof tuning));
+  tuning.header.size = sizeof tuning;
+  require(tuning.tile_n == 0 || hopper_tile_width(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT, "tuning->tile_n is ",
+          tuning.tile_n, " (must be 0, 64, 128 or 256)");
+  require(tuning.reserved == 0, MFA_STATUS_INVALID_ARGUMENT, "tuning->reserved is ", tuning.reserved, " (must be 0)");
+  return tuning;
+}
+
+// require_header refuses any next; a GEMM descriptor may chain one mfa_gemm_tuning (tuning_of checks
+// it), so a chained descriptor's header (and the tail a newer caller may add) is checked on a copy of
+// the caller's bytes whose next is NULL.
+void require_descriptor_header(const mfa_gemm_descriptor &descriptor) {
+  const mfa_struct_header &header = descriptor.header;
+  if (header.next == nullptr) {
+    require_header(header, MFA_STRUCT_GEMM_DESCRIPTOR, sizeof(mfa_gemm_descriptor), "descriptor");
+    return;
+  }
+  constexpr uint32_t kLargest = 4096;  // far beyond any version of the struct; the copy stays small
+  require(header.size <= kLargest, MFA_STATUS_INVALID_ARGUMENT, "descriptor->header.size is ", header.size,
+          " (at most ", kLargest, ")");
+  std::vector<unsigned char> bytes(std::max<size_t>(header.size, sizeof header));
+  std::memcpy(bytes.data(), &descriptor, bytes.size());
+  mfa_struct_header *copy = reinterpret_cast<mfa_struct_header *>(bytes.data());
+  copy->next = nullptr;
+  require_header(*copy, MFA_STRUCT_GEMM_DESCRIPTOR, sizeof(mfa_gemm_descriptor), "descriptor");
+}
+
+// Checks everything a descriptor (and its chained tuning) says on its own and fills in defaults
+// (precision). The copy's next is NULL: tuned_tile_n reads the caller's chain.
 mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
   require_arg(descriptor, "descriptor");
-  require_header(descriptor->header, MFA_STRUCT_GEMM_DESCRIPTOR, sizeof(mfa_gemm_descriptor), "descriptor");
+  require_descriptor_header(*descriptor);
   mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
   std::memcpy(&d, descriptor, std::min<size_t>(descriptor->header.size, sizeof d));
   d.header.size = sizeof d;
+  const mfa_gemm_tuning tuning = tuning_of(d);
+  d.header.next = nullptr;
   for (auto [value, name] : {std::pair{d.m, "m"}, {d.n, "n"}, {d.k, "k"}})
     require(value >= 0 && value <= INT_MAX, MFA_STATUS_INVALID_ARGUMENT, "descriptor->", name, " is ", value,
             " (must be in [0, 2^31))");
@@ -128,8 +179,14 @@ mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
           "descriptor->schedule is ", d.schedule, ": AUTO, DATA_PARALLEL and STREAM_K exist in this version");
   require(std::isfinite(d.alpha) && std::isfinite(d.beta), MFA_STATUS_INVALID_ARGUMENT,
           "descriptor->alpha and beta must be finite");
+  require(tuning.tile_n == 0 || (d.a_dtype != MFA_DTYPE_F32 && d.path != MFA_GEMM_PATH_PORTABLE),
+          MFA_STATUS_UNSUPPORTED, "tuning->tile_n is ", tuning.tile_n,
+          ": the tile width applies to 16-bit inputs on the Hopper path only");
   return d;
 }
+
+// The tile width the caller's chained tuning asks for (0: none); the descriptor passed validate_descriptor.
+int32_t tuned_tile_n(const mfa_gemm_descriptor *descriptor) { return tuning_of(*descriptor).tile_n; }
 
 GemmVariant variant_for(const mfa_gemm_descriptor &d, int32_t path) {
   return {path, d.a_dtype, d.c_dtype, math_for(d.a_dtype, d.precision), d.trans_a, d.trans_b};
@@ -142,27 +199,78 @@ unsigned blocks(int64_t extent, int tile) { return static_cast<unsigned>((extent
 // compile_report has no device to ask; it sizes the hopper tile for an H100 SXM.
 constexpr int kReportSmCount = 132;
 
-// The hopper tile's width for a problem on a device of `sm_count` SMs: 128 x 256 tiles (twice the
-// work per stage of shared memory) once there are enough of them to give every SM of the persistent
-// grid one, 128 x 128 otherwise, where more and smaller tiles keep more SMs busy. A descriptor with an
-// empty output launches nothing; it names the large tile, so that `check` and the compile tests build
-// the kernel that large problems run. MFA_SM90_TILE_N=128 or 256 forces the choice (for testing a tile
-// on problems of any size).
-int32_t hopper_tile_n(const mfa_gemm_descriptor &d, int sm_count) {
+// ----- the variant table of the 16-bit Hopper kernel: tile -> relative efficiency -----
+// Every row runs 1x1 clusters and as many ring stages as fit in shared memory (mfa_sm90_stages: 4, 7,
+// 9); the schedule of each is planned per shape (gemm_schedule.cpp: data-parallel, or Stream-K for a
+// tail wave). A shape class is decided by its cost under each row: the waves of tiles the SMs run
+// (whole waves for data-parallel; tiles / SMs plus kStreamKFixup for Stream-K, which balances them)
+// times the tile's width over its efficiency, the cheapest row winning and the wider on a tie. So big
+// problems (many waves either way) take the widest tile, and where it leaves SMs idle a narrower one
+// takes over: 2048^3 fills 128 of 132 SMs with 128 x 256 tiles in one wave (2.0) rather than run two
+// waves of 128 x 128 (2.35); 1024^3 has 32 such tiles, 64 of 128 x 128 and 128 of 128 x 64 (0.83).
+// `python -m mfa_c tune gemm` measures all three on a shape and stores the winner where this guesses wrong.
+struct HopperTileRow {
+  int32_t tile_n;
+  double efficiency;  // MACs a second relative to 128 x 256 on a busy SM
+};
+constexpr HopperTileRow kHopperTileTable[] = {
+    // The reference; measured on H100 (fp16 NN, last run): 4096^3 653 TFLOPS, 8192^3 631.
+    {256, 1.0},
+    // Reasoned, to be measured: a third more L2-to-SM bytes per MAC ((128 + n) / 128n) and twice the
+    // epilogues of 128 x 256; the last run had 2048^3 at 503 TFLOPS in two waves of it.
+    {128, 0.85},
+    // Reasoned, to be measured: twice the L2-to-SM bytes per MAC of 128 x 256, and m64n64k16 reads 128
+    // bytes of shared memory a clock, the SM's whole bandwidth.
+    {64, 0.6},
+};
+constexpr double kStreamKFixup = 1.05;  // reasoned, to be measured: partials out and back through L2
+
+int64_t hopper_tile_count(const mfa_gemm_descriptor &d, int tile_n) {
+  return int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch;
+}
+
+double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, int sm_count) {
+  const mfa_gemm_schedule s = plan_gemm_schedule(d.m, d.n, d.k, d.batch, row.tile_n, sm_count, d.schedule);
+  const double waves = s.sk_tiles > 0 ? kStreamKFixup * s.tiles / sm_count
+                                      : static_cast<double>((s.tiles + sm_count - 1) / sm_count);
+  return waves * row.tile_n / row.efficiency;
+}
+
+int32_t table_tile_n(const mfa_gemm_descriptor &d, int sm_count) {
+  sm_count = std::max(sm_count, 1);
+  const HopperTileRow *best = nullptr;
+  double best_cost = 0.0;
+  for (const HopperTileRow &row : kHopperTileTable) {
+    if (hopper_tile_count(d, row.tile_n) > INT_MAX) continue;  // encode takes the portable path
+    const double cost = hopper_tile_cost(d, row, sm_count);
+    if (!best || cost < best_cost) {
+      best = &row;
+      best_cost = cost;
+    }
+  }
+  return best ? best->tile_n : kHopperTileTable[0].tile_n;
+}
+
+// The hopper tile's width for a problem on a device of `sm_count` SMs: the caller's tuning (`tuned`,
+// from mfa_gemm_tuning, 0 for none), else MFA_SM90_TILE_N=64, 128 or 256 (forces the tile on problems of
+// any size, for testing), else the table. A descriptor with an empty output launches nothing; it names
+// the large tile, so that `check` and the compile tests build the kernel that large problems run.
+int32_t hopper_tile_n(const mfa_gemm_descriptor &d, int sm_count, int32_t tuned) {
+  if (tuned) return tuned;
   if (const char *forced = std::getenv("MFA_SM90_TILE_N")) {
     const std::string value(forced);
-    require(value == "128" || value == "256", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"", value,
-            "\" (must be 128 or 256)");
+    require(value == "64" || value == "128" || value == "256", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"",
+            value, "\" (must be 64, 128 or 256)");
     return std::stoi(value);
   }
   if (d.m == 0 || d.n == 0) return 256;
-  const int64_t wide_tiles = int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, 256) * d.batch;
-  return wide_tiles >= sm_count ? 256 : 128;
+  return table_tile_n(d, sm_count);
 }
 
 // The variants a descriptor needs on `arch`: the portable one always (it serves misaligned operands),
 // the Hopper one where it applies.
-std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch, int sm_count) {
+std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch, int sm_count,
+                                      int32_t tuned_tile) {
   const bool hopper_requested = d.path == MFA_GEMM_PATH_HOPPER;
   require(!hopper_requested || hopper_capable(arch), MFA_STATUS_UNSUPPORTED,
           "descriptor->path is HOPPER but the device compiles for ", arch, " (sm_90a needed)");
@@ -171,7 +279,7 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
       d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
-    hopper.tile_n = hopper.hopper_tf32() ? MFA_SM90_TF32_BN : hopper_tile_n(d, sm_count);
+    hopper.tile_n = hopper.hopper_tf32() ? MFA_SM90_TF32_BN : hopper_tile_n(d, sm_count, tuned_tile);
     variants.insert(variants.begin(), hopper);
   }
   return variants;
@@ -232,6 +340,8 @@ struct mfa_gemm_pipeline {
   mfa_pipeline_info info;
   bool has_hopper = false;
   bool hopper_tf32 = false;             // the hopper kernel is gemm_sm90_tf32.cu's (fp32 inputs)
+  bool hopper_swapped = false;          // ... computing C^T = B^T A^T (GemmVariant::swapped_tf32)
+  unsigned hopper_shared_bytes = 0;     // its dynamic shared memory
   int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
   mfa_gemm_schedule hopper_schedule{};  // its grid and work, for the context's SM count
   mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
@@ -253,6 +363,8 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
   if (variant.path == MFA_GEMM_PATH_HOPPER) {
     pipeline.has_hopper = true;
     pipeline.hopper_tf32 = variant.hopper_tf32();
+    pipeline.hopper_swapped = variant.swapped_tf32();
+    pipeline.hopper_shared_bytes = static_cast<unsigned>(variant.dynamic_shared_bytes());
     pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper = functions[0];
   } else {
@@ -347,6 +459,37 @@ void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *wor
              "cuMemsetD32Async(Stream-K flags)");
 }
 
+struct OperandMaps {
+  CUtensorMap a, b;
+};
+
+// K-major operands (A untransposed, B transposed) are boxed by the tile's rows; MN-major ones by
+// square boxes one swizzle span wide.
+OperandMaps operand_maps(const mfa_gemm_descriptor &d, const GemmOperands &ops, int tile_n) {
+  const unsigned span = swizzle_span_elements(d.a_dtype);
+  return {d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, span)
+                    : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, MFA_SM90_BM),
+          d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n)
+                    : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, span)};
+}
+
+// The fp32-accurate kernel: a persistent grid over 128 x 128 tiles, data-parallel. The swapped NN
+// variant is given C^T = B^T A^T: m and n, the operands and their transposes exchanged (B^T is B read
+// M-major, A^T is A read K-major); C and the bias stay as they are (the epilogue transposes).
+void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, mfa_gemm_descriptor d, GemmOperands ops,
+                 int64_t tiles, int sm_count) {
+  if (pipeline.hopper_swapped) {
+    std::swap(d.m, d.n);
+    std::swap(ops.a, ops.b);
+    d.trans_a = d.trans_b = 1;
+  }
+  mfa_gemm_args args = kernel_args(d, ops);
+  OperandMaps maps = operand_maps(d, ops, MFA_SM90_TF32_BN);
+  void *params[] = {&args, &maps.a, &maps.b};
+  launch(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(tiles, sm_count)), 1, 1, MFA_SM90_THREADS,
+         pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernel(mfa_gemm_sm90_tf32)");
+}
+
 void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops, void *workspace) {
   const mfa_gemm_descriptor &d = pipeline.descriptor;
   mfa_gemm_args args = kernel_args(d, ops);
@@ -357,30 +500,21 @@ void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands 
   const int64_t hopper_tiles =
       pipeline.has_hopper ? int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch : 0;
   if (pipeline.has_hopper && vectorizable && d.k > 0 && hopper_tiles <= INT_MAX) {
-    // K-major operands (A untransposed, B transposed) are boxed by the tile's rows; MN-major ones by
-    // square boxes one swizzle span wide.
-    const unsigned span = swizzle_span_elements(d.a_dtype);
-    CUtensorMap map_a = d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, span)
-                                  : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, MFA_SM90_BM);
-    CUtensorMap map_b = d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n)
-                                  : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, span);
     const int sm_count = std::max(pipeline.context->info().sm_count, 1);
-    if (pipeline.hopper_tf32) {  // a persistent grid over 128 x 128 tiles, data-parallel
-      void *params[] = {&args, &map_a, &map_b};
-      launch(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(hopper_tiles, sm_count)), 1, 1,
-             MFA_SM90_THREADS, mfa_sm90_tf32_smem_bytes(d.trans_b), stream, params,
-             "cuLaunchKernel(mfa_gemm_sm90_tf32)");
+    if (pipeline.hopper_tf32) {
+      launch_tf32(pipeline, stream, d, ops, hopper_tiles, sm_count);
       return;
     }
+    OperandMaps maps = operand_maps(d, ops, tile_n);
     // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
     // allows no second), so that all are resident at once, which Stream-K's waits rely on.
     args.schedule = pipeline.hopper_schedule;
     require(args.schedule.units <= sm_count, MFA_STATUS_INTERNAL,
             "the hopper schedule has ", args.schedule.units, " blocks for ", pipeline.context->info().sm_count, " SMs");
     if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
-    void *params[] = {&args, &map_a, &map_b};
+    void *params[] = {&args, &maps.a, &maps.b};
     launch(pipeline.hopper, static_cast<unsigned>(args.schedule.units), 1, 1, MFA_SM90_THREADS,
-           mfa_sm90_smem_bytes(tile_n), stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
+           pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
     return;
   }
   void *params[] = {&args};
@@ -434,7 +568,9 @@ MFA_API mfa_status mfa_gemm_pipeline_create(mfa_context *context, const mfa_gemm
     pipeline->info = MFA_PIPELINE_INFO_INIT;
     pipeline->info.schedule = MFA_SCHEDULE_DATA_PARALLEL;
     const int sm_count = pipeline->context->info().sm_count;
-    for (const mfa::GemmVariant &variant : mfa::variants_for(pipeline->descriptor, pipeline->context->arch(), sm_count))
+    const int32_t tuned = mfa::tuned_tile_n(descriptor);
+    for (const mfa::GemmVariant &variant :
+         mfa::variants_for(pipeline->descriptor, pipeline->context->arch(), sm_count, tuned))
       mfa::load_variant(*pipeline, variant);
     if (pipeline->has_hopper && !pipeline->hopper_tf32) mfa::plan_hopper(*pipeline, sm_count);
     *out_pipeline = pipeline.release();
@@ -492,7 +628,8 @@ MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor
   return mfa::abi_call([&] {
     mfa::KernelReports reports(arch, out_reports, capacity, out_count);
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
-    for (const mfa::GemmVariant &variant : mfa::variants_for(d, reports.arch(), mfa::kReportSmCount)) {
+    for (const mfa::GemmVariant &variant :
+         mfa::variants_for(d, reports.arch(), mfa::kReportSmCount, mfa::tuned_tile_n(descriptor))) {
       const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, reports.arch()));
       for (const char *entry : variant.entries())
         reports.add(variant.key(), entry, lookup, variant.dynamic_shared_bytes());
@@ -508,12 +645,12 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
   return mfa::abi_call([&] {
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
-    mfa::require(tile_n == 0 || tile_n == 128 || tile_n == 256, MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
-                 " (must be 0, 128 or 256)");
+    mfa::require(tile_n == 0 || mfa::hopper_tile_width(tile_n), MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
+                 " (must be 0, 64, 128 or 256)");
     mfa::require_arg(out_count, "out_count");
     mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
                  "out_items is NULL with capacity ", capacity);
-    const int bn = tile_n ? tile_n : mfa::hopper_tile_n(d, sm_count);
+    const int bn = tile_n ? tile_n : mfa::hopper_tile_n(d, sm_count, mfa::tuned_tile_n(descriptor));
     mfa::require(int64_t{mfa::blocks(d.m, MFA_SM90_BM)} * mfa::blocks(d.n, bn) * d.batch <= INT_MAX,
                  MFA_STATUS_UNSUPPORTED, "the descriptor has more than 2^31 - 1 tiles");
     const mfa_gemm_schedule s = mfa::plan_gemm_schedule(d.m, d.n, d.k, d.batch, bn, sm_count, d.schedule);

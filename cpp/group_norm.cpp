@@ -1,7 +1,11 @@
 // group_norm.cpp: the group-norm family's host side. A descriptor is validated and names one variant
 // (pass, layout, element type, activation: "group_norm.fwd.nhwc.f16.silu"), a small generated source
-// compiled by NVRTC (cached) that includes cuda/group_norm.cu. Sizes choose the plan (how many spatial
-// tiles per channel, hence the workspace); encode checks the tensors and launches three kernels:
+// compiled by NVRTC (cached) that includes cuda/group_norm.cu. Sizes choose the plans; encode checks the
+// tensors and launches either the fused forward (sm_90+, a group fits a cluster's registers):
+//
+//   fused     one cluster of 1..8 blocks per (n, group): x read once, y written; vec or scalar entry
+//
+// or three kernels (the backward, and groups too large for a cluster):
 //
 //   reduce    per-(n, c, tile) partials into the workspace        vec (16-byte) or scalar entry
 //   finalize  fixed-order merge: forward mean/rstd, backward the dx coefficients and dweight/dbias
@@ -12,6 +16,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -115,9 +120,10 @@ struct GroupNormVariant {
 };
 
 // The launch order of a pass; encode indexes them with these names.
-enum Entry { kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar, kEntryCount };
+enum Entry { kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar, kFusedVec, kFusedScalar, kEntryCount };
 const char *const kEntries[kEntryCount] = {"mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
-                                           "mfa_gn_apply_vec", "mfa_gn_apply_scalar"};
+                                           "mfa_gn_apply_vec",  "mfa_gn_apply_scalar",  "mfa_gn_fused_vec",
+                                           "mfa_gn_fused_scalar"};
 
 GroupNormVariant variant_for(const mfa_group_norm_descriptor &d) { return {d.pass, d.layout, d.dtype, d.activation}; }
 
@@ -170,6 +176,81 @@ Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count) {
   plan.partials_bytes = ceil_div(d.n * d.c * plan.tiles * 2 * 4, kWorkspaceAlign) * kWorkspaceAlign;
   plan.workspace_bytes = plan.partials_bytes + ceil_div(d.n * d.groups * MFA_GN_STATS * 4, kWorkspaceAlign) * kWorkspaceAlign;
   return plan;
+}
+
+// ----- the fused plan: cluster size and threads per block for one (n, group) -----
+
+// The fused forward's launch shape; cluster 0 means the three-launch path.
+struct FusedPlan {
+  int cluster = 0, threads = 0, vector_elements = 1;
+};
+
+// 16-byte vectors on the fused path need each vector inside one channel (NCHW: spatial a multiple of
+// the vector) or inside one group's row of channels (NHWC: channels per group a multiple of it).
+bool fused_vectors_fit(const mfa_group_norm_descriptor &d) {
+  const int64_t run = d.layout == MFA_LAYOUT_NCHW ? d.spatial : d.c / d.groups;
+  return run % vector_elements(d.dtype) == 0;
+}
+
+// Where the fused kernel is the default, from the first H200 measurement (fp16, CUDA graphs, the
+// benchmark's shapes; the GPU may have been shared): in NHWC with 16-byte vectors it ran 2.2x to 3.7x
+// faster than the three launches (whose NHWC reduce walks channel columns) up to 21 MB (2x1280x64x64),
+// but 20-25% slower on the 128 MB tensors; with one element per load (channels per group not a multiple
+// of 8) 10-45% slower; in NCHW, where the split path's loads are contiguous 16-byte runs, 20-30% slower
+// except on the smallest groups. To revisit once the fused kernel's load phase is understood (a profile
+// on the device): it reaches ~20% of the copy bandwidth where one pass should reach ~85%.
+constexpr int64_t kFusedDefaultMaxBytes = int64_t{32} << 20;
+bool fused_by_default(const mfa_group_norm_descriptor &d, int vector_elements) {
+  return d.layout == MFA_LAYOUT_NHWC && vector_elements > 1 &&
+         d.n * d.c * d.spatial * element_bytes(d.dtype) <= kFusedDefaultMaxBytes;
+}
+
+// forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_MAX that cluster size
+// (the three-launch path if the group does not fit it).
+// Choice: blocks of at most 256 threads where a cluster of them holds the group (the fused kernels take
+// 64 to 96 registers a thread, so two 256-thread blocks share an SM and one loads while the other
+// reduces or stores; 512-thread blocks run one per SM), else 512. Then the smallest cluster whose
+// registers hold the group, grown until the grid has about two blocks per SM (the small diffusion shapes
+// have only 64 groups: a block each would leave half the SMs idle) while each block keeps >= 256 vectors
+// of work (below that the cluster barrier costs more than spreading the loads saves).
+FusedPlan fused_plan(const mfa_group_norm_descriptor &d, bool vectorized, int sm_count, int forced_cluster) {
+  FusedPlan plan;
+  if (d.pass != MFA_PASS_FORWARD || forced_cluster == 0) return plan;
+  plan.vector_elements = vectorized && fused_vectors_fit(d) ? vector_elements(d.dtype) : 1;
+  const int64_t vectors = d.c / d.groups * d.spatial / plan.vector_elements;
+  const int64_t slots = mfa_gn_fused_slots(plan.vector_elements);
+  int64_t most_threads = MFA_GN_FUSED_THREADS / 2;
+  if (ceil_div(vectors, most_threads * slots) > MFA_GN_CLUSTER_MAX) most_threads = MFA_GN_FUSED_THREADS;
+  const int64_t smallest = ceil_div(vectors, most_threads * slots);
+  if (smallest > MFA_GN_CLUSTER_MAX) return plan;
+  if (forced_cluster < 0 && !fused_by_default(d, plan.vector_elements)) return plan;
+  const int64_t items = d.n * d.groups;
+  int64_t cluster = smallest;
+  if (forced_cluster > 0) {
+    if (forced_cluster < smallest) return plan;
+    cluster = forced_cluster;
+  } else {
+    const int64_t filling =
+        std::min(ceil_div(2 * int64_t{std::max(sm_count, 1)}, items), std::max<int64_t>(1, vectors / 256));
+    cluster = std::clamp<int64_t>(filling, smallest, MFA_GN_CLUSTER_MAX);
+  }
+  if (items * cluster > INT_MAX) return plan;
+  plan.cluster = static_cast<int>(cluster);
+  plan.threads = static_cast<int>(std::min(most_threads, ceil_div(ceil_div(vectors, cluster), 32) * 32));
+  return plan;
+}
+
+// MFA_GN_CLUSTER forces the fused plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
+// takes the three-launch path, 1..8 a cluster size.
+int forced_cluster_from_environment() {
+  const char *text = std::getenv("MFA_GN_CLUSTER");
+  if (text == nullptr || std::strcmp(text, "auto") == 0 || *text == 0) return -1;
+  if (std::strcmp(text, "split") == 0) return 0;
+  char *end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  require(*end == 0 && value >= 0 && value <= MFA_GN_CLUSTER_MAX, MFA_STATUS_INVALID_ARGUMENT,
+          "environment variable MFA_GN_CLUSTER is \"", text, "\": use auto, split or 1..", MFA_GN_CLUSTER_MAX);
+  return static_cast<int>(value);
 }
 
 mfa_gn_divisor divisor_of(int64_t value) {
@@ -328,6 +409,7 @@ struct mfa_group_norm_pipeline {
   mfa_group_norm_descriptor descriptor;
   mfa_pipeline_info info;
   mfa::Plan plan;
+  mfa::FusedPlan fused_vec, fused_scalar;  // for 16-byte aligned tensors, and for the others
   mfa::CUfunction functions[mfa::kEntryCount] = {};
 };
 
@@ -357,6 +439,27 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
   check_cuda(driver().cuLaunchKernel(function, grid_x, grid_y, grid_z, MFA_GN_THREADS, 1, 1, 0,
                                      static_cast<CUstream>(stream), params, nullptr),
              what);
+}
+
+// A cluster of plan.cluster blocks per (n, group).
+void launch_fused(const mfa_group_norm_pipeline &pipeline, const FusedPlan &plan, void *stream, mfa_gn_args &args) {
+  const mfa_group_norm_descriptor &d = pipeline.descriptor;
+  args.row_vectors = d.c / d.groups / plan.vector_elements;
+  args.div_row = divisor_of(args.row_vectors);
+  CUlaunchAttribute cluster{};
+  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  cluster.value.cluster_dim = {static_cast<unsigned>(plan.cluster), 1, 1};
+  CUlaunchConfig config{};
+  config.gridDimX = static_cast<unsigned>(d.n * d.groups * plan.cluster);
+  config.gridDimY = config.gridDimZ = 1;
+  config.blockDimX = static_cast<unsigned>(plan.threads);
+  config.blockDimY = config.blockDimZ = 1;
+  config.hStream = static_cast<CUstream>(stream);
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  void *params[] = {&args};
+  const CUfunction function = pipeline.functions[plan.vector_elements > 1 ? kFusedVec : kFusedScalar];
+  check_cuda(driver().cuLaunchKernelEx(&config, function, params, nullptr), "cuLaunchKernelEx(mfa_gn_fused)");
 }
 
 void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNormOperands &ops, void *workspace) {
@@ -392,6 +495,8 @@ void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNo
   args.eps = d.eps;
 
   const bool vec = vector_path(d, ops);
+  const FusedPlan &fused = vec ? pipeline.fused_vec : pipeline.fused_scalar;
+  if (fused.cluster > 0) return launch_fused(pipeline, fused, stream, args);
   const int elements = vec ? vector_elements(d.dtype) : 1;
   const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
   // reduce
@@ -456,16 +561,18 @@ MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mf
     auto pipeline = std::make_unique<mfa_group_norm_pipeline>();
     pipeline->context = context->impl;
     pipeline->descriptor = checked;
-    pipeline->plan = mfa::plan_for(checked, pipeline->context->info().sm_count);
+    const int sm_count = pipeline->context->info().sm_count;
+    pipeline->plan = mfa::plan_for(checked, sm_count);
+    if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
+      const int forced = mfa::forced_cluster_from_environment();
+      pipeline->fused_vec = mfa::fused_plan(checked, true, sm_count, forced);
+      pipeline->fused_scalar = mfa::fused_plan(checked, false, sm_count, forced);
+    }
     const mfa::GroupNormVariant variant = mfa::variant_for(checked);
     const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, pipeline->context->arch()));
     for (int entry = 0; entry < mfa::kEntryCount; ++entry)
       pipeline->functions[entry] = pipeline->context->function(*lookup.kernel, mfa::kEntries[entry]);
-    pipeline->info = MFA_PIPELINE_INFO_INIT;
-    std::strncpy(pipeline->info.variant, variant.key().c_str(), sizeof pipeline->info.variant - 1);
-    pipeline->info.cache = lookup.origin;
-    pipeline->info.workspace_bytes = pipeline->plan.workspace_bytes;
-    pipeline->info.compile_ms = lookup.origin == MFA_CACHE_MEMORY ? 0.0 : lookup.milliseconds;
+    pipeline->info = mfa::pipeline_info(variant.key(), lookup, pipeline->plan.workspace_bytes);
     *out_pipeline = pipeline.release();
   });
 }
@@ -516,6 +623,24 @@ MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count) {
 MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor) {
   return mfa::abi_call([&] {
     mfa::copy_out_variant(mfa::all_variant_descriptors(), index, out_descriptor, MFA_STRUCT_GROUP_NORM_DESCRIPTOR);
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
+                                                int32_t vectorized, int32_t forced_cluster, int32_t *out_cluster,
+                                                int32_t *out_threads, int32_t *out_vector_elements) {
+  return mfa::abi_call([&] {
+    const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
+    mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
+    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_MAX, MFA_STATUS_INVALID_ARGUMENT,
+                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_MAX, "])");
+    mfa::require_arg(out_cluster, "out_cluster");
+    mfa::require_arg(out_threads, "out_threads");
+    mfa::require_arg(out_vector_elements, "out_vector_elements");
+    const mfa::FusedPlan plan = mfa::fused_plan(checked, vectorized != 0, sm_count, forced_cluster);
+    *out_cluster = plan.cluster;
+    *out_threads = plan.threads;
+    *out_vector_elements = plan.vector_elements;
   });
 }
 

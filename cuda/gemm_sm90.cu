@@ -4,7 +4,7 @@
 // consumer warpgroups and back.
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B and MFA_SM90_BN (128 or 256: the
+// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B and MFA_SM90_BN (64, 128 or 256: the
 // tile's width). PTX ISA section numbers below follow the PTX ISA 9.0 document.
 #include "ptx_sm90.cuh"
 #include "gemm_sm90_epilogue.cuh"  // mfa_sm90_epilogue
@@ -15,7 +15,7 @@
 // The k loop steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
 static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
               "the descriptors and boxes below are worked out for 128-row tiles and a 64-wide k step");
-static_assert(MFA_SM90_BN == 128 || MFA_SM90_BN == 256, "wgmma n is 128 or 256");
+static_assert(MFA_SM90_BN == 64 || MFA_SM90_BN == 128 || MFA_SM90_BN == 256, "wgmma n is 64, 128 or 256");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F16 || MFA_IN_DTYPE == MFA_GEMM_BF16, "16-bit inputs only");
 
@@ -26,7 +26,7 @@ constexpr int kSm90Slices = MFA_SM90_BK / kSm90WgmmaK;             // wgmma per 
 constexpr unsigned kSm90RowBytes = MFA_SM90_BOX * 2;               // 128: one swizzled smem row
 constexpr unsigned kSm90BoxBytes = MFA_SM90_BOX * kSm90RowBytes;   // 8 KB: 64 rows; one MN-major box
 constexpr unsigned kSm90ABytes = MFA_SM90_BM * kSm90RowBytes;      // 16 KB: A of one stage
-constexpr unsigned kSm90BBytes = MFA_SM90_BN * kSm90RowBytes;      // 16 or 32 KB: B of one stage
+constexpr unsigned kSm90BBytes = MFA_SM90_BN * kSm90RowBytes;      // 8, 16 or 32 KB: B of one stage
 constexpr unsigned kSm90StageBytes = kSm90ABytes + kSm90BBytes;    // A region, then B region
 constexpr unsigned kSm90SwizzleAtomBytes = 8 * kSm90RowBytes;      // 1 KB: 8 rows, the 128B-swizzle period
 constexpr int kSm90ConsumerWarps = 8;                              // arrivals that free a stage
@@ -146,17 +146,8 @@ __device__ __forceinline__ void mfa_sm90_ring_init(const mfa_sm90_ring &ring) {
   mfa_fence_proxy_async_smem();
 }
 
-// Where a role is in the ring: the stage it touches next and the parity of that stage's phase.
-struct mfa_sm90_ring_pos {
-  int stage = 0;
-  unsigned phase = 0;
-  __device__ void advance() {
-    if (++stage == kSm90Stages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-};
+// Where a role is in the ring (ptx_sm90.cuh).
+using mfa_sm90_ring_pos = mfa_ring_pos<kSm90Stages>;
 
 // ----- producer: one elected thread streams the k tiles of A and B through the ring -----
 // It runs ahead of the consumers by up to kSm90Stages stages, across work items: the first stages of
@@ -192,15 +183,24 @@ __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int 
   if (threadIdx.x % 32 == 0) mfa_mbar_arrive(ring.empty(stage));
 }
 
+// One m64nBNk16 wgmma of this variant's operands (a template, so that only the width in use is built).
+template <int BN>
+__device__ __forceinline__ void mfa_sm90_wgmma(float (&acc)[BN / 2], unsigned long long desc_a,
+                                               unsigned long long desc_b, int scale_d) {
+  if constexpr (BN == 64)
+    mfa_wgmma_m64n64k16_f32<MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(acc, desc_a, desc_b, scale_d);
+  else
+    mfa_wgmma_m64nNk16_f32<BN, MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(acc, desc_a, desc_b, scale_d);
+}
+
 // One stage's wgmma-group; the first (first_stage, slice 0) overwrites acc (scale-d = 0).
 __device__ __forceinline__ void mfa_sm90_mma_stage(const mfa_sm90_ring &ring, int stage, unsigned a_rows,
                                                    bool first_stage, float (&acc)[kSm90Acc]) {
   mfa_wgmma_fence();
 #pragma unroll
   for (int s = 0; s < kSm90Slices; ++s) {
-    mfa_wgmma_m64nNk16_f32<MFA_SM90_BN, MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(
-        acc, mfa_sm90_a::desc(ring.a(stage) + a_rows, s), mfa_sm90_b::desc(ring.b(stage), s),
-        !first_stage || s > 0);
+    mfa_sm90_wgmma<MFA_SM90_BN>(acc, mfa_sm90_a::desc(ring.a(stage) + a_rows, s), mfa_sm90_b::desc(ring.b(stage), s),
+                                !first_stage || s > 0);
   }
   mfa_wgmma_commit_group();
 }

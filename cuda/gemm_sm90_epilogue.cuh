@@ -10,16 +10,31 @@
 // The passes keep the order of operations of mfa_epilogue_store (gemm.cuh): the result is the same,
 // but every choice that is uniform over the block (beta, bias type, activation) is made once per tile,
 // bias values are loaded once per column, and column pairs move as one access where C allows.
+//
+// MFA_SM90_C_TRANSPOSED 1 (gemm_sm90_tf32.cu's NN variant, which computes C^T = op(B)^T op(A)^T so that
+// both of its operands arrive K-major): the kernel's rows are C's columns and its columns C's rows, so
+// element (row, col) of its tile is C[col][row] and the bias (one value per column of C) goes by row.
+// Neighbouring columns are then a row of C apart: no pair accesses.
 #pragma once
+
+#ifndef MFA_SM90_C_TRANSPOSED
+#define MFA_SM90_C_TRANSPOSED 0
+#endif
 
 struct mfa_sm90_fragment {
   int row0, col0;      // this thread's first row and column of the tile
   long long index0;    // C index of (row0, col0) in the tile's batch
-  long long row_step;  // 8 * ldc: from row0 to row0 + 8
+  long long row_step;  // from row0 to row0 + 8: 8 * ldc (8 when C is transposed)
+#if MFA_SM90_C_TRANSPOSED
+  long long col_step;  // ldc
+  __device__ long long col_offset() const { return col_step; }  // from one column to the next
+#else
+  __device__ static constexpr int col_offset() { return 1; }
+#endif
 
   __device__ bool row_in(const mfa_gemm_args &args, int h) const { return row0 + 8 * h < args.m; }
   __device__ int col(int j) const { return col0 + 8 * j; }
-  __device__ long long index(int j, int h) const { return index0 + h * row_step + 8 * j; }
+  __device__ long long index(int j, int h) const { return index0 + h * row_step + 8 * j * col_offset(); }
 };
 
 // The fragment of thread t (0..127) of consumer warpgroup w (64 rows each) in the tile at (m0, n0) of
@@ -30,8 +45,14 @@ __device__ __forceinline__ mfa_sm90_fragment mfa_sm90_fragment_of(const mfa_gemm
   mfa_sm90_fragment f;
   f.row0 = tile.m0 + 64 * w + 16 * (t / 32) + (t % 32) / 4;
   f.col0 = tile.n0 + 2 * (t % 4);
+#if MFA_SM90_C_TRANSPOSED
+  f.col_step = args.ldc;
+  f.index0 = tile.batch * args.batch_stride_c + f.row0 + f.col0 * f.col_step;
+  f.row_step = 8;
+#else
   f.index0 = tile.batch * args.batch_stride_c + static_cast<long long>(f.row0) * args.ldc + f.col0;
   f.row_step = 8 * args.ldc;
+#endif
   return f;
 }
 
@@ -47,7 +68,7 @@ __device__ __forceinline__ void mfa_sm90_for_each_pair(const mfa_gemm_args &args
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (!f.row_in(args, h) || col >= args.n) continue;
-      body(j, h, col, pairs && col + 1 < args.n);
+      body(j, h, col, !MFA_SM90_C_TRANSPOSED && pairs && col + 1 < args.n);
     }
   }
 }
@@ -65,17 +86,31 @@ __device__ __forceinline__ void mfa_sm90_blend(const mfa_gemm_args &args, const 
       mfa_load_pair_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), c0, c1);
     } else {
       c0 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h));
-      if (col + 1 < args.n) c1 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1);
+      if (col + 1 < args.n) c1 = mfa_load_as_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + f.col_offset());
     }
     acc[4 * j + 2 * h] += args.beta * c0;
     acc[4 * j + 2 * h + 1] += args.beta * c1;
   });
 }
 
-// acc += bias[col], each bias element loaded once (both rows of a column share it).
+// acc += bias[col], each bias element loaded once (both rows of a column share it); by row when C is
+// transposed (every column of a row shares it).
 template <int BIAS_DTYPE, int N>
 __device__ __forceinline__ void mfa_sm90_add_bias(const mfa_gemm_args &args, const mfa_sm90_fragment &f,
                                                   float (&acc)[N]) {
+  if constexpr (MFA_SM90_C_TRANSPOSED) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (!f.row_in(args, h)) continue;
+      const float bias = mfa_load_as_float<BIAS_DTYPE>(args.bias, f.row0 + 8 * h);
+#pragma unroll
+      for (int j = 0; j < N / 4; ++j) {
+        acc[4 * j + 2 * h] += bias;
+        acc[4 * j + 2 * h + 1] += bias;
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < N / 4; ++j) {
 #pragma unroll
@@ -105,7 +140,7 @@ __device__ __forceinline__ void mfa_sm90_write(const mfa_gemm_args &args, const 
       mfa_store_pair_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0, v1);
     } else {
       mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0);
-      if (col + 1 < args.n) mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + 1, v1);
+      if (col + 1 < args.n) mfa_store_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h) + f.col_offset(), v1);
     }
   });
 }

@@ -113,16 +113,7 @@ struct Ring {
   __device__ unsigned empty(int s) const { return bars + 8 * (kStages + s); }
   __device__ unsigned ready(int s) const { return bars + 8 * (2 * kStages + s); }
 };
-struct RingPos {
-  int stage = 0;
-  unsigned phase = 0;
-  __device__ void advance() {
-    if (++stage == kStages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-};
+using RingPos = mfa_ring_pos<kStages>;
 
 // ----- shared-memory layouts (every TMA box: CU_TENSOR_MAP_SWIZZLE_128B, 1024-byte aligned) -----
 // 128B swizzle: row r (128 bytes) of an atom-aligned region has its 16-byte chunk c stored at chunk

@@ -1,7 +1,11 @@
 // group_norm.cu: group normalization, forward and backward (layout, dtype, activation and pass come
-// from the generated source's macros; see group_norm.cuh for the three launches of a pass).
+// from the generated source's macros; see group_norm.cuh for the fused forward and the three launches
+// of the split path).
 //
 //   entry point            grid                                 work
+//   mfa_gn_fused_vec       a cluster of 1..8 blocks per         forward in one pass: x read once into
+//                          (n, group)                           registers, DSMEM statistics, y; 16-byte
+//   mfa_gn_fused_scalar    as above                             loads, or one element per load
 //   mfa_gn_reduce_vec      NCHW: warps over (n, c, tile)        per-(n, c, tile) partials, 16-byte loads
 //                          NHWC: (tile, channel block, n)
 //   mfa_gn_reduce_scalar   as above, one element per load       any alignment
@@ -41,52 +45,77 @@ __device__ __forceinline__ float mfa_gn_round(float value) {
   else return mfa_gn_from_bits(mfa_gn_to_bits(value));
 }
 
+// A packet: VEC elements as loaded and stored, raw (a 16-byte vector) or, one element, as fp32. The
+// fused forward holds the group as packets: 16-bit data stays packed, 8 elements in 4 registers.
 template <int VEC>
-__device__ __forceinline__ void mfa_gn_load(const void *base, long long index, float (&v)[VEC]) {
-  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
-    const float *p = static_cast<const float *>(base) + index;
-    if constexpr (VEC == 4) {
-      const float4 q = *reinterpret_cast<const float4 *>(p);
-      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-    } else {
-      for (int j = 0; j < VEC; ++j) v[j] = p[j];
-    }
+struct mfa_gn_packet {
+  uint4 bits;
+};
+template <>
+struct mfa_gn_packet<1> {
+  float value;
+};
+
+template <int VEC>
+__device__ __forceinline__ mfa_gn_packet<VEC> mfa_gn_load_packet(const void *base, long long index) {
+  if constexpr (VEC == 1) {
+    if constexpr (MFA_GN_DTYPE == MFA_GN_F32) return {static_cast<const float *>(base)[index]};
+    else return {mfa_gn_from_bits(static_cast<const unsigned short *>(base)[index])};
   } else {
-    const unsigned short *p = static_cast<const unsigned short *>(base) + index;
-    if constexpr (VEC == 8) {
-      const uint4 q = *reinterpret_cast<const uint4 *>(p);
-      const unsigned words[4] = {q.x, q.y, q.z, q.w};
-      for (int j = 0; j < 4; ++j) {
-        v[2 * j] = mfa_gn_from_bits(static_cast<unsigned short>(words[j] & 0xffffu));
-        v[2 * j + 1] = mfa_gn_from_bits(static_cast<unsigned short>(words[j] >> 16));
-      }
-    } else {
-      for (int j = 0; j < VEC; ++j) v[j] = mfa_gn_from_bits(p[j]);
+    static_assert(VEC == MFA_GN_VEC, "a packet is one element or one 16-byte vector");
+    return {*reinterpret_cast<const uint4 *>(static_cast<const char *>(base) + index * (16 / VEC))};
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void mfa_gn_store_packet(void *base, long long index, const mfa_gn_packet<VEC> &packet) {
+  if constexpr (VEC == 1) {
+    if constexpr (MFA_GN_DTYPE == MFA_GN_F32) static_cast<float *>(base)[index] = packet.value;
+    else static_cast<unsigned short *>(base)[index] = mfa_gn_to_bits(packet.value);
+  } else {
+    *reinterpret_cast<uint4 *>(static_cast<char *>(base) + index * (16 / VEC)) = packet.bits;
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void mfa_gn_unpack(const mfa_gn_packet<VEC> &packet, float (&v)[VEC]) {
+  if constexpr (VEC == 1) {
+    v[0] = packet.value;
+  } else if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
+    v[0] = __uint_as_float(packet.bits.x), v[1] = __uint_as_float(packet.bits.y);
+    v[2] = __uint_as_float(packet.bits.z), v[3] = __uint_as_float(packet.bits.w);
+  } else {
+    const unsigned words[4] = {packet.bits.x, packet.bits.y, packet.bits.z, packet.bits.w};
+    for (int j = 0; j < 4; ++j) {
+      v[2 * j] = mfa_gn_from_bits(static_cast<unsigned short>(words[j] & 0xffffu));
+      v[2 * j + 1] = mfa_gn_from_bits(static_cast<unsigned short>(words[j] >> 16));
     }
   }
 }
 
 template <int VEC>
-__device__ __forceinline__ void mfa_gn_store(void *base, long long index, const float (&v)[VEC]) {
-  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
-    float *p = static_cast<float *>(base) + index;
-    if constexpr (VEC == 4) {
-      *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-    } else {
-      for (int j = 0; j < VEC; ++j) p[j] = v[j];
-    }
+__device__ __forceinline__ mfa_gn_packet<VEC> mfa_gn_pack(const float (&v)[VEC]) {
+  if constexpr (VEC == 1) {
+    return {v[0]};
+  } else if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
+    return {make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]))};
   } else {
-    unsigned short *p = static_cast<unsigned short *>(base) + index;
-    if constexpr (VEC == 8) {
-      unsigned words[4];
-      for (int j = 0; j < 4; ++j)
-        words[j] = static_cast<unsigned>(mfa_gn_to_bits(v[2 * j])) |
-                   static_cast<unsigned>(mfa_gn_to_bits(v[2 * j + 1])) << 16;
-      *reinterpret_cast<uint4 *>(p) = make_uint4(words[0], words[1], words[2], words[3]);
-    } else {
-      for (int j = 0; j < VEC; ++j) p[j] = mfa_gn_to_bits(v[j]);
-    }
+    unsigned words[4];
+    for (int j = 0; j < 4; ++j)
+      words[j] = static_cast<unsigned>(mfa_gn_to_bits(v[2 * j])) |
+                 static_cast<unsigned>(mfa_gn_to_bits(v[2 * j + 1])) << 16;
+    return {make_uint4(words[0], words[1], words[2], words[3])};
   }
+}
+
+// VEC consecutive elements at base[index] as fp32, and back.
+template <int VEC>
+__device__ __forceinline__ void mfa_gn_load(const void *base, long long index, float (&v)[VEC]) {
+  mfa_gn_unpack<VEC>(mfa_gn_load_packet<VEC>(base, index), v);
+}
+template <int VEC>
+__device__ __forceinline__ void mfa_gn_store(void *base, long long index, const float (&v)[VEC]) {
+  mfa_gn_store_packet<VEC>(base, index, mfa_gn_pack<VEC>(v));
 }
 
 // weight / bias / dweight / dbias: [c] of a run-time dtype (0: absent, read as `absent`).
@@ -460,6 +489,180 @@ __device__ __forceinline__ void mfa_gn_apply_pass(const mfa_gn_args &args) {
   }
 }
 
+// ----- fused forward: a cluster per (n, group), the group held in registers -----
+//
+// Block `rank` of the cluster of (n, group) owns the group's vectors i = r * K * T + rank * T + thread
+// (K blocks of T threads, r < SLOTS): for each r the cluster reads K * T consecutive vectors, coalesced.
+//   1. load x (+ residual) into registers, write x_sum; Welford moments of x' - p per thread
+//   2. merge: warps (shuffle tree), the block's warps in order, then the cluster's blocks in rank order
+//      through distributed shared memory: every block merges the same values in the same order, so all
+//      hold the same bits and the result is deterministic
+//   3. normalize the registers, activate, write y
+// x is read from HBM once and there is one launch; groups larger than the cluster's registers take the
+// three-launch path.
+#if MFA_GN_PASS == MFA_GN_FORWARD && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include "ptx_cluster.cuh"
+#define MFA_GN_HAS_FUSED 1
+
+// Where vector i of (n, group) lives: its element index and its first channel (NHWC: the VEC elements
+// are VEC consecutive channels; NCHW: one channel, as the spatial size is a multiple of VEC).
+struct mfa_gn_place {
+  long long index, channel;
+};
+
+template <int VEC>
+__device__ __forceinline__ mfa_gn_place mfa_gn_place_of(const mfa_gn_args &args, long long n, long long group,
+                                                        long long i) {
+  const long long first_channel = group * args.cpg;
+#if MFA_GN_LAYOUT == MFA_GN_NCHW
+  const long long element = i * VEC;  // within the group's contiguous cpg * spatial elements
+  return {(n * args.c + first_channel) * args.spatial + element, first_channel + mfa_gn_div(element, args.div_spatial)};
+#else
+  const long long position = mfa_gn_div(i, args.div_row), column = i - position * args.row_vectors;
+  return {(n * args.spatial + position) * args.c + first_channel + column * VEC, first_channel + column * VEC};
+#endif
+}
+
+// The cluster's merge of its blocks' moments (each block's at `published` in its own shared memory),
+// called by a whole warp: lane k reads block k's (the distributed-shared-memory latencies overlap instead
+// of adding up), then the lanes' values merge in rank order, the same order in every block.
+__device__ __forceinline__ mfa_gn_acc mfa_gn_cluster_merge(const mfa_gn_acc *published, unsigned blocks) {
+  const unsigned lane = threadIdx.x & 31;
+  mfa_gn_acc mine = mfa_gn_zero();
+  if (lane < blocks) {
+    const unsigned remote = mfa_cluster_map(mfa_smem_addr(published), lane);
+    mine = {mfa_cluster_load_f32(remote), mfa_cluster_load_f32(remote + 4), mfa_cluster_load_f32(remote + 8)};
+  }
+  mfa_gn_acc total = mfa_gn_zero();
+  for (unsigned rank = 0; rank < blocks; ++rank)
+    total = mfa_gn_merge(total, {__shfl_sync(0xffffffffu, mine.count, rank), __shfl_sync(0xffffffffu, mine.mean, rank),
+                                 __shfl_sync(0xffffffffu, mine.m2, rank)});
+  return total;
+}
+
+// Moments of the whole group; every thread of every block of the cluster returns the same bits.
+__device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(mfa_gn_acc acc) {
+  __shared__ mfa_gn_acc warp_acc[MFA_GN_FUSED_THREADS / 32];
+  __shared__ mfa_gn_acc block_acc, group_acc;
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  acc = mfa_gn_warp_merge(acc);
+  if ((threadIdx.x & 31) == 0) warp_acc[warp] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mfa_gn_acc total = warp_acc[0];
+    for (int w = 1; w < warps; ++w) total = mfa_gn_merge(total, warp_acc[w]);
+    block_acc = total;
+  }
+  mfa_cluster_arrive();  // releases block_acc to the cluster
+  mfa_cluster_wait();
+  if (threadIdx.x < 32) {
+    const mfa_gn_acc total = mfa_gn_cluster_merge(&block_acc, mfa_cluster_blocks());
+    if (threadIdx.x == 0) group_acc = total;
+  }
+  // Second phase: no block leaves (its shared memory) while another may still read its block_acc; the
+  // wait is at the kernel's end, so the writes of y overlap it.
+  mfa_cluster_arrive();
+  __syncthreads();
+  return group_acc;
+}
+
+// The element index of this thread's slot r (vector first + r * stride of the group), -1 past the group's
+// end. Recomputed where used rather than kept in registers across the cluster barrier (16 64-bit
+// indices would spill on the element-wise path).
+template <int VEC>
+__device__ __forceinline__ long long mfa_gn_slot_index(const mfa_gn_args &args, long long n, long long group,
+                                                       long long i, long long vectors) {
+  return i < vectors ? mfa_gn_place_of<VEC>(args, n, group, i).index : -1;
+}
+
+// x' = x + residual (rounded to the element type) in the held packets, and x_sum; residual loads first.
+template <int VEC, int SLOTS>
+__device__ __forceinline__ void mfa_gn_add_residual(const mfa_gn_args &args, const long long (&index)[SLOTS],
+                                                    mfa_gn_packet<VEC> (&held)[SLOTS]) {
+  mfa_gn_packet<VEC> residual[SLOTS];
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r)
+    if (index[r] >= 0) residual[r] = mfa_gn_load_packet<VEC>(args.residual, index[r]);
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r) {
+    if (index[r] < 0) continue;
+    float x[VEC], add[VEC];
+    mfa_gn_unpack<VEC>(held[r], x);
+    mfa_gn_unpack<VEC>(residual[r], add);
+    for (int j = 0; j < VEC; ++j) x[j] = mfa_gn_input(x[j], add[j], true);
+    held[r] = mfa_gn_pack<VEC>(x);
+  }
+  if (args.x_sum == nullptr) return;
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r)
+    if (index[r] >= 0) mfa_gn_store_packet<VEC>(args.x_sum, index[r], held[r]);
+}
+
+template <int VEC>
+__device__ __forceinline__ void mfa_gn_fused_forward(const mfa_gn_args &args) {
+  constexpr int SLOTS = mfa_gn_fused_slots(VEC);
+  const long long blocks = mfa_cluster_blocks();
+  const long long item = blockIdx.x / blocks;  // n * groups + group
+  const long long n = mfa_gn_div(item, args.div_groups), group = item - n * args.groups;
+  const long long vectors = args.cpg * args.spatial / VEC;
+  const long long first = static_cast<long long>(mfa_cluster_rank()) * blockDim.x + threadIdx.x;
+  const long long stride = blocks * blockDim.x;
+  const bool has_residual = args.residual != nullptr;
+  const mfa_gn_channel pivot = {mfa_gn_pivot(args, n, group)};
+
+  // 1. load and accumulate. Each loop holds loads only, or stores last: a store between two loads (x_sum
+  // may alias x, as far as the compiler knows) would keep it from issuing the later load before the
+  // arithmetic on the earlier one, serializing the slots' memory latencies (measured: 4x slower).
+  mfa_gn_packet<VEC> held[SLOTS];
+  long long index[SLOTS];
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r) {
+    const long long i = first + r * stride;
+    index[r] = mfa_gn_slot_index<VEC>(args, n, group, i, vectors);
+    if (index[r] >= 0) held[r] = mfa_gn_load_packet<VEC>(args.x, index[r]);
+  }
+  if (has_residual) mfa_gn_add_residual<VEC, SLOTS>(args, index, held);
+  mfa_gn_acc acc = mfa_gn_zero();
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r) {
+    if (first + r * stride >= vectors) continue;
+    float v[VEC], none[VEC] = {};
+    mfa_gn_unpack<VEC>(held[r], v);
+    mfa_gn_add_vec<VEC>(acc, pivot, v, none, false);
+  }
+
+  // 2. the group's statistics
+  const mfa_gn_acc moments = mfa_gn_group_moments(acc);
+  const float rstd = 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps);
+
+  // 3. normalize the registers in place (weight and bias loads free to overlap), then store
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r) {
+    if (first + r * stride >= vectors) continue;
+    const long long channel = mfa_gn_place_of<VEC>(args, n, group, first + r * stride).channel;
+    float v[VEC];
+    mfa_gn_unpack<VEC>(held[r], v);
+    for (int j = 0; j < VEC; ++j) {
+      const long long c = channel + (MFA_GN_LAYOUT == MFA_GN_NHWC ? j : 0);
+      const float normalized = ((v[j] - pivot.pivot) - moments.mean) * rstd;
+      v[j] = mfa_gn_activate(normalized * mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f) +
+                             mfa_gn_param(args.bias, args.weight_dtype, c, 0.0f));
+    }
+    held[r] = mfa_gn_pack<VEC>(v);
+  }
+#pragma unroll
+  for (int r = 0; r < SLOTS; ++r) {
+    const long long index = mfa_gn_slot_index<VEC>(args, n, group, first + r * stride, vectors);
+    if (index >= 0) mfa_gn_store_packet<VEC>(args.y, index, held[r]);
+  }
+  if (mfa_cluster_rank() == 0 && threadIdx.x == 0) {
+    if (args.mean) args.mean[item] = pivot.pivot + moments.mean;
+    if (args.rstd) args.rstd[item] = rstd;
+  }
+  mfa_cluster_wait();
+}
+#endif
+
 // ----- entry points -----
 
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_reduce_vec(const mfa_gn_args args) {
@@ -476,4 +679,17 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_vec(co
 }
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar(const mfa_gn_args args) {
   mfa_gn_apply_pass<1>(args);
+}
+
+// The fused entries exist in every variant so that the host finds the same functions everywhere; it
+// launches them only for a forward variant on sm_90+ (where they have a body).
+extern "C" __global__ void __launch_bounds__(MFA_GN_FUSED_THREADS, 1) mfa_gn_fused_vec(const mfa_gn_args args) {
+#ifdef MFA_GN_HAS_FUSED
+  mfa_gn_fused_forward<MFA_GN_VEC>(args);
+#endif
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_FUSED_THREADS, 1) mfa_gn_fused_scalar(const mfa_gn_args args) {
+#ifdef MFA_GN_HAS_FUSED
+  mfa_gn_fused_forward<1>(args);
+#endif
 }

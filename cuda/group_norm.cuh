@@ -1,7 +1,11 @@
 // group_norm.cuh: what the group-norm kernels (group_norm.cu) and their host side (cpp/group_norm.cpp)
 // agree on: the argument struct, the block size, the values of the variant macros.
 //
-// Every pass is three launches over per-(sample, channel, spatial tile) partials in a workspace:
+// The forward is one launch where a group fits on chip (the fused path): a thread-block cluster per
+// (sample, group) holds the group's x' in registers, merges its statistics through distributed shared
+// memory and writes y, reading x from HBM once. Otherwise (groups too large for a cluster, or no
+// clusters: before sm_90) and for the backward, a pass is three launches over per-(sample, channel,
+// spatial tile) partials in a workspace:
 //   reduce    partials[n][c][tile] = (mean, M2) of x' (forward) or (sum dy^ * xhat, sum dy^) (backward)
 //   finalize  merges them in a fixed order: forward mean/rstd per (n, group); backward the per-(n, group)
 //             coefficients of dx and, per channel, dweight and dbias
@@ -21,6 +25,12 @@
 // MFA_GN_ACTIVATION takes activation.cuh's MFA_ACT_* values.
 
 #define MFA_GN_THREADS 256
+
+// The fused forward: at most this many threads per block, in clusters of at most MFA_GN_CLUSTER_MAX
+// blocks (the portable cluster size: every GPC holds 8 blocks), each thread holding mfa_gn_fused_slots
+// packets of the group in registers.
+#define MFA_GN_FUSED_THREADS 512
+#define MFA_GN_CLUSTER_MAX 8
 // Floats per (n, group) in the workspace's group_stats (forward: pivot p, mean of x' - p, rstd; one spare).
 #define MFA_GN_STATS 4
 #define MFA_GN_WARPS (MFA_GN_THREADS / 32)
@@ -56,10 +66,19 @@ struct mfa_gn_args {
                          // (rstd*s1/M, rstd*s2/M)
   long long n, c, spatial, groups, cpg;  // cpg: channels per group
   long long tile, tiles;                 // spatial positions per partial, partials per (n, c)
-  mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles;
+  long long row_vectors;                 // fused NHWC: vectors per (position, group) row (cpg / vector)
+  mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles, div_row;
   int weight_dtype;                      // MFA_GN_F16/BF16/F32, 0 for none
   float eps;
 };
+
+// Packets per thread on the fused path: 8 16-byte vectors (32 registers), or 12 single elements held as
+// fp32 (the element-wise path's 64-bit indices cost registers too: 16 slots spilled at 128 registers;
+// 12 still hold a 40960-element diffusion group, C = 320 in NHWC, in a cluster of 8 x 512 threads).
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+__host__ __device__
+#endif
+constexpr int mfa_gn_fused_slots(int vector_elements) { return vector_elements == 1 ? 12 : 8; }
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 // n / d.value for n >= 0.

@@ -23,6 +23,14 @@ __device__ __forceinline__ unsigned short mfa_f32_to_bf16(float value) {
   return out;
 }
 
+// ----- fast transcendental -----
+// 2^x on the multi-function unit (relative error ~2^-22; 2^-inf = 0, which masked scores rely on).
+__device__ __forceinline__ float mfa_exp2_approx(float x) {
+  float out;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(out) : "f"(x));
+  return out;
+}
+
 // ----- shared-memory addressing -----
 // The 32-bit shared-window address of a generic pointer into shared memory (what cp.async and
 // ldmatrix take).

@@ -73,6 +73,21 @@ __device__ __forceinline__ void mfa_mbar_wait(unsigned bar, unsigned parity) {
   }
 }
 
+// Where a role is in a ring of STAGES mbarrier-guarded stages: the stage it touches next and the parity
+// of that stage's phase. A pass over the ring flips the parity; waiting on the parity before the current
+// phase returns at once, which is how a producer finds every stage free on its first pass.
+template <int STAGES>
+struct mfa_ring_pos {
+  int stage = 0;
+  unsigned phase = 0;
+  __device__ void advance() {
+    if (++stage == STAGES) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
+
 // ----- named barriers (bar.sync, 9.7.13.1): synchronise a subset of the block's warps -----
 
 // Wait until `threads` threads (a multiple of 32, every warp of them whole) have arrived at barrier
@@ -222,3 +237,197 @@ __device__ __forceinline__ void mfa_wgmma_m64nNk16_f32(float (&d)[N / 2], unsign
 #undef MFA_WGMMA_M64N256K16
 #undef MFA_ACC64
 #undef MFA_ACC8
+
+// D(64x64, f32) += A(64x16) * B(16x64): m64n64k16, the narrow tile of the GEMM (gemm_sm90.cu, BN = 64),
+// which puts twice as many blocks on the SMs as m64n128 where 128-wide tiles leave SMs idle. Operands
+// and immediates as mfa_wgmma_m64nNk16_f32; {%0 .. %31} are the 32 accumulators a thread holds.
+#define MFA_WGMMA_M64N64K16(SHAPE_TYPE)                                                            \
+  asm volatile(                                                                                    \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"                                               \
+      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                             \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                    \
+      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"         \
+      " %32, %33, p, 1, 1, %35, %36;\n}\n"                                                         \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),       \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                         \
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                         \
+      : "memory")
+template <int IN_DTYPE, int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void mfa_wgmma_m64n64k16_f32(float (&d)[32], unsigned long long desc_a,
+                                                        unsigned long long desc_b, int scale_d) {
+  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
+  if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N64K16("m64n64k16.f32.f16.f16");
+  else MFA_WGMMA_M64N64K16("m64n64k16.f32.bf16.bf16");
+}
+#undef MFA_WGMMA_M64N64K16
+
+// ===== attention (attention_sm90.cu): the idioms its consumers and producer add to the above =====
+
+// Signal barrier `id` (see mfa_named_barrier_sync) without waiting: counts this warp's threads toward
+// `threads`, so a warpgroup can let another one pass while it goes on (FA3's ping-pong hand-off).
+__device__ __forceinline__ void mfa_named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" : : "r"(id), "r"(threads) : "memory");
+}
+
+// As mfa_tma_load_3d with a 4-D box at {c0, c1, c2, c3} (attention's (dim, token, head, batch) maps).
+__device__ __forceinline__ void mfa_tma_load_4d(unsigned dst, const void *map, unsigned bar, int c0, int c1, int c2,
+                                                int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];"
+      :
+      : "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
+// Two floats rounded to 16 bits (DTYPE 1 f16, 2 bf16) in one register: lo in bits 0-15, hi in 16-31,
+// the order of a wgmma register fragment pair (cvt.rn.{f16x2,bf16x2}.f32 d, hi, lo, 9.7.9.21).
+template <int DTYPE>
+__device__ __forceinline__ unsigned mfa_pack_f32x2(float lo, float hi) {
+  unsigned packed;
+  if constexpr (DTYPE == 1) asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+  return packed;
+}
+
+// wgmma operand lists of the attention shapes: 8 accumulators "+f" a macro.
+#define MFA_ATT_ACC8(d, i)                                                                    \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+// SS: accumulators, desc-a, desc-b, scale-d; both operands K-major (imm-trans-a = imm-trans-b = 0).
+// RS: accumulators, the four A registers, desc-b, scale-d, imm-trans-b.
+#define MFA_ATT_WGMMA_SS_N80(SHAPE_TYPE)                                                           \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %42, 0;\n"                                      \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                    \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"           \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
+               "  %32, %33, %34, %35, %36, %37, %38, %39},"                                        \
+               " %40, %41, p, 1, 1, 0, 0;\n}\n"                                                    \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24), \
+                 MFA_ATT_ACC8(d, 32)                                                               \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                            \
+               : "memory")
+#define MFA_ATT_WGMMA_SS_N128(SHAPE_TYPE)                                                           \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                       \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"            \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"  \
+               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"  \
+               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}," \
+               " %64, %65, p, 1, 1, 0, 0;\n}\n"                                                     \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),  \
+                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56) \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                             \
+               : "memory")
+#define MFA_ATT_WGMMA_RS_N64(SHAPE_TYPE)                                                             \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"                                        \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"  \
+               " {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                      \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24)    \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
+               : "memory")
+#define MFA_ATT_WGMMA_RS_N128(SHAPE_TYPE)                                                            \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"                                        \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
+               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
+               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"  \
+               " {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                      \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),   \
+                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56)  \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
+               : "memory")
+#define MFA_ATT_WGMMA_RS_N192(SHAPE_TYPE)                                                            \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %101, 0;\n"                                       \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
+               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
+               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"   \
+               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"   \
+               "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95},"  \
+               " {%96, %97, %98, %99}, %100, p, 1, 1, %102;\n}\n"                                    \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),   \
+                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56), \
+                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80), MFA_ATT_ACC8(d, 88)  \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
+               : "memory")
+#define MFA_ATT_WGMMA_RS_N256(SHAPE_TYPE)                                                                           \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %133, 0;\n"                                                      \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                            \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"                  \
+               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"                  \
+               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"                  \
+               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"                  \
+               "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"                  \
+               "  %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"      \
+               "  %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}," \
+               " {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"                                               \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),                  \
+                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56),                \
+                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80), MFA_ATT_ACC8(d, 88),                \
+                 MFA_ATT_ACC8(d, 96), MFA_ATT_ACC8(d, 104), MFA_ATT_ACC8(d, 112), MFA_ATT_ACC8(d, 120)              \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B)                \
+               : "memory")
+
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0), both operands from shared memory and K-major
+// (rows of 16 k contiguous in a 128B-swizzled layout; 9.7.15.5.1.2); IN_DTYPE 1 = f16, 2 = bf16.
+// N = 80 and 128: attention's score tile S = Q K^T (N = the key block).
+template <int N, int IN_DTYPE>
+__device__ __forceinline__ void mfa_wgmma_ss_k_major(float (&d)[N / 2], unsigned long long desc_a,
+                                                     unsigned long long desc_b, int scale_d) {
+  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
+  if constexpr (N == 80) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N80("m64n80k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_SS_N80("m64n80k16.f32.bf16.bf16");
+  } else if constexpr (N == 128) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.bf16.bf16");
+  } else {
+    static_assert(N == 80 || N == 128, "score-tile shapes: m64n80k16, m64n128k16");
+  }
+}
+
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) with A from registers: a[0..3] hold the
+// 16-bit pairs of the k16 A fragment (9.7.15.5.1.1: thread t of warp q holds rows 16q + t/4 and
+// 16q + t/4 + 8, columns 2(t%4) + {0,1} and 8 + 2(t%4) + {0,1}, in the order a0 (row, col), a1 (row+8,
+// col), a2 (row, col+8), a3 (row+8, col+8)). B from shared memory, TRANS_B = 1: N-major.
+// N = 64 .. 256: attention's O += P V (N = the value head dimension, padded to 64).
+template <int N, int IN_DTYPE, int TRANS_B>
+__device__ __forceinline__ void mfa_wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long desc_b,
+                                             int scale_d) {
+  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
+  if constexpr (N == 64) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N64("m64n64k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_RS_N64("m64n64k16.f32.bf16.bf16");
+  } else if constexpr (N == 128) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N128("m64n128k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_RS_N128("m64n128k16.f32.bf16.bf16");
+  } else if constexpr (N == 192) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N192("m64n192k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_RS_N192("m64n192k16.f32.bf16.bf16");
+  } else if constexpr (N == 256) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N256("m64n256k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_RS_N256("m64n256k16.f32.bf16.bf16");
+  } else {
+    static_assert(N == 64 || N == 128 || N == 192 || N == 256, "P V shapes: m64n{64,128,192,256}k16");
+  }
+}
+#undef MFA_ATT_WGMMA_SS_N80
+#undef MFA_ATT_WGMMA_SS_N128
+#undef MFA_ATT_WGMMA_RS_N64
+#undef MFA_ATT_WGMMA_RS_N128
+#undef MFA_ATT_WGMMA_RS_N192
+#undef MFA_ATT_WGMMA_RS_N256
+#undef MFA_ATT_ACC8
+
+// Pin a 32-bit register in program order: keeps a wgmma's register A operand alive (and unmodified)
+// until after the wait_group that retires the wgmma reading it.
+__device__ __forceinline__ void mfa_fence_operand(unsigned &reg) { asm volatile("" : "+r"(reg) : : "memory"); }

@@ -226,6 +226,20 @@ typedef struct mfa_gemm_descriptor {
    MFA_DTYPE_F16, MFA_DTYPE_F16, MFA_DTYPE_NONE, 0, 0, 1.0f, 0.0f, MFA_ACTIVATION_NONE,          \
    MFA_PRECISION_DEFAULT, MFA_GEMM_PATH_AUTO, MFA_SCHEDULE_AUTO}
 
+/* Tuning of the Hopper GEMM, chained to a descriptor through header.next (a descriptor's next is NULL
+ * or one mfa_gemm_tuning, whose own next is NULL). Without it the library chooses from its variant
+ * table; `python -m mfa_c tune gemm` measures every tile on the device and stores the winner, which
+ * mfa_c's pipelines pass here. The variant key names the tile either way ("...nn.128x64"). */
+#define MFA_STRUCT_GEMM_TUNING 10
+
+typedef struct mfa_gemm_tuning {
+  mfa_struct_header header;
+  int32_t tile_n;   /* 16-bit inputs on the Hopper path: the tile's width, 64, 128 or 256 (rows: 128);
+                     * 0: the library's choice. Other inputs and paths accept 0 only. */
+  int32_t reserved; /* 0 */
+} mfa_gemm_tuning;
+#define MFA_GEMM_TUNING_INIT {MFA_HEADER_INIT(MFA_STRUCT_GEMM_TUNING, mfa_gemm_tuning), 0, 0}
+
 typedef struct mfa_gemm_pipeline mfa_gemm_pipeline;
 
 typedef struct mfa_pipeline_info {
@@ -263,8 +277,9 @@ MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, cons
                                      const mfa_tensor *c, const mfa_tensor *bias);
 
 /* How the Hopper kernel's persistent blocks share out the work of a descriptor (m, n, k, batch and
- * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (128 or 256; 0: the
- * library's own choice for that device): the MFA_SCHEDULE_* chosen, the workspace it needs, and every
+ * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (64, 128 or 256; 0: the
+ * descriptor's chained mfa_gemm_tuning, else the library's own choice for that device): the
+ * MFA_SCHEDULE_* chosen, the workspace it needs, and every
  * block's work items, block by block in the order each block runs them. Needs no GPU: the CPU tests
  * use it to check that every k step of every tile is computed once. A k step is 64 elements. */
 typedef struct mfa_gemm_work_item {
@@ -416,10 +431,99 @@ MFA_API mfa_status mfa_group_norm_validate(const mfa_group_norm_descriptor *desc
 /* Every variant the library generates (sizes 1), for `check` and the CPU tests. */
 MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count);
 MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor);
+/* The forward's launch plan on a device of `sm_count` SMs (sm_90+), for tests and tuning: the fused
+ * one-pass kernel runs a cluster of *out_cluster blocks of *out_threads threads per (n, group), on
+ * vectors of *out_vector_elements elements (16 bytes, or 1 where the shape or `vectorized` = 0 rules
+ * them out); *out_cluster 0 is the three-launch path (the backward, or a group too large for a cluster).
+ * forced_cluster: -1 chooses, 0 asks for the three-launch path, 1..8 a cluster size (as the environment
+ * variable MFA_GN_CLUSTER = auto, split, 1..8 does for pipelines). */
+MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
+                                                int32_t vectorized, int32_t forced_cluster, int32_t *out_cluster,
+                                                int32_t *out_threads, int32_t *out_vector_elements);
 /* As mfa_gemm_compile_report: compiles the descriptor's kernels for `arch` without a device. */
 MFA_API mfa_status mfa_group_norm_compile_report(const mfa_group_norm_descriptor *descriptor, const char *arch,
                                                  mfa_kernel_report *out_reports, int32_t capacity,
                                                  int32_t *out_count);
+
+/* ---------------------------------------------------------------------------------------------
+ * ATTENTION (forward): O = softmax(scale * Q K^T [soft-capped] + mask) V, one pass over K and V with
+ * an online softmax, optionally returning the natural-log LSE of every query row.
+ *   Dense:  q [batch, seq_q, heads_q, head_dim_qk], k [batch, seq_k, heads_kv, head_dim_qk],
+ *           v [batch, seq_k, heads_kv, head_dim_v], o [batch, seq_q, heads_q, head_dim_v]: logical
+ *           dimensions in this order with any strides (so [batch, heads, seq, dim] storage is a
+ *           permutation of strides), unit stride on the head dimension.
+ *   Varlen: q [total_q, heads_q, head_dim_qk], k/v [total_k, heads_kv, ...], o like q; int32
+ *           cu_seqlens_q / cu_seqlens_k [batch + 1] (device memory, non-decreasing from 0) place
+ *           sequence b at tokens [cu[b], cu[b + 1]); seq_q / seq_k are the callers' maxima (no
+ *           device-to-host copy sizes the grid). A sequence may have length 0.
+ *   GQA/MQA: heads_kv divides heads_q; query head h reads key/value head h / (heads_q / heads_kv).
+ *   Masks (bottom-right aligned when the lengths differ): key j is visible to query i when
+ *     i + seq_k - seq_q - window_left <= j <= i + seq_k - seq_q + window_right (-1: unbounded side);
+ *     causal means window_right = 0. A row with no visible key gets output 0 and LSE -inf.
+ *   Soft-capping (softcap > 0): s = softcap * tanh(scale * q.k / softcap), before the mask.
+ *   lse: fp32 [batch, heads_q, seq_q] (varlen: [heads_q, total_q]), any strides, unit on the last.
+ *   Decode: with few query rows the key/value length is split over blocks (split-KV) and merged.
+ * ------------------------------------------------------------------------------------------- */
+#define MFA_STRUCT_ATTENTION_DESCRIPTOR 8
+#define MFA_STRUCT_ATTENTION_TENSORS 9
+
+#define MFA_ATTENTION_PATH_AUTO 0
+#define MFA_ATTENTION_PATH_PORTABLE 1 /* sm_80+: cp.async + mma.sync */
+#define MFA_ATTENTION_PATH_HOPPER 2   /* sm_90a: TMA + wgmma; UNSUPPORTED elsewhere or for its limits */
+
+typedef struct mfa_attention_descriptor {
+  mfa_struct_header header;
+  int64_t batch;                   /* >= 1 */
+  int64_t seq_q, seq_k;            /* dense: the lengths; varlen: the maxima (>= 0) */
+  int64_t heads_q, heads_kv;       /* heads_kv divides heads_q */
+  int64_t head_dim_qk, head_dim_v; /* multiples of 8 in [8, 256] */
+  int32_t dtype;                   /* MFA_DTYPE_F16 or BF16: q, k, v, o */
+  int32_t varlen;                  /* 1: packed sequences with cu_seqlens */
+  int32_t window_left;             /* -1 unbounded, else >= 0 */
+  int32_t window_right;            /* -1 unbounded, else >= 0; causal: 0 */
+  float scale;                     /* 0: 1 / sqrt(head_dim_qk) */
+  float softcap;                   /* 0: off, else > 0 */
+  int32_t return_lse;              /* 1: encode writes lse */
+  int32_t path;                    /* MFA_ATTENTION_PATH_* */
+  int32_t splits;                  /* split-KV: 0 the library's choice, 1 never, > 1 that many */
+  int32_t reserved;                /* 0 */
+} mfa_attention_descriptor;
+#define MFA_ATTENTION_DESCRIPTOR_INIT                                                                 \
+  {MFA_HEADER_INIT(MFA_STRUCT_ATTENTION_DESCRIPTOR, mfa_attention_descriptor), 1, 0, 0, 1, 1, 64, 64, \
+   MFA_DTYPE_F16, 0, -1, -1, 0.0f, 0.0f, 0, MFA_ATTENTION_PATH_AUTO, 0, 0}
+
+/* The tensors of one encode; lse only with return_lse, cu_seqlens_* only with varlen, else NULL. */
+typedef struct mfa_attention_tensors {
+  mfa_struct_header header;
+  const mfa_tensor *q, *k, *v, *o, *lse;
+  const mfa_tensor *cu_seqlens_q, *cu_seqlens_k;
+} mfa_attention_tensors;
+#define MFA_ATTENTION_TENSORS_INIT \
+  {MFA_HEADER_INIT(MFA_STRUCT_ATTENTION_TENSORS, mfa_attention_tensors), NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+
+typedef struct mfa_attention_pipeline mfa_attention_pipeline;
+
+/* Validates the descriptor, generates and compiles its kernels (or finds them in a cache); the info's
+ * workspace_bytes is what encode needs (split-KV partials; 0: pass NULL). */
+MFA_API mfa_status mfa_attention_pipeline_create(mfa_context *context, const mfa_attention_descriptor *descriptor,
+                                                 mfa_attention_pipeline **out_pipeline);
+MFA_API mfa_status mfa_attention_pipeline_destroy(mfa_attention_pipeline *pipeline);
+MFA_API mfa_status mfa_attention_pipeline_get_info(const mfa_attention_pipeline *pipeline,
+                                                   mfa_pipeline_info *out_info);
+/* Enqueues the forward pass on a stream (NULL: the legacy default stream); safe inside stream capture. */
+MFA_API mfa_status mfa_attention_encode(const mfa_attention_pipeline *pipeline, void *stream,
+                                        const mfa_attention_tensors *tensors, void *workspace,
+                                        uint64_t workspace_bytes);
+/* Checks tensors against a descriptor exactly as encode does, without a device or a pipeline. */
+MFA_API mfa_status mfa_attention_validate(const mfa_attention_descriptor *descriptor,
+                                          const mfa_attention_tensors *tensors);
+/* Every variant the library generates, for `check` and the CPU tests. */
+MFA_API mfa_status mfa_attention_variant_count(int64_t *out_count);
+MFA_API mfa_status mfa_attention_variant_descriptor(int64_t index, mfa_attention_descriptor *out_descriptor);
+/* As mfa_gemm_compile_report: compiles the descriptor's kernels for `arch` without a device. */
+MFA_API mfa_status mfa_attention_compile_report(const mfa_attention_descriptor *descriptor, const char *arch,
+                                                mfa_kernel_report *out_reports, int32_t capacity,
+                                                int32_t *out_count);
 
 #ifdef __cplusplus
 }

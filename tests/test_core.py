@@ -243,8 +243,8 @@ DESTROYS = sorted(name for name in DECLARED_FUNCTIONS if name.endswith("_destroy
 
 
 def test_every_handle_type_has_a_destroy():
-    assert DESTROYS == ["mfa_command_list_destroy", "mfa_context_destroy", "mfa_gemm_pipeline_destroy",
-                        "mfa_group_norm_pipeline_destroy"]
+    assert DESTROYS == ["mfa_attention_pipeline_destroy", "mfa_command_list_destroy", "mfa_context_destroy",
+                        "mfa_gemm_pipeline_destroy", "mfa_group_norm_pipeline_destroy"]
 
 
 @pytest.mark.parametrize("destroy", DESTROYS)
@@ -319,6 +319,22 @@ NULL_ARGUMENTS = {
     "mfa_group_norm_variant_descriptor.out_descriptor": lambda: lib.mfa_group_norm_variant_descriptor(0, N),
     "mfa_group_norm_compile_report.arch":
         lambda: lib.mfa_group_norm_compile_report(N, N, _report_array(1), 1, _out("int32_t")),
+    "mfa_group_norm_plan_describe.descriptor":
+        lambda: lib.mfa_group_norm_plan_describe(N, 132, 1, -1, _out("int32_t"), _out("int32_t"), _out("int32_t")),
+    "mfa_group_norm_plan_describe.out_cluster":
+        lambda: lib.mfa_group_norm_plan_describe(mfa_c._ffi.new_struct("mfa_group_norm_descriptor", n=1, c=1, spatial=1,
+                                                                      groups=1), 132, 1, -1, N, _out("int32_t"),
+                                                 _out("int32_t")),
+    "mfa_attention_pipeline_create.descriptor":
+        lambda: lib.mfa_attention_pipeline_create(N, N, _out("mfa_attention_pipeline *")),
+    "mfa_attention_pipeline_get_info.pipeline":
+        lambda: lib.mfa_attention_pipeline_get_info(N, _out("mfa_pipeline_info")),
+    "mfa_attention_encode.pipeline": lambda: lib.mfa_attention_encode(N, N, N, N, 0),
+    "mfa_attention_validate.descriptor": lambda: lib.mfa_attention_validate(N, N),
+    "mfa_attention_variant_count.out_count": lambda: lib.mfa_attention_variant_count(N),
+    "mfa_attention_variant_descriptor.out_descriptor": lambda: lib.mfa_attention_variant_descriptor(0, N),
+    "mfa_attention_compile_report.arch":
+        lambda: lib.mfa_attention_compile_report(N, N, _report_array(1), 1, _out("int32_t")),
     "mfa_gemm_schedule_describe.descriptor":
         lambda: lib.mfa_gemm_schedule_describe(N, 132, 0, N, N, N, 0, _out("int64_t")),
     "mfa_gemm_schedule_describe.out_count":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import mfa_c
+from mfa_c._ffi import new_struct
 from conftest import REPO, assert_status, ffi, lib, rel_error, tolerance
 
 INPUTS = [("float16", "default"), ("bfloat16", "default"), ("float32", "ieee"), ("float32", "accurate")]
@@ -64,6 +65,9 @@ class FakeTensor:
         return arrays + ([bytes(ffi.buffer(self.strides))] if self.strides != ffi.NULL else [])
 
 
+NOT_A_TUNING = new_struct("mfa_pipeline_info")  # a struct of another type, to chain by mistake
+
+
 def make_descriptor(**fields):
     descriptor = ffi.new("mfa_gemm_descriptor *")
     descriptor.header.type = lib.MFA_STRUCT_GEMM_DESCRIPTOR
@@ -76,7 +80,7 @@ def make_descriptor(**fields):
         elif name == "header_size":
             descriptor.header.size = value
         elif name == "header_next":
-            descriptor.header.next = ffi.cast("void *", value)
+            descriptor.header.next = value
         else:
             setattr(descriptor, name, value)
     return descriptor
@@ -144,7 +148,8 @@ DESCRIPTOR_CASES = [
     case("header type", "INVALID_ARGUMENT", "descriptor->header.type",
          desc=dict(header_type=lib.MFA_STRUCT_PIPELINE_INFO)),
     case("header size 4", "INVALID_ARGUMENT", "descriptor->header.size", desc=dict(header_size=4)),
-    case("header next", "INVALID_ARGUMENT", "descriptor->header.next", desc=dict(header_next=0x1000)),
+    # next may chain an mfa_gemm_tuning only (test_gemm_tiles.py); any other struct is refused by its type
+    case("header next", "INVALID_ARGUMENT", "descriptor->header.next", desc=dict(header_next=NOT_A_TUNING)),
 ]
 
 TENSOR_CASES = [
@@ -497,7 +502,7 @@ def skip_unless_hopper_applies(ctx, path):
 
 
 def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha=1.0, beta=0.0, c0=None,
-                  bias=None, activation="none", path="auto", layout="compact", context_note=""):
+                  bias=None, activation="none", path="auto", layout="compact", context_note="", tile_n=None):
     """Runs mfa_c.gemm into a NaN-poisoned (or, for beta != 0, a copy of c0) output, checks it is written
     in place, finite, within tolerance of the float64 reference, and nothing around it changed."""
     shape = (*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]),
@@ -506,7 +511,7 @@ def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha
     if beta:
         c.copy_(c0)  # c is an input too
     out = mfa_c.gemm(a, b, trans_a=trans[0] == "T", trans_b=trans[1] == "T", alpha=alpha, beta=beta, c=c,
-                     bias=bias, activation=activation, precision=precision, path=path)
+                     bias=bias, activation=activation, precision=precision, path=path, tile_n=tile_n)
     torch.cuda.synchronize()
     assert out is c or out.data_ptr() == c.data_ptr(), "the result was not written into c"
     assert out.dtype == getattr(torch, out_dtype)

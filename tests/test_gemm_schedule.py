@@ -44,14 +44,16 @@ def _descriptor(**fields):
     return new_struct("mfa_gemm_descriptor", **fields)
 
 
-def expected_plan(tiles, k_iters, sm_count, requested):
-    """(kind, Stream-K tiles) by the rules of HOPPER_GEMM.md, written independently of the library."""
+def expected_plan(m, tiles, k_iters, sm_count, requested):
+    """(kind, Stream-K tiles) by the rules of HOPPER_GEMM.md plus our measured sub-wave rule (cpp/gemm_schedule.cpp),
+    written independently of the library."""
     if requested == DP or tiles == 0 or k_iters == 0:
         return DP, 0
     tail = tiles % sm_count
     sk_tiles = tiles if tiles <= 2 * sm_count else sm_count + tail
     small_share = sk_tiles * k_iters < 24 * sm_count  # under 24 Stream-K k steps a block
-    if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or small_share):
+    sub_wave_loses = tiles < sm_count and not (m <= 64 and k_iters >= 128)
+    if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or small_share or sub_wave_loses):
         return DP, 0
     return SK, sk_tiles
 
@@ -60,7 +62,7 @@ def check_schedule(m, n, k, batch, sm_count, tile_n, requested):
     kind, workspace, it = describe(m, n, k, batch=batch, sm_count=sm_count, tile_n=tile_n, schedule=requested)
     tiles = -(-m // BM) * -(-n // tile_n) * batch
     k_iters = -(-k // BK)
-    want_kind, sk_tiles = expected_plan(tiles, k_iters, sm_count, requested)
+    want_kind, sk_tiles = expected_plan(m, tiles, k_iters, sm_count, requested)
     where = f"m={m} n={n} k={k} batch={batch} sms={sm_count} tile_n={tile_n} requested={requested}"
     assert kind == want_kind, where
     block, tile, k_begin, k_end, partial, first = (it[name] for name in
@@ -140,7 +142,7 @@ def shapes():
 
 
 @pytest.mark.parametrize("requested", [AUTO, SK, DP], ids=["auto", "stream_k", "data_parallel"])
-@pytest.mark.parametrize("tile_n", [128, 256])
+@pytest.mark.parametrize("tile_n", [64, 128, 256])
 @pytest.mark.parametrize("m, n, k, batch", shapes())
 def test_every_k_step_of_every_tile_is_computed_once(m, n, k, batch, tile_n, requested):
     for sm_count in SM_COUNTS:
@@ -161,9 +163,13 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
     (2048, 2048, 2048, 256, DP),   # 128 tiles: the only wave is nearly full
     (4096, 4096, 4096, 256, DP),   # 512 tiles: tail 116 >= 66
     (3072, 3072, 512, 256, DP),    # 8 k steps a tile: too few for the fix-up
-    (128, 4096, 14336, 128, SK),   # LLM decode-ish: 32 tiles, 224 k steps each
+    (128, 4096, 14336, 128, DP),   # 32 tiles of 224 k steps, but 128 rows: Stream-K measured 0.91x DP
+    (16, 4096, 14336, 256, SK),    # 16 tiles of 224 k steps and 16 rows: measured 1.6x DP
+    (16, 4096, 4096, 64, DP),      # 64 tiles of 64 k steps: measured 0.96x DP
     (3960, 4096, 4096, 256, DP),   # 31 x 16 = 496 tiles... tail 100 >= 66
     (1024, 1024, 1024, 128, DP),   # 64 tiles of 16 k steps: 7.8 a block, too little to pay the fix-up
+    (1024, 1024, 1024, 64, DP),    # 128 tiles: the only wave is nearly full
+    (64, 4096, 14336, 64, SK),     # 64 tiles of 224 k steps on 132 SMs
 ])
 def test_auto_follows_the_rules(m, n, k, tile_n, want):
     kind, _, _ = describe(m, n, k, sm_count=132, tile_n=tile_n)
@@ -186,8 +192,8 @@ def test_describe_is_deterministic_and_checks_its_arguments():
     count = ffi.new("int64_t *")
     assert_status(lib.mfa_gemm_schedule_describe(descriptor, 0, 0, ffi.NULL, ffi.NULL, ffi.NULL, 0, count),
                   "INVALID_ARGUMENT", "sm_count is 0")
-    assert_status(lib.mfa_gemm_schedule_describe(descriptor, 132, 64, ffi.NULL, ffi.NULL, ffi.NULL, 0, count),
-                  "INVALID_ARGUMENT", "tile_n is 64")
+    assert_status(lib.mfa_gemm_schedule_describe(descriptor, 132, 96, ffi.NULL, ffi.NULL, ffi.NULL, 0, count),
+                  "INVALID_ARGUMENT", "tile_n is 96")
     assert_status(lib.mfa_gemm_schedule_describe(_descriptor(m=64, n=64, k=64, schedule=3), 132, 0, ffi.NULL,
                                                  ffi.NULL, ffi.NULL, 0, count), "UNSUPPORTED", "descriptor->schedule")
 
@@ -225,9 +231,10 @@ def _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta):
     return c
 
 
+@pytest.mark.parametrize("tile_n", [64, 128, 256])
 @pytest.mark.parametrize("m, n, k, batch, trans, out_dtype, alpha, beta, with_bias, activation", GPU_CASES)
 def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n, k, batch, trans, out_dtype,
-                                                       alpha, beta, with_bias, activation):
+                                                       alpha, beta, with_bias, activation, tile_n):
     skip_unless_hopper_applies(ctx, "hopper")
     torch = torch_cuda
     dtype = "bfloat16" if out_dtype == "bfloat16" else "float16"
@@ -239,9 +246,10 @@ def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n
     pipeline = mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype,
                                   bias_dtype=out_dtype if with_bias else None, trans_a=trans[0] == "T",
                                   trans_b=trans[1] == "T", alpha=alpha, beta=beta, activation=activation,
-                                  path="hopper", schedule="stream_k", context=ctx)
+                                  path="hopper", schedule="stream_k", tile_n=tile_n, context=ctx)
     with pipeline:
         assert pipeline.info["schedule"] == "stream_k" and pipeline.info["workspace_bytes"] > 0, pipeline.info
+        assert pipeline.info["variant"].endswith(f".128x{tile_n}"), pipeline.info
         first = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
         second = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
     reference = torch_reference(torch, a, b, trans[0] == "T", trans[1] == "T", alpha, beta, c0, bias, activation)

@@ -1,5 +1,6 @@
 """Group normalization: descriptor and tensor validation (CPU), NVRTC compilation of every variant (CPU),
-and forward/backward against float64 references on the GPU (torch; numpy in/out too)."""
+the fused forward's plan (CPU), and forward/backward against float64 references on the GPU (torch; numpy
+in/out too), with every plan the host can choose forced through MFA_GN_CLUSTER."""
 
 import math
 
@@ -9,7 +10,7 @@ import pytest
 import mfa_c
 from mfa_c._tensors import DTYPES, TensorView
 from mfa_c.gemm import _float64
-from mfa_c.group_norm import TOLERANCES, _layout_strides, group_norm_validate
+from mfa_c.group_norm import TOLERANCES, _layout_strides, group_norm_plan, group_norm_validate
 from conftest import rel_error
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32"]
@@ -206,15 +207,100 @@ def test_variant_list_covers_pass_layout_dtype_activation():
 def test_variant_compiles_for_sm90a(index):
     reports = mfa_c.group_norm_compile_report("sm_90a", **VARIANTS[index])
     assert [r["kernel"] for r in reports] == ["mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
-                                              "mfa_gn_apply_vec", "mfa_gn_apply_scalar"]
+                                              "mfa_gn_apply_vec", "mfa_gn_apply_scalar", "mfa_gn_fused_vec",
+                                              "mfa_gn_fused_scalar"]
     for report in reports:
         print(f"{report['variant']} {report['kernel']}: {report['registers']} registers, "
               f"{report['static_shared_bytes']} B smem, spills {report['spill_store_bytes']}/{report['spill_load_bytes']}")
         assert report["spill_store_bytes"] == 0 and report["spill_load_bytes"] == 0, report
         assert report["stack_frame_bytes"] == 0, report
-        assert 0 < report["registers"] <= 255 and -(-report["registers"] // 8) * 8 * 256 <= 65536, report
+        threads = 512 if "fused" in report["kernel"] else 256  # MFA_GN_FUSED_THREADS, MFA_GN_THREADS
+        assert 0 < report["registers"] <= 255 and -(-report["registers"] // 8) * 8 * threads <= 65536, report
         assert report["static_shared_bytes"] <= 48 * 1024, report
     assert len({r["variant"] for r in reports}) == 1
+
+
+# ================================================================================================
+# CPU: the fused forward's plan (cpp/group_norm.cpp fused_plan, through mfa_group_norm_plan_describe).
+
+CLUSTER_MAX, FUSED_THREADS = 8, 512
+SLOTS = {1: 12, 4: 8, 8: 8}  # mfa_gn_fused_slots: packets a thread holds, by elements per packet
+ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+SD_SHAPES = [(2, c, s, s) for c, s in ((320, 64), (640, 32), (1280, 16))]
+LARGE_SHAPES = [(16, 256, 128, 128), (8, 512, 128, 128)]  # 64 MB and 128 MB of fp16
+PLAN_SHAPES = SD_SHAPES + LARGE_SHAPES + [
+    (1, 3, 1, 1), (2, 3, 7, 7), (1, 12, 5, 9), (3, 6, 1, 1), (4, 10, 3, 3), (8, 512, 64, 64), (1, 64, 512, 1024),
+    (65535, 4, 1, 1), (2, 1 << 20, 1, 1), (1, 32, 1, 1 << 18), (2, 64, 33, 1), (2, 4096, 8, 8)]
+
+
+def _holds(plan, vectors):
+    return plan["cluster"] * plan["threads"] * SLOTS[plan["vector_elements"]] >= vectors
+
+
+@pytest.mark.parametrize("sm_count", [1, 16, 132])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype):
+    for shape in PLAN_SHAPES:
+        n, c, spatial = shape[0], shape[1], math.prod(shape[2:])
+        for groups in sorted({1, c, math.gcd(c, 32)}):
+            for vectorized in (True, False):
+                plan = group_norm_plan(n, c, spatial, groups, sm_count=sm_count, vectorized=vectorized, dtype=dtype,
+                                       layout=layout)
+                what = (shape, groups, vectorized, plan)
+                vec = plan["vector_elements"]
+                assert vec == 1 or (vectorized and vec * ELEMENT_BYTES[dtype] == 16), what
+                run = spatial if layout == "nchw" else c // groups
+                assert run % vec == 0, what  # a vector stays inside one channel (NCHW) or one group's row (NHWC)
+                if plan["cluster"] == 0:
+                    assert plan["threads"] == 0, what
+                    # the three-launch path where the group exceeds the largest cluster's registers, or
+                    # where it measured faster (all but NHWC with 16-byte vectors: fused_by_default)
+                    too_big = c // groups * spatial // vec > CLUSTER_MAX * FUSED_THREADS * SLOTS[vec]
+                    large = n * c * spatial * ELEMENT_BYTES[dtype] > 32 << 20  # kFusedDefaultMaxBytes
+                    assert too_big or large or not (layout == "nhwc" and vec > 1), what
+                    continue
+                assert 1 <= plan["cluster"] <= CLUSTER_MAX, what
+                assert plan["threads"] % 32 == 0 and 32 <= plan["threads"] <= FUSED_THREADS, what
+                assert _holds(plan, c // groups * spatial // vec), what  # on-chip bytes hold the group
+                assert n * groups * plan["cluster"] < 2 ** 31, what  # the grid
+
+
+def test_plan_fills_the_device_on_the_diffusion_shapes():
+    """NHWC with 16-byte vectors is fused by default; with clusters forced, every shape fills the SMs."""
+    assert group_norm_plan(2, 1280, 16 * 16, 32, layout="nhwc")["cluster"] > 0
+    for layout in LAYOUTS:
+        for shape in SD_SHAPES:
+            n, c, h, w = shape
+            plan = group_norm_plan(n, c, h * w, 32, layout=layout)
+            assert plan["cluster"] > 0 or not (layout == "nhwc" and (c // 32) % 8 == 0), (shape, layout, plan)
+            smallest = group_norm_plan(n, c, h * w, 32, layout=layout, cluster=8)
+            assert smallest["cluster"] == 8 and n * 32 * 8 >= 132, (shape, layout, smallest)
+
+
+def test_plan_can_keep_the_large_fp16_tensors_on_chip():
+    for layout in LAYOUTS:
+        for n, c, h, w in LARGE_SHAPES:
+            plan = group_norm_plan(n, c, h * w, 32, layout=layout, cluster=8)
+            assert plan["cluster"] == 8 and plan["vector_elements"] == 8, (layout, plan)
+            assert group_norm_plan(n, c, h * w, 32, layout=layout)["cluster"] == 0  # measured: split faster
+
+
+def test_forced_plans():
+    n, c, spatial, groups = 2, 64, 16 * 16, 8  # 2048 elements a group: 256 vectors of 8
+    assert group_norm_plan(n, c, spatial, groups, cluster="split")["cluster"] == 0
+    for cluster in range(1, CLUSTER_MAX + 1):
+        plan = group_norm_plan(n, c, spatial, groups, cluster=cluster)
+        assert plan["cluster"] == cluster and _holds(plan, 256), plan
+    # a forced cluster too small for the group falls back to the three-launch path
+    assert group_norm_plan(1, 32, 1 << 18, 1, cluster=1)["cluster"] == 0
+    assert group_norm_plan(n, c, spatial, groups, pass_="backward")["cluster"] == 0
+    with pytest.raises(mfa_c.MFAError, match="forced_cluster is 9"):
+        group_norm_plan(n, c, spatial, groups, cluster=9)
+    with pytest.raises(mfa_c.MFAError, match="sm_count is 0"):
+        group_norm_plan(n, c, spatial, groups, sm_count=0)
+    with pytest.raises(mfa_c.MFAError, match="descriptor->groups is 5"):
+        group_norm_plan(n, c, spatial, 5)
 
 
 def test_variant_compiles_for_sm80():
@@ -418,3 +504,161 @@ def test_errors_on_the_gpu_path(ctx, torch_cuda):
                          torch.zeros(6, device="cuda", dtype=torch.float32))
     with pytest.raises(mfa_c.MFAError, match="neither NCHW"):
         mfa_c.group_norm(x.transpose(2, 3), 3)
+
+
+# ================================================================================================
+# GPU: the fused one-pass forward against the three-launch path and float64, every plan forced.
+
+FORCED_PLANS = ["split", 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, activation=None, residual=None):
+    """(y, mean, rstd, x_sum) from a fresh pipeline created under MFA_GN_CLUSTER=plan, outputs NaN-poisoned."""
+    monkeypatch.setenv("MFA_GN_CLUSTER", str(plan))
+    n, c = x.shape[:2]
+    dtype = str(x.dtype).removeprefix("torch.")
+    pipeline = mfa_c.GroupNormPipeline(n, c, math.prod(x.shape[2:]), groups, dtype=dtype,
+                                       weight_dtype=dtype if weight is not None else None, layout=layout,
+                                       activation=activation, residual=residual is not None)
+    monkeypatch.delenv("MFA_GN_CLUSTER")
+    outputs = {"y": torch.full_like(x, float("nan")),
+               "mean": torch.full((n, groups), float("nan"), device="cuda"),
+               "rstd": torch.full((n, groups), float("nan"), device="cuda")}
+    inputs = {"x": x}
+    if weight is not None:
+        inputs.update(weight=weight, bias=bias)
+    if residual is not None:
+        inputs["residual"] = residual
+        outputs["x_sum"] = torch.full_like(x, float("nan"))
+    pipeline.encode(**inputs, **outputs)
+    torch.cuda.synchronize()
+    pipeline.close()
+    return outputs["y"], outputs["mean"], outputs["rstd"], outputs.get("x_sum")
+
+
+def _assert_forward_close(y, mean, rstd, reference, dtype, what):
+    ref_y, ref_mean, ref_rstd = reference
+    assert rel_error(y, ref_y) <= TOLERANCES[dtype], what
+    mean_error = np.abs(_float64(mean) - ref_mean)
+    assert bool(np.all(mean_error <= 1e-5 / ref_rstd + np.abs(ref_mean) * 2.0 ** -24)), (what, float(np.max(mean_error)))
+    assert rel_error(rstd, ref_rstd) <= 1e-4, what
+
+
+def _fits(plan, shape, groups, dtype, layout):
+    n, c = shape[:2]
+    return group_norm_plan(n, c, math.prod(shape[2:]), groups, dtype=dtype, layout=layout,
+                           cluster=plan)["cluster"] == (0 if plan == "split" else plan)
+
+
+# Shapes: vector and element-wise fused paths (NHWC channels per group 8/16 vs 3/10; NCHW spatial a
+# multiple of 8 or not), a group smaller than one block, groups = 1 and = C, spatial 1.
+PLAN_CASES = [((2, 64, 16, 16), 8), ((2, 40, 9, 7), 4), ((2, 320, 8, 8), 32), ((3, 6, 1, 1), 2),
+              ((1, 48, 12, 12), 1), ((2, 24, 5, 5), 24), ((4, 128, 1, 1), 16)]
+
+
+@pytest.mark.parametrize("shape, groups", PLAN_CASES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_every_plan_matches_float64(ctx, torch_cuda, rng, monkeypatch, shape, groups, dtype, layout):
+    """The fused kernel at every cluster size (that holds the group) and the three-launch path, on the
+    same input: each within tolerance of float64, fused and split within tolerance of each other."""
+    torch = torch_cuda
+    x = _torch_input(torch, rng, shape, dtype, layout)
+    residual = _torch_input(torch, rng, shape, dtype, layout)
+    weight, bias = _affine(torch, rng, shape[1], dtype)
+    summed = x + residual
+    reference = mfa_c.group_norm_reference(summed, groups, weight, bias, activation="silu")
+    ran = {}
+    for plan in FORCED_PLANS:
+        if not _fits(plan, shape, groups, dtype, layout):
+            continue
+        y, mean, rstd, x_sum = _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, "silu",
+                                                  residual)
+        _assert_forward_close(y, mean, rstd, reference, dtype, f"plan {plan}")
+        assert torch.equal(x_sum, summed), f"plan {plan}: x_sum"
+        ran[plan] = y
+    assert "split" in ran and len(ran) >= 2, sorted(map(str, ran))  # the fallback and at least one cluster
+    for plan, y in ran.items():
+        assert rel_error(y, _float64(ran["split"])) <= TOLERANCES[dtype], f"plan {plan} vs split"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_fused_without_affine_each_activation(ctx, torch_cuda, rng, monkeypatch, dtype, layout):
+    torch = torch_cuda
+    shape, groups = (2, 32, 12, 12), 8
+    x = _torch_input(torch, rng, shape, dtype, layout)
+    for activation in ACTIVATIONS:
+        reference = mfa_c.group_norm_reference(x, groups, activation=activation)
+        for plan in ("split", 2):
+            y, mean, rstd, _ = _forward_with_plan(torch, monkeypatch, plan, x, groups, None, None, layout, activation)
+            _assert_forward_close(y, mean, rstd, reference, dtype, (plan, activation))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fused_element_wise_path_on_misaligned_tensors(ctx, torch_cuda, rng, monkeypatch, layout):
+    """Tensors 2 bytes off 16-byte alignment: the fused kernel falls back to one element per load."""
+    torch = torch_cuda
+    shape, groups = (2, 64, 8, 8), 4
+    numel = math.prod(shape)
+    storage = torch.from_numpy(rng.standard_normal(numel + 1)).to("cuda", torch.float16)
+    if layout == "nchw":
+        x = storage[1:].view(shape)
+    else:
+        n, c, h, w = shape
+        x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.data_ptr() % 16 != 0
+    weight, bias = _affine(torch, rng, shape[1], "float16")
+    reference = mfa_c.group_norm_reference(x, groups, weight, bias, activation="gelu")
+    for plan in ("split", 1, 4):
+        y, mean, rstd, _ = _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, "gelu")
+        _assert_forward_close(y, mean, rstd, reference, "float16", plan)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_fused_large_mean_and_constant_input(ctx, torch_cuda, rng, monkeypatch, dtype, layout):
+    torch = torch_cuda
+    shape, groups = (2, 32, 16, 16), 8
+    offset = 1e4 if dtype == "float32" else 1e3  # 16-bit types: the offset must leave the spread representable
+    x = _torch_input(torch, rng, shape, dtype, layout, offset=offset)
+    reference = mfa_c.group_norm_reference(x, groups)
+    constant = torch.full(shape, 3.0, device="cuda", dtype=x.dtype)
+    if layout == "nhwc":
+        constant = constant.contiguous(memory_format=torch.channels_last)
+    bias = torch.arange(shape[1], device="cuda", dtype=x.dtype)
+    weight = torch.ones_like(bias)
+    for plan in ("split", 1, 3, 8):
+        y, mean, rstd, _ = _forward_with_plan(torch, monkeypatch, plan, x, groups, None, None, layout)
+        _assert_forward_close(y, mean, rstd, reference, dtype, plan)
+        y, mean, rstd, _ = _forward_with_plan(torch, monkeypatch, plan, constant, groups, weight, bias, layout)
+        assert torch.all(mean == 3.0), plan
+        assert torch.allclose(rstd.double(), torch.full_like(rstd.double(), 1 / math.sqrt(1e-5)), rtol=1e-5), plan
+        assert torch.equal(y.float(), bias.float().view(1, -1, 1, 1).expand_as(y)), plan
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 320, 32, 32), (2, 1280, 16, 16)])  # element-wise and vector paths
+def test_fused_forward_is_deterministic(ctx, torch_cuda, rng, monkeypatch, shape, layout):
+    torch = torch_cuda
+    x = _torch_input(torch, rng, shape, "float16", layout)
+    weight, bias = _affine(torch, rng, shape[1], "float16")
+    for plan in (3, 8):
+        first = _forward_with_plan(torch, monkeypatch, plan, x, 32, weight, bias, layout, "silu")[:3]
+        second = _forward_with_plan(torch, monkeypatch, plan, x, 32, weight, bias, layout, "silu")[:3]
+        for a, b in zip(first, second):
+            assert torch.equal(a, b), plan
+
+
+@pytest.mark.parametrize("shape", SD_SHAPES + LARGE_SHAPES[:1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_benchmark_shapes(ctx, torch_cuda, rng, shape, layout):
+    """The benchmark's shapes on their default (fused) plan, fp16 with SiLU, against float64."""
+    torch = torch_cuda
+    _check_forward(torch, rng, shape, 32, "float16", layout, "silu")
+
+
+def test_bad_forced_plan_names_the_variable(ctx, monkeypatch):
+    monkeypatch.setenv("MFA_GN_CLUSTER", "9")
+    with pytest.raises(mfa_c.MFAError, match="MFA_GN_CLUSTER"):
+        mfa_c.GroupNormPipeline(2, 8, 16, 4)

@@ -6,6 +6,8 @@
 
 from ._context import CommandList, Context, default_context, gpu_available
 from ._ffi import MFAError, check, ffi, lib, text
+from .attention import (AttentionPipeline, attention, attention_compile_report, attention_reference,
+                        attention_variants)
 from .gemm import GemmPipeline, compile_report, gemm, gemm_reference, gemm_variants
 from .group_norm import (GroupNormPipeline, group_norm, group_norm_backward, group_norm_compile_report,
                          group_norm_reference, group_norm_variants)
@@ -37,6 +39,7 @@ def clear_cache(memory=True, disk=False):
 
 
 __all__ = [
+    "AttentionPipeline", "attention", "attention_compile_report", "attention_reference", "attention_variants",
     "CommandList", "Context", "GemmPipeline", "MFAError", "__version__", "cache_directory", "clear_cache",
     "compile_report", "default_context", "ffi", "gemm", "gemm_reference", "gemm_variants", "gpu_available",
     "GroupNormPipeline", "group_norm", "group_norm_backward", "group_norm_compile_report", "group_norm_reference",

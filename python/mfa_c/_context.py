@@ -5,7 +5,9 @@ import functools
 import threading
 import weakref
 
-from ._ffi import MFAError, check, ffi, invalid_argument, lib, new_struct, text
+from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, text
+
+_CACHE_NAMES = names("CACHE_", exclude="CACHE_SCOPE_")
 
 
 class Closeable:
@@ -32,6 +34,49 @@ class CachedPipeline(Closeable):
             pipeline._create(context, fields)
             context.pipelines[key] = pipeline
         return pipeline
+
+
+class WorkspacePipeline(CachedPipeline):
+    """A pipeline of the C API mfa_<_OP>_pipeline_create / _get_info / _encode / _destroy that owns a
+    workspace of its info's workspace_bytes; subclasses set _OP ("attention", "group_norm")."""
+
+    _OP = None
+
+    def _create(self, context, fields):
+        op = self._OP
+        descriptor = new_struct(f"mfa_{op}_descriptor", **fields)
+        handle = ffi.new(f"mfa_{op}_pipeline **")
+        check(getattr(lib, f"mfa_{op}_pipeline_create")(context.handle, descriptor, handle))
+        self._handle = ffi.gc(handle[0], getattr(lib, f"mfa_{op}_pipeline_destroy"))
+        self.context = context
+        self.fields = dict(fields)
+        info = new_struct("mfa_pipeline_info")
+        check(getattr(lib, f"mfa_{op}_pipeline_get_info")(self._handle, info))
+        self.info = {"variant": text(info.variant), "cache": _CACHE_NAMES.get(info.cache, info.cache),
+                     "workspace_bytes": info.workspace_bytes, "compile_ms": info.compile_ms}
+        # Owned by the pipeline so that command lists can replay it; encodes of one pipeline must not run
+        # concurrently on several streams (they share the workspace, e.g. attention's split-KV partials).
+        self._workspace = DeviceBuffer(context, self.info["workspace_bytes"])
+        context.adopt(self)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise MFAError(lib.MFA_STATUS_INVALID_STATE, "pipeline: closed")
+        return self._handle
+
+    def _encode_views(self, stream, views):
+        c_tensors = {name: view.as_c() for name, view in views.items()}  # alive until the call returns
+        struct = new_struct(f"mfa_{self._OP}_tensors", **{name: t.pointer for name, t in c_tensors.items()})
+        check(getattr(lib, f"mfa_{self._OP}_encode")(self.handle, stream_handle(stream), struct,
+                                                      self._workspace.pointer, self.info["workspace_bytes"]))
+
+    def close(self):
+        if self._handle is None:
+            return
+        self._workspace.free()
+        ffi.release(self._handle)
+        self._handle = None
 
 
 class Context(Closeable):

@@ -1,4 +1,4 @@
-"""python -m mfa_c {info, check, bench gemm}."""
+"""python -m mfa_c {info, check, bench gemm|group_norm|attention, tune gemm}."""
 
 import argparse
 import os
@@ -10,7 +10,7 @@ import numpy as np
 
 import mfa_c
 
-from . import bench
+from . import bench, bench_attention, bench_gemm, bench_group_norm
 from ._ffi import LIBRARY_PATH, MFAError
 from .gemm import TOLERANCES, gemm_reference, relative_error
 
@@ -50,12 +50,27 @@ def _parser():
                       help="comma-separated: fp16, bf16 (one file) or fp32 (a file of its own)")
     gemm.add_argument("--precision", choices=("default", "ieee", "accurate"), default="default",
                       help="fp32 only: ieee (FFMA) or accurate (3xTF32, the default)")
-    gemm.add_argument("--sizes", type=bench.parse_sizes, default=list(bench.DEFAULT_GEMM_SIZES),
-                      help="256,512,... or start:stop:step (stop included)")
+    gemm.add_argument("--sizes", type=bench.parse_sizes, default=None,
+                      help="256,512,... or start:stop:step (stop included); default: the suite's")
+    gemm.add_argument("--suite", choices=("square", "sweep", "stream_k", "gelu"), default="square",
+                      help="square: --sizes (default a list of 10); sweep: 128..8192 step 128 with the chart; "
+                           "stream_k: Stream-K and LLM shapes, auto vs data-parallel vs cuBLAS; gelu: GEMM + GELU "
+                           "fused vs torch.matmul + gelu (stream_k and gelu use the first --dtype)")
     gemm.add_argument("--trans", type=_choice_list("NN", "NT", "TN", "TT"), default=["NN"], help="comma-separated: NN, NT, TN, TT")
     gemm.add_argument("--reps", type=int, default=30, help="timed runs per side and size (median)")
     gemm.add_argument("--out", default="bench/results", help="directory of the JSON and PNG results")
     gemm.set_defaults(run=_bench_gemm)
+    tune = commands.add_parser("tune", help="measure kernel variants on this GPU; store the winner in the disk cache")
+    tune_ops = tune.add_subparsers(required=True, metavar="OP")
+    tune_gemm = tune_ops.add_parser("gemm", help="every Hopper tile x schedule on one GEMM (needs PyTorch with CUDA)")
+    for size in ("m", "n", "k"):
+        tune_gemm.add_argument(size, type=int)
+    tune_gemm.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
+    tune_gemm.add_argument("--out-dtype", choices=("fp16", "bf16", "fp32"), default=None, help="default: --dtype")
+    tune_gemm.add_argument("--trans", choices=("NN", "NT", "TN", "TT"), default="NN")
+    tune_gemm.add_argument("--reps", type=int, default=20, help="timed runs per candidate (median)")
+    tune_gemm.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+    tune_gemm.set_defaults(run=_tune_gemm)
     group_norm = ops.add_parser("group_norm", help="group norm (SD UNet + 64 MB shapes) against torch (needs PyTorch with CUDA)")
     group_norm.add_argument("--dtype", type=_choice_list("fp16", "bf16", "fp32"), default=["fp16"], help="comma-separated")
     group_norm.add_argument("--layout", type=_choice_list("nchw", "nhwc"), default=["nchw", "nhwc"], help="comma-separated")
@@ -66,6 +81,16 @@ def _parser():
     group_norm.add_argument("--reps", type=int, default=30, help="timed runs per side and case (median)")
     group_norm.add_argument("--out", default="bench/results", help="directory of the JSON results")
     group_norm.set_defaults(run=_bench_group_norm)
+    attention = ops.add_parser("attention", help="attention forward (FlashAttention-3 setup + decode) against torch "
+                               "SDPA's cuDNN and flash backends (needs PyTorch with CUDA)")
+    attention.add_argument("--dtype", type=_choice_list("bf16", "fp16"), default=["bf16", "fp16"], help="comma-separated")
+    attention.add_argument("--head-dims", type=bench.parse_sizes, default=[64, 128, 256], help="comma-separated")
+    attention.add_argument("--seqs", type=bench.parse_sizes, default=list(bench_attention.PREFILL_SEQS),
+                           help="comma-separated sequence lengths (16k tokens in all)")
+    attention.add_argument("--no-decode", action="store_true", help="skip the decode (split-KV) table")
+    attention.add_argument("--reps", type=int, default=20, help="timed runs per side and case (median)")
+    attention.add_argument("--out", default="bench/results", help="directory of the JSON and PNG results")
+    attention.set_defaults(run=_bench_attention)
     return parser
 
 
@@ -92,6 +117,7 @@ def _check(args, argv):
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         compiled = list(pool.map(lambda variant: _compile(variant, args.arch), variants))
     compile_failures = _print_compile_table(variants, compiled)
+    compile_failures += _check_attention_compiles(args)
     run_failures = 0
     if mfa_c.gpu_available():
         run_failures = _print_numeric_check(variants)
@@ -100,6 +126,48 @@ def _check(args, argv):
     failures = compile_failures + run_failures
     print(f"\n{len(variants)} variants: {'all pass' if not failures else f'{failures} failure(s)'}")
     return 1 if failures else 0
+
+
+def _check_attention_compiles(args):
+    """Compiles every attention variant for --arch; prints one row per kernel; returns the failures."""
+    variants = mfa_c.attention_variants()
+
+    def compile_one(variant):
+        try:
+            return mfa_c.attention_compile_report(args.arch, **variant)
+        except MFAError as error:
+            return error
+
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        compiled = list(pool.map(compile_one, variants))
+    rows, failures = [], 0
+    for variant, reports in zip(variants, compiled):
+        if isinstance(reports, MFAError):
+            rows.append((f"attention {variant}", "-", "-", "-", "-", "-", f"FAIL {reports}"))
+            failures += 1
+            continue
+        kernel_rows, spilling = _kernel_rows(reports)
+        rows += kernel_rows
+        failures += spilling
+    print()
+    _print_table(_COMPILE_HEADERS, rows)
+    print(f"{len(variants)} attention variants: {'all compile' if not failures else f'{failures} failure(s)'}")
+    return failures
+
+
+_COMPILE_HEADERS = ("variant", "kernel", "registers", "smem", "spills", "ms", "cache")
+
+
+def _kernel_rows(reports):
+    """One _COMPILE_HEADERS row per kernel report, and how many of the kernels spill."""
+    rows, spilling = [], 0
+    for report in reports:
+        spills = report["spill_store_bytes"] + report["spill_load_bytes"]
+        spilling += spills > 0
+        rows.append((report["variant"], report["kernel"], report["registers"],
+                     report["static_shared_bytes"] + report["dynamic_shared_bytes"],
+                     f"{spills}" + (" FAIL" if spills else ""), f"{report['compile_ms']:.0f}", report["cache"]))
+    return rows, spilling
 
 
 def _compile(variant, arch):
@@ -120,13 +188,10 @@ def _print_compile_table(variants, compiled):
             errors.append(f"{_variant_label(variant)}: {reports}")
             failures += 1
             continue
-        for report in reports:
-            spills = report["spill_store_bytes"] + report["spill_load_bytes"]
-            failures += spills > 0
-            rows.append((report["variant"], report["kernel"], report["registers"],
-                         report["static_shared_bytes"] + report["dynamic_shared_bytes"],
-                         f"{spills}" + (" FAIL" if spills else ""), f"{report['compile_ms']:.0f}", report["cache"]))
-    _print_table(("variant", "kernel", "registers", "smem", "spills", "ms", "cache"), rows)
+        kernel_rows, spilling = _kernel_rows(reports)
+        rows += kernel_rows
+        failures += spilling
+    _print_table(_COMPILE_HEADERS, rows)
     for error in errors:
         print(f"\n{error}")
     return failures
@@ -205,31 +270,73 @@ def _variant_label(variant):
 
 def _bench_gemm(args, argv):
     command = "python -m mfa_c " + shlex.join(argv)
-    document = bench.bench_gemm(dtypes=args.dtype, precision=args.precision, sizes=args.sizes, transposes=args.trans,
-                                reps=args.reps, command=command)
+    if args.suite == "stream_k":
+        document = bench_gemm.bench_stream_k(dtype=args.dtype[0], reps=args.reps, command=command)
+    elif args.suite == "gelu":
+        document = bench_gemm.bench_gelu(dtype=args.dtype[0], reps=args.reps, command=command)
+    else:
+        sizes = args.sizes or list(bench_gemm.SWEEP_SIZES if args.suite == "sweep" else bench_gemm.DEFAULT_GEMM_SIZES)
+        document = bench_gemm.bench_gemm(dtypes=args.dtype, precision=args.precision, sizes=sizes,
+                                         transposes=args.trans, reps=args.reps, command=command)
     peak = document["peak"]["value"]
-    _print_table(("case", "ours", "% peak", "cuBLAS", "ratio", "error", "variant"), [
-        (row["case"], row["ours"], f"{100 * row['ours'] / peak:.0f}%", row["peer_value"], row["ratio"],
-         f"{row['error']:.1e}", row["variant"]) for row in document["rows"]])
-    return _write_results(document, args.out)
+    extra = "ours_data_parallel" in document["rows"][0] if document["rows"] else False
+    _print_table(("case", "ours", "% peak", *(("ours DP", "vs DP") if extra else ()), document["rows"][0]["peer"]
+                  if document["rows"] else "peer", "ratio", "error", "variant (schedule)"), [
+        (row["case"], row["ours"], f"{100 * row['ours'] / peak:.0f}%",
+         *((row["ours_data_parallel"], row["ratio_vs_data_parallel"]) if extra else ()),
+         row["peer_value"], row["ratio"], f"{row['error']:.1e}", row["variant"]) for row in document["rows"]])
+    for series, summary in document.get("summary", {}).items():
+        print(f"{series}: geomean ratio {summary['geomean_ratio']}, min {summary['min_ratio']} ({summary['min_case']})")
+    square = args.suite in ("square", "sweep")
+    return _write_results(document, args.out, bench_gemm.draw_chart if square else None)
+
+
+def _tune_gemm(args, argv):
+    rows, winner, path = bench_gemm.tune_gemm(args.m, args.n, args.k, dtype=args.dtype, trans=args.trans,
+                                              out_dtype=args.out_dtype, reps=args.reps, store=not args.dry_run)
+    _print_table(("tile", "schedule", "TFLOPS", "variant"),
+                 [(f"128x{row['tile_n']}", row["schedule"], row["tflops"], row["variant"]) for row in rows])
+    print(f"winner: 128x{winner['tile_n']} {winner['schedule']} at {winner['tflops']} TFLOPS"
+          + (f"; stored in {path}" if path else " (not stored: --dry-run)"))
+    return 0
 
 
 def _bench_group_norm(args, argv):
     command = "python -m mfa_c " + shlex.join(argv)
-    document = bench.bench_group_norm(dtypes=args.dtype, layouts=args.layout, passes=args.passes, groups=args.groups,
+    document = bench_group_norm.bench_group_norm(dtypes=args.dtype, layouts=args.layout, passes=args.passes, groups=args.groups,
                                       activations=[None if a == "none" else a for a in args.activation],
                                       reps=args.reps, command=command)
     copy = document["copy_bandwidth"]
     print(f"device-to-device copy: {copy} GB/s")
-    _print_table(("case", "ours GB/s", "% copy", "torch GB/s", "ratio", "us", "error", "variant"), [
-        (row["case"], row["ours"], f"{100 * row['ours'] / copy:.0f}%", row["peer_value"], row["ratio"],
-         row["microseconds"], f"{row['error']:.1e}" if "error" in row else "-", row["variant"])
-        for row in document["rows"]])
+    _print_table(("case", "ours GB/s", "% copy", "torch GB/s", "ratio", "us", "torch us", "error", "plan"), [
+        (row["case"], row["ours"], f"{row['percent_of_copy']:.0f}%", row["peer_value"], row["ratio"],
+         row["microseconds"], row["peer_microseconds"], f"{row['error']:.1e}" if "error" in row else "-",
+         row["plan"]) for row in document["rows"]])
+    for key, targets in document["summary"].items():
+        print(f"{key}: {targets}")
     return _write_results(document, args.out)
 
 
-def _write_results(document, out_dir):
-    paths, note = bench.write_results(document, out_dir)
+def _bench_attention(args, argv):
+    command = "python -m mfa_c " + shlex.join(argv)
+    document = bench_attention.bench_attention(dtypes=args.dtype, head_dims=args.head_dims, seqs=args.seqs,
+                                               reps=args.reps, decode=not args.no_decode, command=command)
+    print(f"device-to-device copy: {document['copy_bandwidth']} GB/s")
+    _print_table(("case", "ours TFLOPS", "cuDNN", "ratio", "flash", "ratio", "us", "error", "variant"), [
+        (row["case"], row["ours"], row["peer_value"], row["ratio"], row["peer_flash_value"], row["ratio_flash"],
+         row["microseconds"], f"{row['error']:.1e}", row["variant"]) for row in document["rows"]])
+    if document["decode_rows"]:
+        print()
+        _print_table(("case", "us", "floor us", "time / floor", "GB/s", "error", "variant"), [
+            (row["case"], row["microseconds"], row["floor_microseconds"], row["time_over_floor"], row["gbs"],
+             f"{row['error']:.1e}", row["variant"]) for row in document["decode_rows"]])
+    for key, targets in document["summary"].items():
+        print(f"{key}: {targets}")
+    return _write_results(document, args.out, bench_attention.draw_chart)
+
+
+def _write_results(document, out_dir, draw_chart=None):
+    paths, note = bench.write_results(document, out_dir, draw_chart)
     for path in paths:
         print(f"wrote {path}")
     if note:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._context import CachedPipeline, DeviceBuffer, default_context, stream_handle
 from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text, variant_descriptors
+from . import gemm_tuning
 from ._tensors import DTYPES, TensorView, compact_strides, device_view, dtype_of, is_torch_tensor
 
 # MFA_* values and their names, which are mfa.h's (MFA_GEMM_PATH_HOPPER -> "hopper").
@@ -37,17 +38,19 @@ TOLERANCES = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 
 
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, bias=None, activation=None,
-         precision="default", out_dtype=None, path="auto", schedule="auto", stream=None, context=None):
+         precision="default", out_dtype=None, path="auto", schedule="auto", tile_n=None, stream=None, context=None):
     """act(alpha * op(a) @ op(b) + beta * c + bias) on the GPU.
 
     a: [batch,] M x K (K x M with trans_a), b: [batch,] K x N (N x K with trans_b), c: [batch,] M x N,
     bias: [N]. numpy inputs are copied to the device and back (on the legacy default stream; `stream` is
     not used) and the result is a new array, or `c` written in place. Device tensors are used in place;
-    the result is written into `c`, or a new tensor of a's library, and returned.
+    the result is written into `c`, or a new tensor of a's library, and returned. tile_n: as GemmPipeline's.
     """
     if beta != 0 and c is None:
         raise invalid_argument("c", f"beta = {beta} reads c, but c is None")
     options = _option_fields(alpha, beta, activation, precision, path, schedule)
+    if tile_n is not None:  # GemmPipeline's tile_n: forces the Hopper tile's width
+        options["tile_n"] = int(tile_n)
     if isinstance(a, np.ndarray):
         return _gemm_host(a, b, c, bias, trans_a, trans_b, out_dtype, options, context)
     return _gemm_device(a, b, c, bias, trans_a, trans_b, out_dtype, options, stream, context)
@@ -58,16 +61,22 @@ class GemmPipeline(CachedPipeline):
 
     GemmPipeline(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
                  trans_b=False, alpha=1.0, beta=0.0, activation=None, precision="default", path="auto",
-                 schedule="auto", context=None)
+                 schedule="auto", tile_n=None, context=None)
+
+    tile_n (64, 128 or 256; 16-bit inputs on the Hopper path) forces the tile's width. None looks up the
+    winner `python -m mfa_c tune gemm` stored for this device and problem (gemm_tuning.py), else leaves
+    the choice to the library's variant table.
     """
 
     def __init__(self, m, n, k, *, context=None, **descriptor):
         self._create(context or default_context(), _pipeline_fields(m, n, k, **descriptor))
 
     def _create(self, context, fields):
-        descriptor = new_struct("mfa_gemm_descriptor", **fields)
+        fields = gemm_tuning.apply_stored(context.name, fields)
+        descriptor, tuning = _descriptor_struct(fields)
         handle = ffi.new("mfa_gemm_pipeline **")
         check(lib.mfa_gemm_pipeline_create(context.handle, descriptor, handle))
+        del tuning  # read by create only
         self._handle = ffi.gc(handle[0], lib.mfa_gemm_pipeline_destroy)
         self._workspace = None
         self.context = context
@@ -153,12 +162,12 @@ def gemm_variants():
 def compile_report(arch="sm_90a", **descriptor):
     """Compiles the kernels a descriptor selects for `arch` (no GPU needed): one dict per kernel."""
     fields = _pipeline_fields(**{"m": 0, "n": 0, "k": 0, **descriptor})
+    descriptor_struct, tuning = _descriptor_struct(fields)
     capacity = 8
     while True:
         reports = new_struct_array("mfa_kernel_report", capacity)
         count = ffi.new("int32_t *")
-        check(lib.mfa_gemm_compile_report(new_struct("mfa_gemm_descriptor", **fields), arch.encode(), reports,
-                                          capacity, count))
+        check(lib.mfa_gemm_compile_report(descriptor_struct, arch.encode(), reports, capacity, count))
         if count[0] <= capacity:
             return [_report_dict(report) for report in reports[0:count[0]]]
         capacity = count[0]
@@ -199,13 +208,30 @@ def _problem_fields(m, n, k, batch, dtype, out_dtype, bias_dtype, trans_a, trans
 
 def _pipeline_fields(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
                      trans_b=False, alpha=1.0, beta=0.0, activation=None, precision="default", path="auto",
-                     schedule="auto"):
-    """Descriptor fields from GemmPipeline's keywords."""
+                     schedule="auto", tile_n=None):
+    """Descriptor fields from GemmPipeline's keywords; "tile_n" (when given) goes to the chained
+    mfa_gemm_tuning (_descriptor_struct)."""
     dtype = dtype_of(dtype, "dtype")
     out_dtype = dtype if out_dtype is None else dtype_of(out_dtype, "out_dtype")
     bias_dtype = None if bias_dtype is None else dtype_of(bias_dtype, "bias_dtype")
-    return {**_problem_fields(m, n, k, batch, dtype, out_dtype, bias_dtype, trans_a, trans_b),
-            **_option_fields(alpha, beta, activation, precision, path, schedule)}
+    fields = {**_problem_fields(m, n, k, batch, dtype, out_dtype, bias_dtype, trans_a, trans_b),
+              **_option_fields(alpha, beta, activation, precision, path, schedule)}
+    if tile_n is not None:
+        fields["tile_n"] = int(tile_n)
+    return fields
+
+
+def _descriptor_struct(fields):
+    """(mfa_gemm_descriptor, the mfa_gemm_tuning its header.next points to or None): keep both alive
+    for the call."""
+    fields = dict(fields)
+    tile_n = fields.pop("tile_n", None)
+    descriptor = new_struct("mfa_gemm_descriptor", **fields)
+    if tile_n is None:
+        return descriptor, None
+    tuning = new_struct("mfa_gemm_tuning", tile_n=tile_n)
+    descriptor.header.next = tuning
+    return descriptor, tuning
 
 
 def _descriptor_keywords(descriptor):

@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from ._context import CachedPipeline, DeviceBuffer, default_context
-from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, text, variant_descriptors
+from ._context import DeviceBuffer, WorkspacePipeline, default_context
+from ._ffi import MFAError, check, ffi, invalid_argument, lib, names, new_struct, new_struct_array, variant_descriptors
 from ._tensors import DTYPES, DType, TensorView, device_view, dtype_of, is_torch_tensor
 from .gemm import _REFERENCE_ACTIVATIONS, _default_stream, _float64, _report_dict
 
@@ -26,7 +26,6 @@ _LAYOUTS = {"nchw": lib.MFA_LAYOUT_NCHW, "nhwc": lib.MFA_LAYOUT_NHWC}
 _LAYOUT_NAMES = {value: name for name, value in _LAYOUTS.items()}
 _ACTIVATION_NAMES = names("ACTIVATION_")
 _PASS_NAMES = {lib.MFA_PASS_FORWARD: "forward", lib.MFA_PASS_BACKWARD: "backward"}
-_CACHE_NAMES = names("CACHE_", exclude="CACHE_SCOPE_")
 _DTYPE_NAMES = {dtype.mfa: dtype.name for dtype in DTYPES.values()}
 
 # Relative (Frobenius) error allowed against group_norm_reference, by element dtype: the output's own
@@ -34,7 +33,7 @@ _DTYPE_NAMES = {dtype.mfa: dtype.name for dtype in DTYPES.values()}
 TOLERANCES = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 
 
-class GroupNormPipeline(CachedPipeline):
+class GroupNormPipeline(WorkspacePipeline):
     """A group-norm pass compiled for one descriptor, encoded many times.
 
     GroupNormPipeline(n, c, spatial, groups, *, dtype="float16", weight_dtype=<dtype>, layout="nchw",
@@ -42,30 +41,10 @@ class GroupNormPipeline(CachedPipeline):
     weight_dtype None: no affine (weight 1, bias 0).
     """
 
+    _OP = "group_norm"
+
     def __init__(self, n, c, spatial, groups, *, context=None, **descriptor):
         self._create(context or default_context(), _descriptor_fields(n, c, spatial, groups, **descriptor))
-
-    def _create(self, context, fields):
-        descriptor = new_struct("mfa_group_norm_descriptor", **fields)
-        handle = ffi.new("mfa_group_norm_pipeline **")
-        check(lib.mfa_group_norm_pipeline_create(context.handle, descriptor, handle))
-        self._handle = ffi.gc(handle[0], lib.mfa_group_norm_pipeline_destroy)
-        self.context = context
-        self.fields = dict(fields)
-        info = new_struct("mfa_pipeline_info")
-        check(lib.mfa_group_norm_pipeline_get_info(self._handle, info))
-        self.info = {"variant": text(info.variant), "cache": _CACHE_NAMES.get(info.cache, info.cache),
-                     "workspace_bytes": info.workspace_bytes, "compile_ms": info.compile_ms}
-        # Owned by the pipeline so that command lists can replay it; encodes of one pipeline must not run
-        # concurrently on several streams.
-        self._workspace = DeviceBuffer(context, self.info["workspace_bytes"])
-        context.adopt(self)
-
-    @property
-    def handle(self):
-        if self._handle is None:
-            raise MFAError(lib.MFA_STATUS_INVALID_STATE, "pipeline: closed")
-        return self._handle
 
     def encode(self, stream=None, **tensors):
         """Enqueues the pass on device tensors given by name (x, residual, weight, bias, y, x_sum, mean,
@@ -74,20 +53,6 @@ class GroupNormPipeline(CachedPipeline):
         views = {name: device_view(value, name, device) for name, value in tensors.items() if value is not None}
         first = next((value for value in tensors.values() if value is not None), None)
         self._encode_views(_default_stream(stream, first), views)
-
-    def _encode_views(self, stream, views):
-        from ._context import stream_handle
-        c_tensors = {name: view.as_c() for name, view in views.items()}  # alive until the call returns
-        struct = new_struct("mfa_group_norm_tensors", **{name: t.pointer for name, t in c_tensors.items()})
-        check(lib.mfa_group_norm_encode(self.handle, stream_handle(stream), struct, self._workspace.pointer,
-                                        self.info["workspace_bytes"]))
-
-    def close(self):
-        if self._handle is None:
-            return
-        self._workspace.free()
-        ffi.release(self._handle)
-        self._handle = None
 
 
 def group_norm(x, groups, weight=None, bias=None, *, eps=1e-5, activation=None, residual=None, return_stats=False,
@@ -144,11 +109,28 @@ def group_norm_variants():
 def group_norm_compile_report(arch="sm_90a", *, n=1, c=1, spatial=1, groups=1, **descriptor):
     """Compiles the kernels of a descriptor for `arch` without a GPU: one dict per kernel."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
-    reports = new_struct_array("mfa_kernel_report", 8)
+    capacity = 16
+    reports = new_struct_array("mfa_kernel_report", capacity)
     count = ffi.new("int32_t *")
     check(lib.mfa_group_norm_compile_report(new_struct("mfa_group_norm_descriptor", **fields), arch.encode(),
-                                            reports, 8, count))
-    return [_report_dict(report) for report in reports[0:min(count[0], 8)]]
+                                            reports, capacity, count))
+    return [_report_dict(report) for report in reports[0:min(count[0], capacity)]]
+
+
+_FORCED_CLUSTER = {None: -1, "auto": -1, "split": 0}
+
+
+def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, cluster=None, **descriptor):
+    """The forward's launch plan on an sm_90+ device of `sm_count` SMs (no GPU needed): {"cluster": blocks
+    per (n, group) of the fused one-pass kernel, 0 for the three-launch path; "threads": per block;
+    "vector_elements": per load}. vectorized=False: the tensors are not 16-byte aligned. `cluster` forces
+    one ("split", or 1..8) as the environment variable MFA_GN_CLUSTER does for pipelines."""
+    fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
+    forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
+    out = [ffi.new("int32_t *") for _ in range(3)]
+    check(lib.mfa_group_norm_plan_describe(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count),
+                                           int(bool(vectorized)), forced, *out))
+    return {"cluster": out[0][0], "threads": out[1][0], "vector_elements": out[2][0]}
 
 
 def group_norm_validate(descriptor, tensors):

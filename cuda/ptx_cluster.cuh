@@ -1,0 +1,43 @@
+// ptx_cluster.cuh: thread-block clusters (sm_90+): a block's rank in its cluster, distributed shared
+// memory reads, and the cluster barrier, one named helper each (PTX ISA 9.0: 9.7.9.13 mapa,
+// 9.7.9.8 ld.shared::cluster, 9.7.13.2 barrier.cluster, 10.13 %cluster_ctarank / %cluster_nctarank).
+// Include only from code compiled for sm_90 or later.
+#pragma once
+
+#include "ptx.cuh"  // mfa_smem_addr
+
+__device__ __forceinline__ unsigned mfa_cluster_rank() {
+  unsigned rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+__device__ __forceinline__ unsigned mfa_cluster_blocks() {
+  unsigned count;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(count));
+  return count;
+}
+
+// The shared::cluster address of `smem_addr` (a shared-window address of this block) in block `rank`.
+__device__ __forceinline__ unsigned mfa_cluster_map(unsigned smem_addr, unsigned rank) {
+  unsigned out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(smem_addr), "r"(rank));
+  return out;
+}
+
+__device__ __forceinline__ float mfa_cluster_load_f32(unsigned cluster_addr) {
+  float value;
+  // volatile (kept in order with the barriers), no memory clobber: several loads may be in flight at once
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(value) : "r"(cluster_addr));
+  return value;
+}
+
+// Every thread of every block of the cluster calls both, in this order: arrive (release: this thread's
+// earlier shared-memory writes become visible to the cluster) then wait (acquire). Not .aligned: a
+// caller may reach them right after a branch taken by one thread.
+__device__ __forceinline__ void mfa_cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release;" : : : "memory");
+}
+__device__ __forceinline__ void mfa_cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire;" : : : "memory");
+}

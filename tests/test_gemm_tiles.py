@@ -1,0 +1,301 @@
+"""The Hopper GEMM's tile widths (128 x 64, 128 x 128, 128 x 256), the variant table that picks one, the
+mfa_gemm_tuning struct that forces one, and the tuning records `python -m mfa_c tune gemm` stores.
+
+CPU: every tile width compiles for sm_90a (every 16-bit input, output and transpose) without spills; the
+table picks the documented tile per shape class; the tuning struct is validated; tuning records round-trip,
+a stored winner reaches the descriptor, and bad records are ignored with a warning. GPU: every tile width
+against float64 at odd shapes (every transpose, batches with broadcast, bias, activations, beta, k = 0),
+the table's choice on the device, and a stored winner used by a pipeline.
+"""
+
+import concurrent.futures
+import json
+import math
+import os
+
+import pytest
+
+import mfa_c
+from mfa_c import gemm_tuning
+from mfa_c._ffi import new_struct, new_struct_array
+from mfa_c.gemm import _descriptor_keywords, _pipeline_fields
+from conftest import assert_status, ffi, lib, rel_error, tolerance
+from test_gemm import (ACTIVATIONS, OUTPUTS, TRANSPOSES, Inputs, check_reports, run_and_check,
+                       skip_unless_hopper_applies)
+
+TILES = (64, 128, 256)
+DTYPES_16 = ("float16", "bfloat16")
+TILE_VARIANTS = [(tile, dtype, out, trans) for tile in TILES for dtype in DTYPES_16 for out in OUTPUTS
+                 for trans in TRANSPOSES]
+
+
+def _tile_keywords(tile, dtype, out, trans):
+    return dict(dtype=dtype, out_dtype=out, trans_a=trans[0] == "T", trans_b=trans[1] == "T", path="hopper",
+                tile_n=tile)
+
+
+@pytest.fixture(scope="module")
+def tile_reports():
+    """compile_report of every tile variant, compiled at once on a thread pool (NVRTC runs concurrently)."""
+    def compile_one(variant):
+        return mfa_c.compile_report(arch="sm_90a", **_tile_keywords(*variant))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return dict(zip(TILE_VARIANTS, pool.map(compile_one, TILE_VARIANTS)))
+
+
+# ================================================================================================
+# CPU: compilation, the variant table, the tuning struct
+
+
+@pytest.mark.parametrize("variant", TILE_VARIANTS, ids=["-".join(map(str, v)) for v in TILE_VARIANTS])
+def test_every_tile_width_compiles_without_spills(tile_reports, variant):
+    tile = variant[0]
+    reports = tile_reports[variant]
+    check_reports(reports, "sm_90a")
+    hopper = [r for r in reports if r["kernel"] == "mfa_gemm_sm90"]
+    assert len(hopper) == 1 and hopper[0]["variant"].endswith(f".128x{tile}"), [r["variant"] for r in reports]
+
+
+@pytest.mark.parametrize("m, n, k, batch, tile", [
+    # cost = waves x tile width / efficiency (cpp/gemm.cpp); 132 SMs
+    (8192, 8192, 8192, 1, 256),   # 2048 tiles of 128 x 256: 16 waves
+    (4096, 4096, 4096, 1, 256),   # 512: 4 waves (256 x 4 = 1024 against 8 x 128 / 0.85 = 1205)
+    (2048, 2048, 2048, 1, 256),   # 128 tiles: one wave, against two of 128 x 128
+    (2560, 2560, 1024, 1, 256),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 in 4 (602)
+    (1024, 1024, 1024, 3, 256),   # batches count: 96 tiles, one wave
+    (1536, 1536, 1536, 1, 128),   # 72 wide tiles (one wave: 256) against 144 by Stream-K (172)
+    (2560, 2560, 2560, 1, 128),   # 200 wide tiles in 2 waves (512) against 400 by Stream-K (479)
+    (1024, 1024, 1024, 1, 64),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
+    (256, 256, 256, 1, 64),
+    (64, 4096, 4096, 1, 64),      # an LLM decode shape: 64 tiles by Stream-K
+])
+def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)  # the suite may force one; the table is the subject
+    reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper")
+    assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == \
+        [f"gemm.sm90.f16mma.f16-f16.nn.128x{tile}"]
+
+
+def _tuned_descriptor(tuning_fields, **fields):
+    descriptor = new_struct("mfa_gemm_descriptor", **{"m": 256, "n": 256, "k": 256, "path": lib.MFA_GEMM_PATH_HOPPER,
+                                                      **fields})
+    tuning = new_struct("mfa_gemm_tuning", **tuning_fields)
+    descriptor.header.next = tuning
+    return descriptor, tuning
+
+
+@pytest.mark.parametrize("tuning_fields, fields, expected, name", [
+    (dict(tile_n=96), {}, "INVALID_ARGUMENT", "tuning->tile_n is 96"),
+    (dict(tile_n=512), {}, "INVALID_ARGUMENT", "tuning->tile_n is 512"),
+    (dict(tile_n=-1), {}, "INVALID_ARGUMENT", "tuning->tile_n is -1"),
+    (dict(reserved=1), {}, "INVALID_ARGUMENT", "tuning->reserved"),
+    (dict(tile_n=64), dict(a_dtype=lib.MFA_DTYPE_F32, b_dtype=lib.MFA_DTYPE_F32, c_dtype=lib.MFA_DTYPE_F32),
+     "UNSUPPORTED", "tuning->tile_n is 64"),
+    (dict(tile_n=128), dict(path=lib.MFA_GEMM_PATH_PORTABLE), "UNSUPPORTED", "16-bit inputs on the Hopper path"),
+])
+def test_the_tuning_struct_is_validated(tuning_fields, fields, expected, name):
+    descriptor, _tuning = _tuned_descriptor(tuning_fields, **fields)
+    reports, count = ffi.new("mfa_kernel_report[4]"), ffi.new("int32_t *")
+    assert_status(lib.mfa_gemm_compile_report(descriptor, b"sm_90a", reports, 4, count), expected, name)
+    assert_status(lib.mfa_gemm_validate(descriptor, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL), expected, name)
+
+
+def test_a_chained_struct_of_another_type_is_rejected():
+    descriptor = new_struct("mfa_gemm_descriptor", m=64, n=64, k=64)
+    other = new_struct("mfa_pipeline_info")
+    descriptor.header.next = other
+    count = ffi.new("int32_t *")
+    assert_status(lib.mfa_gemm_compile_report(descriptor, b"sm_90a", ffi.NULL, 0, count), "INVALID_ARGUMENT",
+                  "descriptor->header.next")
+
+
+def test_a_chained_descriptor_from_a_newer_header_is_checked_as_any_other():
+    """A larger descriptor (a newer caller) with a tuning chained: a zero tail passes, a set byte of it is a
+    VERSION_MISMATCH, as without the chain."""
+    size = ffi.sizeof("mfa_gemm_descriptor")
+    memory = ffi.new("char[]", size + 8)
+    plain, tuning = _tuned_descriptor(dict(tile_n=64))
+    ffi.memmove(memory, plain, size)
+    descriptor = ffi.cast("mfa_gemm_descriptor *", memory)
+    descriptor.header.size = size + 8
+    reports, count = new_struct_array("mfa_kernel_report", 4), ffi.new("int32_t *")
+    assert_status(lib.mfa_gemm_compile_report(descriptor, b"sm_90a", reports, 4, count), "SUCCESS")
+    assert any(ffi.string(reports[i].variant).decode().endswith(".128x64") for i in range(count[0]))
+    memory[size + 3] = b"\x02"
+    assert_status(lib.mfa_gemm_compile_report(descriptor, b"sm_90a", reports, 4, count), "VERSION_MISMATCH",
+                  "descriptor")
+
+
+def test_the_tuning_struct_chooses_the_schedule_describes_tile():
+    """describe with tile_n 0 follows the chained tuning: 128 x 64 tiles of a 1024^2 output number 128."""
+    descriptor, _tuning = _tuned_descriptor(dict(tile_n=64), schedule=lib.MFA_SCHEDULE_DATA_PARALLEL)
+    descriptor.m = descriptor.n = 1024
+    count = ffi.new("int64_t *")
+    items = ffi.new("mfa_gemm_work_item[256]")
+    assert_status(lib.mfa_gemm_schedule_describe(descriptor, 132, 0, ffi.NULL, ffi.NULL, items, 256, count), "SUCCESS")
+    assert count[0] == 8 * 16 and sorted(items[i].tile for i in range(count[0])) == list(range(128))
+
+
+# ================================================================================================
+# CPU: tuning records
+
+DEVICE = "NVIDIA H100 80GB HBM3"
+
+
+def _fields(m=1024, n=1024, k=1024, **keywords):
+    return _pipeline_fields(m, n, k, **keywords)
+
+
+def test_records_round_trip_and_replace_per_key(tmp_path):
+    first, second = _fields(), _fields(trans_b=True)
+    gemm_tuning.store_record(DEVICE, first, 64, "data_parallel", 401.23, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, second, 128, "auto", 390.0, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, first, 256, "stream_k", 402.0, directory=tmp_path)  # replaces the first
+    document = json.loads((tmp_path / gemm_tuning.FILE_NAME).read_text())
+    assert document["version"] == gemm_tuning.FORMAT_VERSION and len(document["records"]) == 2
+    record = gemm_tuning.lookup(DEVICE, first, tmp_path)
+    assert (record["tile_n"], record["schedule"], record["tflops"], record["trans"]) == (256, "stream_k", 402.0, "NN")
+    assert gemm_tuning.lookup(DEVICE, second, tmp_path)["tile_n"] == 128
+    assert gemm_tuning.lookup("NVIDIA H200", first, tmp_path) is None       # the device is part of the key
+    assert gemm_tuning.lookup(DEVICE, _fields(k=1025), tmp_path) is None     # and every size
+    assert gemm_tuning.lookup(DEVICE, _fields(dtype="bfloat16"), tmp_path) is None
+    assert gemm_tuning.lookup(DEVICE, _fields(out_dtype="float32"), tmp_path) is None
+    with pytest.raises(ValueError):
+        gemm_tuning.store_record(DEVICE, first, 96, "auto", 1.0, directory=tmp_path)
+
+
+def test_a_stored_winner_reaches_the_descriptor_and_the_kernel(tmp_path, monkeypatch):
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    fields = _fields(4096, 4096, 4096)  # the table picks 128 x 256 here
+    gemm_tuning.store_record(DEVICE, fields, 64, "data_parallel", 500.0, directory=tmp_path)
+    tuned = gemm_tuning.apply_stored(DEVICE, fields, tmp_path)
+    assert tuned["tile_n"] == 64 and tuned["schedule"] == lib.MFA_SCHEDULE_DATA_PARALLEL
+    assert "tile_n" not in fields  # the caller's fields are left alone
+    # The descriptor it becomes compiles the stored tile (the table would have said 128x256).
+    keywords = {**_descriptor_keywords(new_struct("mfa_gemm_descriptor", **{k: v for k, v in tuned.items()
+                                                                           if k != "tile_n"})),
+                "tile_n": tuned["tile_n"], "path": "hopper"}
+    reports = mfa_c.compile_report(arch="sm_90a", m=4096, n=4096, k=4096, **keywords)
+    assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == ["gemm.sm90.f16mma.f16-f16.nn.128x64"]
+    # A caller's own tile, a caller's schedule, fp32 and the portable path keep what they asked for.
+    assert gemm_tuning.apply_stored(DEVICE, {**fields, "tile_n": 128}, tmp_path)["tile_n"] == 128
+    assert gemm_tuning.apply_stored(DEVICE, {**fields, "schedule": lib.MFA_SCHEDULE_STREAM_K},
+                                    tmp_path)["schedule"] == lib.MFA_SCHEDULE_STREAM_K
+    assert "tile_n" not in gemm_tuning.apply_stored(DEVICE, {**fields, "path": lib.MFA_GEMM_PATH_PORTABLE}, tmp_path)
+
+
+def test_bad_records_are_ignored_with_a_warning(tmp_path):
+    good = {"device": DEVICE, "m": 512, "n": 512, "k": 512, "batch": 1, "dtype": "float16", "out_dtype": "float16",
+            "trans": "NN", "tile_n": 64, "schedule": "auto", "tflops": 100.0}
+    bad = [
+        "not a record",
+        {**good, "tile_n": 96},
+        {**good, "tile_n": True},
+        {**good, "schedule": "split_k"},
+        {**good, "m": -1},
+        {**good, "k": "512"},
+        {**good, "dtype": "float32"},
+        {**good, "trans": "XY"},
+        {key: value for key, value in good.items() if key != "device"},
+    ]
+    (tmp_path / gemm_tuning.FILE_NAME).write_text(json.dumps({"version": 1, "records": [*bad, good]}))
+    with pytest.warns(gemm_tuning.TuningWarning) as caught:
+        records = gemm_tuning.load_records(tmp_path)
+    assert len(caught) == len(bad)
+    assert list(records.values()) == [good]
+    assert gemm_tuning.lookup(DEVICE, _fields(512, 512, 512), tmp_path)["tile_n"] == 64
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", json.dumps({"version": 99, "records": []}),
+                                     json.dumps({"version": 1, "records": {}})])
+def test_an_unreadable_file_is_ignored_with_a_warning_and_then_replaced(tmp_path, content):
+    (tmp_path / gemm_tuning.FILE_NAME).write_text(content)
+    with pytest.warns(gemm_tuning.TuningWarning, match="not a tuning file"):
+        assert gemm_tuning.load_records(tmp_path) == {}
+    assert gemm_tuning.apply_stored(DEVICE, _fields(), tmp_path) == _fields()
+    gemm_tuning.store_record(DEVICE, _fields(), 128, "auto", 300.0, directory=tmp_path)
+    assert gemm_tuning.lookup(DEVICE, _fields(), tmp_path)["tile_n"] == 128
+
+
+# ================================================================================================
+# GPU: every tile width against float64
+
+
+def _gpu_cases():
+    cases = []
+    for tile in TILES:
+        for dtype in DTYPES_16:
+            for index, trans in enumerate(TRANSPOSES):
+                out = OUTPUTS[(index + TILES.index(tile)) % len(OUTPUTS)]
+                cases.append(pytest.param(tile, dtype, out, trans, id=f"{tile}-{dtype}-{out}-{trans}"))
+    return cases
+
+
+@pytest.mark.parametrize("m, n, k", [(127, 255, 1000), (1000, 333, 517), (64, 4096, 1030), (1, 65, 64)])
+@pytest.mark.parametrize("tile, dtype, out_dtype, trans", _gpu_cases())
+def test_every_tile_width_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, trans, m, n, k):
+    skip_unless_hopper_applies(ctx, "hopper")
+    inputs = Inputs(torch_cuda, rng)
+    a, b = inputs.operands(m, n, k, dtype, trans, "padded")
+    activation = str(rng.choice(ACTIVATIONS))
+    bias = inputs.randn((1, n), str(rng.choice([out_dtype, "float32"])))[0]
+    beta = float(rng.choice([0.0, 0.5]))
+    c0 = inputs.randn((m, n), out_dtype) if beta else None
+    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
+                  beta=beta, c0=c0, bias=bias, activation=activation, path="hopper", layout="padded", tile_n=tile,
+                  context_note=f"tile 128x{tile} {activation} beta {beta}")
+
+
+@pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
+@pytest.mark.parametrize("broadcast", ["none", "a", "b"])
+@pytest.mark.parametrize("tile", TILES)
+def test_every_tile_width_batched(ctx, torch_cuda, rng, tile, broadcast, schedule):
+    """Batches of A^T B with either operand a single matrix repeated over the batch, both schedules."""
+    skip_unless_hopper_applies(ctx, "hopper")
+    torch = torch_cuda
+    batch, m, n, k = 3, 200, 300, 700
+    a, b = Inputs(torch, rng).operands(m, n, k, "bfloat16", "TN", batch=(batch,))
+    a = a[0] if broadcast == "a" else a
+    b = b[0] if broadcast == "b" else b
+    c = torch.full((batch, m, n), math.nan, dtype=torch.float32, device="cuda")
+    mfa_c.gemm(a, b, trans_a=True, c=c, path="hopper", schedule=schedule, tile_n=tile)
+    torch.cuda.synchronize()
+    reference = torch.matmul(a.double().transpose(-1, -2), b.double())
+    error = rel_error(c, reference)
+    assert error <= tolerance("bfloat16", "default", "float32"), f"relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_every_tile_width_with_k_zero(ctx, torch_cuda, rng, tile):
+    skip_unless_hopper_applies(ctx, "hopper")
+    torch = torch_cuda
+    inputs = Inputs(torch, rng)
+    a, b = inputs.operands(130, 70, 0, "float16", "NN")
+    c0 = inputs.randn((130, 70), "float32")
+    bias = inputs.randn((1, 70), "float32")[0]
+    run_and_check(torch, a, b, dtype="float16", precision="default", out_dtype="float32", beta=0.5, c0=c0, bias=bias,
+                  activation="relu", path="hopper", tile_n=tile)
+
+
+def test_the_table_and_a_stored_winner_on_the_device(ctx, torch_cuda, rng, tmp_path, monkeypatch):
+    skip_unless_hopper_applies(ctx, "hopper")
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    info = mfa_c.GemmPipeline(1024, 1024, 1024, dtype="float16", context=ctx).info
+    expected = 64 if ctx.sm_count >= 128 else 128  # 128 tiles of 128 x 64 take one wave on an H100 (132 SMs)
+    assert info["variant"].endswith(f".128x{expected}"), info
+    # A record in the disk cache wins over the table for that device and problem only.
+    monkeypatch.setattr(gemm_tuning, "records_path", lambda directory=None: tmp_path / gemm_tuning.FILE_NAME)
+    fields = _fields(1024, 1024, 1024)
+    gemm_tuning.store_record(ctx.name, fields, 256, "stream_k", 1.0)
+    with mfa_c.GemmPipeline(1024, 1024, 1024, dtype="float16", context=ctx) as tuned:
+        assert tuned.info["variant"].endswith(".128x256") and tuned.info["schedule"] == "stream_k", tuned.info
+        a, b = Inputs(torch_cuda, rng).operands(1024, 1024, 1024, "float16", "NN")
+        c = torch_cuda.full((1024, 1024), math.nan, dtype=torch_cuda.float16, device="cuda")
+        tuned.encode(a, b, c)
+        torch_cuda.cuda.synchronize()
+        reference = torch_cuda.matmul(a.double(), b.double())
+        error = float(torch_cuda.linalg.vector_norm(c.double() - reference) / torch_cuda.linalg.vector_norm(reference))
+        assert error <= 2e-3
+    with mfa_c.GemmPipeline(1024, 1024, 1000, dtype="float16", context=ctx) as other:
+        assert other.info["variant"].endswith(f".128x{expected}")
