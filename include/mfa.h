@@ -40,7 +40,7 @@ extern "C" {
  * only appends functions, fields and status codes.
  * ------------------------------------------------------------------------------------------- */
 #define MFA_VERSION_MAJOR 0
-#define MFA_VERSION_MINOR 1
+#define MFA_VERSION_MINOR 2
 #define MFA_VERSION_PATCH 0
 #define MFA_VERSION_NUMBER (MFA_VERSION_MAJOR * 10000 + MFA_VERSION_MINOR * 100 + MFA_VERSION_PATCH)
 
