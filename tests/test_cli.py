@@ -28,8 +28,10 @@ def test_check_compiles_every_variant_for_sm90a(shared_cache):
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-8000:]
     # The table names every variant it compiled (their names as compile_report gives them; from the disk
     # cache `check` just filled, so this is quick).
-    names = {report["variant"] for variant in mfa_c.gemm_variants()
-             for report in mfa_c.compile_report(arch="sm_90a", **variant)}
+    families = ((mfa_c.gemm_variants, mfa_c.compile_report), (mfa_c.attention_variants, mfa_c.attention_compile_report),
+                (mfa_c.group_norm_variants, mfa_c.group_norm_compile_report))
+    names = {report["variant"] for variants, compile_report in families for variant in variants()
+             for report in compile_report(arch="sm_90a", **variant)}
     missing = sorted(name for name in names if name not in result.stdout)
     assert missing == [], f"check did not report {missing}"
 

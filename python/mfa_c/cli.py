@@ -38,7 +38,7 @@ def _parser():
     info = commands.add_parser("info", help="versions, kernel cache, device")
     info.set_defaults(run=_info)
 
-    check = commands.add_parser("check", help="compile every GEMM variant; run each against float64 on a GPU")
+    check = commands.add_parser("check", help="compile every GEMM, attention and group-norm variant; run the GEMM ones against float64 on a GPU")
     check.add_argument("--arch", default="sm_90a", help="NVRTC target of the compile check (default sm_90a)")
     check.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="variants compiled at once")
     check.set_defaults(run=_check)
@@ -117,24 +117,28 @@ def _check(args, argv):
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         compiled = list(pool.map(lambda variant: _compile(variant, args.arch), variants))
     compile_failures = _print_compile_table(variants, compiled)
-    compile_failures += _check_attention_compiles(args)
+    compile_failures += _check_family_compiles(args, "attention", mfa_c.attention_variants(),
+                                               mfa_c.attention_compile_report)
+    compile_failures += _check_family_compiles(args, "group_norm", mfa_c.group_norm_variants(),
+                                               mfa_c.group_norm_compile_report)
     run_failures = 0
     if mfa_c.gpu_available():
         run_failures = _print_numeric_check(variants)
     else:
         print("\nno GPU: numeric check skipped")
     failures = compile_failures + run_failures
-    print(f"\n{len(variants)} variants: {'all pass' if not failures else f'{failures} failure(s)'}")
+    print(f"\n{len(variants)} GEMM variants and every other family's: "
+          f"{'all pass' if not failures else f'{failures} failure(s)'}")
     return 1 if failures else 0
 
 
-def _check_attention_compiles(args):
-    """Compiles every attention variant for --arch; prints one row per kernel; returns the failures."""
-    variants = mfa_c.attention_variants()
+def _check_family_compiles(args, family, variants, compile_report):
+    """Compiles every variant of a family (attention, group_norm) for --arch; prints one row per kernel;
+    returns the failures (a variant that does not compile, a kernel that spills)."""
 
     def compile_one(variant):
         try:
-            return mfa_c.attention_compile_report(args.arch, **variant)
+            return compile_report(args.arch, **variant)
         except MFAError as error:
             return error
 
@@ -143,7 +147,7 @@ def _check_attention_compiles(args):
     rows, failures = [], 0
     for variant, reports in zip(variants, compiled):
         if isinstance(reports, MFAError):
-            rows.append((f"attention {variant}", "-", "-", "-", "-", "-", f"FAIL {reports}"))
+            rows.append((f"{family} {variant}", "-", "-", "-", "-", "-", f"FAIL {reports}"))
             failures += 1
             continue
         kernel_rows, spilling = _kernel_rows(reports)
@@ -151,7 +155,7 @@ def _check_attention_compiles(args):
         failures += spilling
     print()
     _print_table(_COMPILE_HEADERS, rows)
-    print(f"{len(variants)} attention variants: {'all compile' if not failures else f'{failures} failure(s)'}")
+    print(f"{len(variants)} {family} variants: {'all compile' if not failures else f'{failures} failure(s)'}")
     return failures
 
 
