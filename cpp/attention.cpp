@@ -556,14 +556,7 @@ MFA_API mfa_status mfa_attention_encode(const mfa_attention_pipeline *pipeline, 
                                         uint64_t workspace_bytes) {
   return mfa::abi_call([&] {
     mfa::require_arg(pipeline, "pipeline");
-    const uint64_t needed = pipeline->info.workspace_bytes;
-    if (needed > 0) {
-      mfa::require_arg(workspace, "workspace");
-      mfa::require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, MFA_STATUS_MISALIGNED, "workspace (", workspace,
-                   ") is not aligned to 16 bytes");
-    }
-    mfa::require(workspace_bytes >= needed, MFA_STATUS_INVALID_ARGUMENT, "workspace_bytes is ", workspace_bytes,
-                 ", the pipeline needs ", needed);
+    mfa::require_workspace(workspace, workspace_bytes, pipeline->info.workspace_bytes);
     const mfa::attention::Operands ops =
         mfa::attention::check_operands(pipeline->descriptor, pipeline->context->ordinal(), tensors);
     pipeline->context->make_current();

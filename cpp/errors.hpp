@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -61,6 +62,17 @@ mfa_status abi_call(Body &&body) noexcept {
 // Null-pointer checks that name the argument, e.g. require_arg(out, "out_context").
 inline void require_arg(const void *pointer, const char *name) {
   require(pointer != nullptr, MFA_STATUS_INVALID_ARGUMENT, name, " is NULL");
+}
+
+// An encode's workspace: none needed takes any pointer (NULL too); else a 16-byte aligned pointer to at
+// least `needed` bytes.
+inline void require_workspace(const void *workspace, uint64_t workspace_bytes, uint64_t needed) {
+  if (needed == 0) return;
+  require_arg(workspace, "workspace");
+  require(workspace_bytes >= needed, MFA_STATUS_INVALID_ARGUMENT, "workspace_bytes is ", workspace_bytes,
+          ", the pipeline needs ", needed);
+  require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, MFA_STATUS_MISALIGNED, "workspace (", workspace,
+          ") is not aligned to 16 bytes");
 }
 
 // Checks a descriptor's header: its type tag and a size the library understands.

@@ -594,11 +594,7 @@ MFA_API mfa_status mfa_group_norm_encode(const mfa_group_norm_pipeline *pipeline
                                          uint64_t workspace_bytes) {
   return mfa::abi_call([&] {
     mfa::require_arg(pipeline, "pipeline");
-    mfa::require_arg(workspace, "workspace");
-    mfa::require(workspace_bytes >= pipeline->info.workspace_bytes, MFA_STATUS_INVALID_ARGUMENT,
-                 "workspace_bytes is ", workspace_bytes, ", the pipeline needs ", pipeline->info.workspace_bytes);
-    mfa::require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, MFA_STATUS_MISALIGNED, "workspace (", workspace,
-                 ") is not aligned to 16 bytes");
+    mfa::require_workspace(workspace, workspace_bytes, pipeline->info.workspace_bytes);  // always > 0 here
     const mfa::GroupNormOperands ops =
         mfa::check_operands(pipeline->descriptor, pipeline->context->ordinal(), tensors);
     pipeline->context->make_current();

@@ -360,10 +360,11 @@ __device__ __forceinline__ const float *mfa_gn_partial(const mfa_gn_args &args, 
   return args.partials + ((n * args.c + c) * args.tiles + tile) * 2;
 }
 
-#if MFA_GN_PASS == MFA_GN_FORWARD
-// A warp per (n, group): merges the group's cpg * tiles partials (channel-major, tile-minor per lane,
-// then the warp's tree; moments of x' - p), writes (p, mean_p, rstd) for apply and mean = p + mean_p, rstd.
-__device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
+// A warp per (n, group): merges the group's cpg * tiles partials in a fixed order (channel-major,
+// tile-minor per lane, then the warp's tree), `part_of(c, tile, partial)` making each an accumulator, and
+// hands the group's total to `finish(item, n, group, total)` on lane 0.
+template <class PartOf, class Finish>
+__device__ __forceinline__ void mfa_gn_merge_group_partials(const mfa_gn_args &args, PartOf part_of, Finish finish) {
   const int lane = threadIdx.x & 31;
   const long long items = args.n * args.groups;
   const long long parts = args.cpg * args.tiles;
@@ -373,22 +374,31 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
     mfa_gn_acc acc = mfa_gn_zero();
     for (long long k = lane; k < parts; k += 32) {
       const long long q = mfa_gn_div(k, args.div_tiles), c = group * args.cpg + q, tile = k - q * args.tiles;
-      const float *partial = mfa_gn_partial(args, n, c, tile);
-      const float count = static_cast<float>(min(args.tile, args.spatial - tile * args.tile));
-      acc = mfa_gn_merge(acc, {count, partial[0], partial[1]});
+      acc = mfa_gn_merge(acc, part_of(c, tile, mfa_gn_partial(args, n, c, tile)));
     }
     acc = mfa_gn_warp_merge(acc);
-    if (lane == 0) {
-      const float variance = fmaxf(acc.m2 / acc.count, 0.0f);
-      const float rstd = 1.0f / sqrtf(variance + args.eps);
-      const float pivot = mfa_gn_pivot(args, n, group);
-      args.group_stats[item * MFA_GN_STATS] = pivot;
-      args.group_stats[item * MFA_GN_STATS + 1] = acc.mean;
-      args.group_stats[item * MFA_GN_STATS + 2] = rstd;
-      if (args.mean) args.mean[item] = pivot + acc.mean;
-      if (args.rstd) args.rstd[item] = rstd;
-    }
+    if (lane == 0) finish(item, n, group, acc);
   }
+}
+
+#if MFA_GN_PASS == MFA_GN_FORWARD
+// A warp per (n, group) merges the moments of x' - p, writes (p, mean_p, rstd) for apply and
+// mean = p + mean_p, rstd.
+__device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
+  const auto moments = [&](long long, long long tile, const float *partial) -> mfa_gn_acc {
+    return {static_cast<float>(min(args.tile, args.spatial - tile * args.tile)), partial[0], partial[1]};
+  };
+  const auto write_stats = [&](long long item, long long n, long long group, const mfa_gn_acc &acc) {
+    const float variance = fmaxf(acc.m2 / acc.count, 0.0f);
+    const float rstd = 1.0f / sqrtf(variance + args.eps);
+    const float pivot = mfa_gn_pivot(args, n, group);
+    args.group_stats[item * MFA_GN_STATS] = pivot;
+    args.group_stats[item * MFA_GN_STATS + 1] = acc.mean;
+    args.group_stats[item * MFA_GN_STATS + 2] = rstd;
+    if (args.mean) args.mean[item] = pivot + acc.mean;
+    if (args.rstd) args.rstd[item] = rstd;
+  };
+  mfa_gn_merge_group_partials(args, moments, write_stats);
 }
 #else
 // blockIdx.y == 0: a warp per (n, group): s1 = sum weight * dy^, s2 = sum weight * dy^ * xhat, stored as
@@ -396,27 +406,17 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
 // blockIdx.y == 1: a thread per channel: dweight = sum over n and tiles of a, dbias of b.
 __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
   if (blockIdx.y == 0) {
-    const int lane = threadIdx.x & 31;
-    const long long items = args.n * args.groups;
-    const long long parts = args.cpg * args.tiles;
     const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
-    for (long long item = static_cast<long long>(blockIdx.x) * MFA_GN_WARPS + (threadIdx.x >> 5); item < items;
-         item += static_cast<long long>(gridDim.x) * MFA_GN_WARPS) {
-      const long long n = mfa_gn_div(item, args.div_groups), group = item - n * args.groups;
-      mfa_gn_acc acc = mfa_gn_zero();
-      for (long long k = lane; k < parts; k += 32) {
-        const long long q = mfa_gn_div(k, args.div_tiles), c = group * args.cpg + q, tile = k - q * args.tiles;
-        const float *partial = mfa_gn_partial(args, n, c, tile);
-        const float weight = mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f);
-        acc = mfa_gn_merge(acc, {weight * partial[0], weight * partial[1]});
-      }
-      acc = mfa_gn_warp_merge(acc);
-      if (lane == 0) {
-        const float rstd = args.rstd[item];
-        args.group_stats[item * MFA_GN_STATS] = rstd * acc.b * inverse_count;
-        args.group_stats[item * MFA_GN_STATS + 1] = rstd * acc.a * inverse_count;
-      }
-    }
+    const auto weighted_sums = [&](long long c, long long, const float *partial) -> mfa_gn_acc {
+      const float weight = mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f);
+      return {weight * partial[0], weight * partial[1]};
+    };
+    const auto write_coefficients = [&](long long item, long long, long long, const mfa_gn_acc &acc) {
+      const float rstd = args.rstd[item];
+      args.group_stats[item * MFA_GN_STATS] = rstd * acc.b * inverse_count;
+      args.group_stats[item * MFA_GN_STATS + 1] = rstd * acc.a * inverse_count;
+    };
+    mfa_gn_merge_group_partials(args, weighted_sums, write_coefficients);
     return;
   }
   if (args.dweight == nullptr) return;

@@ -238,7 +238,7 @@ def poisoned(torch, shape, dtype):
 def run_pipeline(torch, q, k, v, *, layout="bshd", cu=None, max_seqlen=None, lse=True, **options):
     """Runs an AttentionPipeline on poisoned o / lse; returns (o, lse, pipeline). q/k/v as given (layout)."""
     bshd = (lambda t: t.permute(0, 2, 1, 3)) if layout == "bhsd" else (lambda t: t)
-    qv, kv, vv = bshd(q), bshd(k), bshd(v)
+    qv, kv = bshd(q), bshd(k)
     if cu is None:
         batch, seq_q, heads_q, d = qv.shape
         seq_k, heads_kv = kv.shape[1], kv.shape[2]

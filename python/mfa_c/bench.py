@@ -105,6 +105,20 @@ def _median_ms_alternating(torch, launches, reps, warmup=3):
     return [statistics.median(times) for times in samples]
 
 
+def copy_bandwidth(torch, nbytes=256 << 20, reps=20):
+    """GB/s (read + write) of a device-to-device copy of `nbytes`, timed as a CUDA graph like the rows."""
+    source = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    target.copy_(source)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        target.copy_(source)
+    (ms,) = _median_ms_alternating(torch, (graph.replay,), reps)
+    graph.reset()
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
 def result_document(op, context, torch, command, unit, peak, **fields):
     """A results file's document: what ran where and when (BENCH_RESULTS.md), then `fields` in order."""
     return {

@@ -17,9 +17,8 @@ import math
 import mfa_c
 
 from .attention import AttentionPipeline, flops
-from .bench import (_TORCH_DTYPES, ProgressBar, _median_ms_alternating, _require_torch_cuda,
-                    result_document)
-from .bench_group_norm import _copy_bandwidth
+from .bench import (copy_bandwidth, _median_ms_alternating, ProgressBar, _require_torch_cuda, result_document,
+                    _TORCH_DTYPES)
 
 TOKENS, HIDDEN = 16384, 2048
 PREFILL_SEQS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -41,7 +40,7 @@ def bench_attention(dtypes=("bf16", "fp16"), head_dims=(64, 128, 256), seqs=PREF
     rows, decode_rows = [], []
     try:
         progress.update(0, "copy bandwidth")
-        copy = _copy_bandwidth(torch)
+        copy = copy_bandwidth(torch)
         for done, (dtype, d, causal, seq) in enumerate(cases, 1):
             progress.update(done, f"attention {dtype} d{d} seq {seq}{' causal' if causal else ''}")
             rows.append(_prefill_row(torch, context, dtype, d, causal, seq, reps))

@@ -15,8 +15,8 @@ import numpy as np
 
 import mfa_c
 
-from .bench import (_COLD_L2_FACTOR, _TORCH_DTYPES, ProgressBar, _median_ms_alternating, _require_torch_cuda,
-                    result_document)
+from .bench import (_COLD_L2_FACTOR, copy_bandwidth, _median_ms_alternating, ProgressBar, _require_torch_cuda,
+                    result_document, _TORCH_DTYPES)
 from .group_norm import group_norm_plan
 
 SD_SHAPES = tuple((2, c, hw, hw) for c in (320, 640, 1280) for hw in (64, 32, 16))
@@ -39,7 +39,7 @@ def bench_group_norm(dtypes=("fp16",), shapes=DEFAULT_GROUP_NORM_SHAPES, layouts
     rows = []
     try:
         progress.update(0, "copy bandwidth")
-        copy = _copy_bandwidth(torch)
+        copy = copy_bandwidth(torch)
         for done, (dtype, shape, layout, activation, pass_) in enumerate(cases, 1):
             progress.update(done, f"group_norm {dtype} {shape} {layout} {activation} {pass_}")
             row = _group_norm_row(torch, context, shape, groups, dtype, layout, activation, pass_, reps)
@@ -78,20 +78,6 @@ def summarize(rows):
             entry["max_silu_time_ratio"] = round(max(entry.get("max_silu_time_ratio", 0.0),
                                                      row["microseconds"] / plain["microseconds"]), 3)
     return summary
-
-
-def _copy_bandwidth(torch, nbytes=256 << 20, reps=20):
-    """GB/s (read + write) of a device-to-device copy of `nbytes`, timed as a CUDA graph like the rows."""
-    source = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    target.copy_(source)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        target.copy_(source)
-    (ms,) = _median_ms_alternating(torch, (graph.replay,), reps)
-    graph.reset()
-    return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
 class _GroupNormCase:
