@@ -2,6 +2,8 @@
 # The whole GPU round in one call on the device machine: build and install, run the full test suite
 # (GPU tests included), the C example, the compile-cache timing, and the benchmarks.
 #   bash bench/gpu_suite.sh [tests|bench|profile|all]   (default all)
+#   bash bench/gpu_suite.sh family <name>               one family's tests and benchmark (group_norm,
+#                                                       attention or gemm: test_<name>*.py, bench <name>)
 # $OUT receives suite.log (everything printed) and results.tgz (bench/results: JSON and charts).
 # MFA_BENCH_SWEEP=1 runs the GEMM sweep 128..8192 step 128 instead of the short square list.
 set -uo pipefail
@@ -76,6 +78,14 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   bench 240 gemm --suite stream_k
   bench 120 gemm --suite gelu
   bench 240 group_norm
+fi
+if [ "$what" = family ]; then
+  family=${2:?family needs a name}
+  step "tests of $family"
+  python3 -m pytest tests/test_"$family"*.py -q -rs -x --durations=5 --timeout=120 --timeout-method=thread 2>&1 | tail -40
+  step "bench $family"
+  timeout 300 python3 -m mfa_c bench "$family" --out bench/results 2>&1 | grep -v "^\["
+  tar -czf "$OUT/results.tgz" -C bench results
 fi
 if [ "$what" = profile ] || [ "$what" = all ]; then
   # Nsight Compute's speed of light per kernel (one report file per case: the tool returns 8 files).

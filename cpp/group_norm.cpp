@@ -1,11 +1,13 @@
 // group_norm.cpp: the group-norm family's host side. A descriptor is validated and names one variant
 // (pass, layout, element type, activation: "group_norm.fwd.nhwc.f16.silu"), a small generated source
 // compiled by NVRTC (cached) that includes cuda/group_norm.cu. Sizes choose the plans; encode checks the
-// tensors and launches either the fused forward (sm_90+, a group fits a cluster's registers):
+// tensors and launches either the one-pass kernel (sm_90+, a group fits a cluster's shared memory):
 //
-//   fused     one cluster of 1..8 blocks per (n, group): x read once, y written; vec or scalar entry
+//   onepass      one cluster of 1..8 blocks per (n, group): inputs read once, y or dx written; an
+//                entry per unit of 1, 2, 4 or 8 elements (the widest the tensors' alignment allows)
+//   param_grads  backward with dweight/dbias: a fixed-order sum of the blocks' per-channel partials
 //
-// or three kernels (the backward, and groups too large for a cluster):
+// or three kernels (groups too large for a cluster, and GPUs without clusters):
 //
 //   reduce    per-(n, c, tile) partials into the workspace        vec (16-byte) or scalar entry
 //   finalize  fixed-order merge: forward mean/rstd, backward the dx coefficients and dweight/dbias
@@ -120,10 +122,22 @@ struct GroupNormVariant {
 };
 
 // The launch order of a pass; encode indexes them with these names.
-enum Entry { kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar, kFusedVec, kFusedScalar, kEntryCount };
-const char *const kEntries[kEntryCount] = {"mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
-                                           "mfa_gn_apply_vec",  "mfa_gn_apply_scalar",  "mfa_gn_fused_vec",
-                                           "mfa_gn_fused_scalar"};
+enum Entry {
+  kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar,
+  kOnePass1, kOnePass2, kOnePass4, kOnePass8, kParamGrads, kEntryCount
+};
+const char *const kEntries[kEntryCount] = {
+    "mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",  "mfa_gn_apply_vec",  "mfa_gn_apply_scalar",
+    "mfa_gn_onepass_1",  "mfa_gn_onepass_2",     "mfa_gn_onepass_4", "mfa_gn_onepass_8", "mfa_gn_param_grads"};
+
+Entry onepass_entry(int unit) {
+  switch (unit) {
+    case 8: return kOnePass8;
+    case 4: return kOnePass4;
+    case 2: return kOnePass2;
+    default: return kOnePass1;
+  }
+}
 
 GroupNormVariant variant_for(const mfa_group_norm_descriptor &d) { return {d.pass, d.layout, d.dtype, d.activation}; }
 
@@ -157,7 +171,8 @@ NhwcShape nhwc_shape(int64_t c, int vec) {
 
 // Enough reduce work items to fill the device a few times over (warps for NCHW, blocks for NHWC),
 // each still reading at least ~1K elements, so that one large group is split across many SMs.
-Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count) {
+// The workspace also holds the one-pass backward's partials: one per (n, channel, block of a cluster).
+Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count, int onepass_cluster) {
   const int64_t sms = std::max(sm_count, 1);
   int64_t wanted, most;
   if (d.layout == MFA_LAYOUT_NCHW) {
@@ -173,74 +188,92 @@ Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count) {
   const int64_t tiles = std::clamp<int64_t>(wanted, 1, most);
   plan.tile = ceil_div(ceil_div(d.spatial, tiles), MFA_GN_TILE_MULTIPLE) * MFA_GN_TILE_MULTIPLE;
   plan.tiles = ceil_div(d.spatial, plan.tile);
-  plan.partials_bytes = ceil_div(d.n * d.c * plan.tiles * 2 * 4, kWorkspaceAlign) * kWorkspaceAlign;
+  plan.partials_bytes =
+      ceil_div(d.n * d.c * std::max<int64_t>(plan.tiles, onepass_cluster) * 2 * 4, kWorkspaceAlign) * kWorkspaceAlign;
   plan.workspace_bytes = plan.partials_bytes + ceil_div(d.n * d.groups * MFA_GN_STATS * 4, kWorkspaceAlign) * kWorkspaceAlign;
   return plan;
 }
 
-// ----- the fused plan: cluster size and threads per block for one (n, group) -----
+// ----- the one-pass plan: blocks per (n, group) -----
 
-// The fused forward's launch shape; cluster 0 means the three-launch path.
-struct FusedPlan {
-  int cluster = 0, threads = 0, vector_elements = 1;
-};
+// Input streams the one-pass kernel stages: x (and the residual) forward, x' and dy backward.
+int64_t staged_streams(const mfa_group_norm_descriptor &d) {
+  return d.pass == MFA_PASS_BACKWARD || d.has_residual ? 2 : 1;
+}
 
-// 16-byte vectors on the fused path need each vector inside one channel (NCHW: spatial a multiple of
-// the vector) or inside one group's row of channels (NHWC: channels per group a multiple of it).
-bool fused_vectors_fit(const mfa_group_norm_descriptor &d) {
+int64_t round_up(int64_t value, int64_t multiple) { return ceil_div(value, multiple) * multiple; }
+
+// One stream's slice of `slice_units` units of U elements, padded so that the next stream starts aligned.
+int64_t slice_bytes(const mfa_group_norm_descriptor &d, int64_t slice_units, int unit) {
+  return round_up(slice_units * unit * element_bytes(d.dtype), 16);
+}
+
+// A block's dynamic shared memory: its slice of every stream, then the group's weight and bias as fp32.
+int64_t onepass_smem_bytes(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
+  const int64_t group_units = d.c / d.groups * d.spatial / unit;
+  return staged_streams(d) * slice_bytes(d, ceil_div(group_units, cluster), unit) + 2 * 4 * (d.c / d.groups);
+}
+
+// The most any unit width can need (narrower units pad less, but the width is chosen at encode).
+int64_t onepass_smem_bound(const mfa_group_norm_descriptor &d, int64_t cluster) {
+  int64_t most = 0;
+  for (int unit = 1; unit <= vector_elements(d.dtype); unit *= 2)
+    most = std::max(most, onepass_smem_bytes(d, cluster, unit));
+  return most;
+}
+
+// Elements per unit: the largest power of two up to 16 bytes that keeps a unit inside one channel's run
+// (NCHW) or one group's row of channels (NHWC), with every element tensor aligned to it.
+int unit_elements(const mfa_group_norm_descriptor &d, int64_t alignment_bytes) {
   const int64_t run = d.layout == MFA_LAYOUT_NCHW ? d.spatial : d.c / d.groups;
-  return run % vector_elements(d.dtype) == 0;
+  for (int unit = vector_elements(d.dtype); unit > 1; unit /= 2)
+    if (run % unit == 0 && alignment_bytes % (unit * element_bytes(d.dtype)) == 0) return unit;
+  return 1;
 }
 
-// Where the fused kernel is the default, from the first H200 measurement (fp16, CUDA graphs, the
-// benchmark's shapes; the GPU may have been shared): in NHWC with 16-byte vectors it ran 2.2x to 3.7x
-// faster than the three launches (whose NHWC reduce walks channel columns) up to 21 MB (2x1280x64x64),
-// but 20-25% slower on the 128 MB tensors; with one element per load (channels per group not a multiple
-// of 8) 10-45% slower; in NCHW, where the split path's loads are contiguous 16-byte runs, 20-30% slower
-// except on the smallest groups. To revisit once the fused kernel's load phase is understood (a profile
-// on the device): it reaches ~20% of the copy bandwidth where one pass should reach ~85%.
-constexpr int64_t kFusedDefaultMaxBytes = int64_t{32} << 20;
-bool fused_by_default(const mfa_group_norm_descriptor &d, int vector_elements) {
-  return d.layout == MFA_LAYOUT_NHWC && vector_elements > 1 &&
-         d.n * d.c * d.spatial * element_bytes(d.dtype) <= kFusedDefaultMaxBytes;
+// Threads per block: about four units each (a block's copies all in flight), whole warps, 64 to 256.
+int onepass_threads(int64_t slice_units) {
+  return static_cast<int>(std::clamp<int64_t>(round_up(ceil_div(slice_units, 4), 32), 64, MFA_GN_THREADS));
 }
 
-// forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_MAX that cluster size
-// (the three-launch path if the group does not fit it).
-// Choice: blocks of at most 256 threads where a cluster of them holds the group (the fused kernels take
-// 64 to 96 registers a thread, so two 256-thread blocks share an SM and one loads while the other
-// reduces or stores; 512-thread blocks run one per SM), else 512. Then the smallest cluster whose
-// registers hold the group, grown until the grid has about two blocks per SM (the small diffusion shapes
-// have only 64 groups: a block each would leave half the SMs idle) while each block keeps >= 256 vectors
-// of work (below that the cluster barrier costs more than spreading the loads saves).
-FusedPlan fused_plan(const mfa_group_norm_descriptor &d, bool vectorized, int sm_count, int forced_cluster) {
-  FusedPlan plan;
-  if (d.pass != MFA_PASS_FORWARD || forced_cluster == 0) return plan;
-  plan.vector_elements = vectorized && fused_vectors_fit(d) ? vector_elements(d.dtype) : 1;
-  const int64_t vectors = d.c / d.groups * d.spatial / plan.vector_elements;
-  const int64_t slots = mfa_gn_fused_slots(plan.vector_elements);
-  int64_t most_threads = MFA_GN_FUSED_THREADS / 2;
-  if (ceil_div(vectors, most_threads * slots) > MFA_GN_CLUSTER_MAX) most_threads = MFA_GN_FUSED_THREADS;
-  const int64_t smallest = ceil_div(vectors, most_threads * slots);
-  if (smallest > MFA_GN_CLUSTER_MAX) return plan;
-  if (forced_cluster < 0 && !fused_by_default(d, plan.vector_elements)) return plan;
-  const int64_t items = d.n * d.groups;
-  int64_t cluster = smallest;
-  if (forced_cluster > 0) {
-    if (forced_cluster < smallest) return plan;
-    cluster = forced_cluster;
-  } else {
-    const int64_t filling =
-        std::min(ceil_div(2 * int64_t{std::max(sm_count, 1)}, items), std::max<int64_t>(1, vectors / 256));
-    cluster = std::clamp<int64_t>(filling, smallest, MFA_GN_CLUSTER_MAX);
-  }
-  if (items * cluster > INT_MAX) return plan;
-  plan.cluster = static_cast<int>(cluster);
-  plan.threads = static_cast<int>(std::min(most_threads, ceil_div(ceil_div(vectors, cluster), 32) * 32));
-  return plan;
+// Slices of about this size keep several blocks on an SM, one copying while others compute or store;
+// below kMinSliceBytes a slice's copies no longer pay for the cluster's barriers.
+constexpr int64_t kSliceTargetBytes = int64_t{32} << 10;
+constexpr int64_t kMinSliceBytes = int64_t{4} << 10;
+
+// NHWC groups whose rows are narrower than a 32-byte sector, in a tensor too large to stay in L2. Measured
+// (H200, fp16 16x256x128x128, 8 channels a group: 16-byte rows 512 bytes apart): the one-pass kernel's
+// copies, one partial sector each, bound it by L2 requests (L2 82% busy, DRAM 11%) at 11% of the copy
+// bandwidth; the three launches read whole rows of C channels and reach 23%. Up to 21 MB (the diffusion
+// shapes, 20-byte rows) the one pass ran 2-3x faster than the three launches.
+constexpr int64_t kL2ResidentBytes = int64_t{32} << 20;
+bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
+  return d.layout == MFA_LAYOUT_NHWC && d.c / d.groups * element_bytes(d.dtype) < 32 &&
+         d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes;
 }
 
-// MFA_GN_CLUSTER forces the fused plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
+// Blocks per (n, group) of the one-pass kernel, 0 for the three-launch path (before sm_90 the caller
+// never asks, nor for scattered_rows_beyond_l2). The smallest cluster whose shared memory holds the group
+// (with any unit's padding), grown to slices of about kSliceTargetBytes, then until the grid has about two blocks per
+// SM (the diffusion shapes have only 64 groups) while slices stay above kMinSliceBytes.
+// forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_MAX that size (the
+// three-launch path if the group does not fit it).
+int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster) {
+  if (forced_cluster == 0) return 0;
+  int64_t smallest = 1;
+  while (smallest <= MFA_GN_CLUSTER_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES) ++smallest;
+  if (smallest > MFA_GN_CLUSTER_MAX || d.n * d.groups * MFA_GN_CLUSTER_MAX > INT_MAX) return 0;
+  if (forced_cluster > 0) return forced_cluster >= smallest ? forced_cluster : 0;
+  if (scattered_rows_beyond_l2(d)) return 0;
+  const int64_t group_bytes = d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
+  int64_t cluster = std::max(smallest, ceil_div(group_bytes, kSliceTargetBytes));
+  while (cluster < MFA_GN_CLUSTER_MAX && d.n * d.groups * cluster < 2 * int64_t{std::max(sm_count, 1)} &&
+         group_bytes / (cluster + 1) >= kMinSliceBytes)
+    ++cluster;
+  return static_cast<int>(std::min<int64_t>(cluster, MFA_GN_CLUSTER_MAX));
+}
+
+// MFA_GN_CLUSTER forces the one-pass plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
 // takes the three-launch path, 1..8 a cluster size.
 int forced_cluster_from_environment() {
   const char *text = std::getenv("MFA_GN_CLUSTER");
@@ -254,7 +287,7 @@ int forced_cluster_from_environment() {
 }
 
 mfa_gn_divisor divisor_of(int64_t value) {
-  mfa_gn_divisor divisor{0, 0, static_cast<unsigned>(value)};
+  mfa_gn_divisor divisor{0, 0, static_cast<unsigned>(value), 0, 0};
   if (value <= 1) return divisor;
   unsigned shift = 0;
   while ((uint64_t{1} << shift) < static_cast<uint64_t>(value)) ++shift;
@@ -262,6 +295,8 @@ mfa_gn_divisor divisor_of(int64_t value) {
   const unsigned __int128 numerator = (static_cast<unsigned __int128>(1) << 64) *
                                       ((uint64_t{1} << shift) - static_cast<uint64_t>(value));
   divisor.magic = static_cast<unsigned long long>(numerator / static_cast<uint64_t>(value) + 1);
+  if (value < (int64_t{1} << 31))
+    divisor.magic32 = static_cast<unsigned>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - value)) / value + 1);
   return divisor;
 }
 
@@ -409,26 +444,28 @@ struct mfa_group_norm_pipeline {
   mfa_group_norm_descriptor descriptor;
   mfa_pipeline_info info;
   mfa::Plan plan;
-  mfa::FusedPlan fused_vec, fused_scalar;  // for 16-byte aligned tensors, and for the others
+  int onepass_cluster = 0;  // blocks per (n, group) of the one-pass kernel; 0: the three-launch path
   mfa::CUfunction functions[mfa::kEntryCount] = {};
 };
 
 namespace mfa {
 namespace {
 
-bool aligned16(const void *pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
-
-// 16-byte vectors: every element tensor on 16 bytes, and no vector straddling what it must not (a
-// channel's run in NCHW, a row of C channels in NHWC).
-bool vector_path(const mfa_group_norm_descriptor &d, const GroupNormOperands &ops) {
-  const int vec = vector_elements(d.dtype);
-  const int64_t run = d.layout == MFA_LAYOUT_NCHW ? d.spatial : d.c;
-  if (run % vec != 0) return false;
+// The largest power of two up to 16 that divides every element tensor's address.
+int64_t element_alignment(const GroupNormOperands &ops) {
+  uintptr_t bits = 16;
   for (const void *pointer : {static_cast<const void *>(ops.x), static_cast<const void *>(ops.residual),
                               static_cast<const void *>(ops.dy), static_cast<const void *>(ops.y),
                               static_cast<const void *>(ops.x_sum)})
-    if (pointer && !aligned16(pointer)) return false;
-  return true;
+    bits |= reinterpret_cast<uintptr_t>(pointer);
+  return static_cast<int64_t>(bits & (~bits + 1));
+}
+
+// 16-byte vectors on the split path: every element tensor on 16 bytes, and no vector straddling what it
+// must not (a channel's run in NCHW, a row of C channels in NHWC).
+bool vector_path(const mfa_group_norm_descriptor &d, const GroupNormOperands &ops) {
+  const int64_t run = d.layout == MFA_LAYOUT_NCHW ? d.spatial : d.c;
+  return run % vector_elements(d.dtype) == 0 && element_alignment(ops) == 16;
 }
 
 unsigned grid_of(int64_t blocks, int64_t cap) { return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, cap)); }
@@ -441,25 +478,45 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
-// A cluster of plan.cluster blocks per (n, group).
-void launch_fused(const mfa_group_norm_pipeline &pipeline, const FusedPlan &plan, void *stream, mfa_gn_args &args) {
+// Dynamic shared memory beyond the default 48 KB: the most any plan takes, since the functions are shared
+// by every pipeline of the variant (a smaller, shape-dependent value would undercut another pipeline's).
+void allow_onepass_smem(const mfa_group_norm_pipeline &pipeline) {
+  for (int unit : {1, 2, 4, 8})
+    check_cuda(driver().cuFuncSetAttribute(pipeline.functions[onepass_entry(unit)],
+                                           CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MFA_GN_SLICE_MAX_BYTES),
+               "cuFuncSetAttribute(mfa_gn_onepass, MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+}
+
+// A cluster of `cluster` blocks per (n, group), then (backward, with dweight) the per-channel sums.
+void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOperands &ops, void *stream,
+                    mfa_gn_args &args) {
   const mfa_group_norm_descriptor &d = pipeline.descriptor;
-  args.row_vectors = d.c / d.groups / plan.vector_elements;
-  args.div_row = divisor_of(args.row_vectors);
-  CUlaunchAttribute cluster{};
-  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  cluster.value.cluster_dim = {static_cast<unsigned>(plan.cluster), 1, 1};
+  const int cluster = pipeline.onepass_cluster;
+  const int unit = unit_elements(d, element_alignment(ops));
+  args.slice_units = ceil_div(args.cpg * d.spatial / unit, cluster);
+  args.row_units = (d.layout == MFA_LAYOUT_NCHW ? d.spatial : args.cpg) / unit;
+  args.div_row_units = divisor_of(args.row_units);
+  args.slice_bytes = slice_bytes(d, args.slice_units, unit);
+  args.streams = static_cast<int>(staged_streams(d));
+  args.tiles = cluster;  // the backward's partials: one per (n, channel, block of the cluster)
+  CUlaunchAttribute attribute{};
+  attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  attribute.value.cluster_dim = {static_cast<unsigned>(cluster), 1, 1};
   CUlaunchConfig config{};
-  config.gridDimX = static_cast<unsigned>(d.n * d.groups * plan.cluster);
+  config.gridDimX = static_cast<unsigned>(d.n * d.groups * cluster);
   config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = static_cast<unsigned>(plan.threads);
+  config.blockDimX = static_cast<unsigned>(onepass_threads(args.slice_units));
   config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit));
   config.hStream = static_cast<CUstream>(stream);
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  config.attrs = &attribute;
+  config.numAttrs = cluster > 1 ? 1 : 0;  // a lone block launches as a plain grid (no cluster scheduling)
   void *params[] = {&args};
-  const CUfunction function = pipeline.functions[plan.vector_elements > 1 ? kFusedVec : kFusedScalar];
-  check_cuda(driver().cuLaunchKernelEx(&config, function, params, nullptr), "cuLaunchKernelEx(mfa_gn_fused)");
+  check_cuda(driver().cuLaunchKernelEx(&config, pipeline.functions[onepass_entry(unit)], params, nullptr),
+             "cuLaunchKernelEx(mfa_gn_onepass)");
+  if (d.pass == MFA_PASS_BACKWARD && ops.dweight)
+    launch(pipeline.functions[kParamGrads], static_cast<unsigned>(ceil_div(d.c, MFA_GN_THREADS)), 1, 1, stream, args,
+           "cuLaunchKernel(mfa_gn_param_grads)");
 }
 
 void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNormOperands &ops, void *workspace) {
@@ -494,9 +551,8 @@ void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNo
   args.weight_dtype = d.weight_dtype;
   args.eps = d.eps;
 
+  if (pipeline.onepass_cluster > 0) return launch_onepass(pipeline, ops, stream, args);
   const bool vec = vector_path(d, ops);
-  const FusedPlan &fused = vec ? pipeline.fused_vec : pipeline.fused_scalar;
-  if (fused.cluster > 0) return launch_fused(pipeline, fused, stream, args);
   const int elements = vec ? vector_elements(d.dtype) : 1;
   const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
   // reduce
@@ -562,16 +618,14 @@ MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mf
     pipeline->context = context->impl;
     pipeline->descriptor = checked;
     const int sm_count = pipeline->context->info().sm_count;
-    pipeline->plan = mfa::plan_for(checked, sm_count);
-    if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
-      const int forced = mfa::forced_cluster_from_environment();
-      pipeline->fused_vec = mfa::fused_plan(checked, true, sm_count, forced);
-      pipeline->fused_scalar = mfa::fused_plan(checked, false, sm_count, forced);
-    }
+    if (pipeline->context->compute_capability() >= 90)  // thread-block clusters
+      pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, mfa::forced_cluster_from_environment());
+    pipeline->plan = mfa::plan_for(checked, sm_count, pipeline->onepass_cluster);
     const mfa::GroupNormVariant variant = mfa::variant_for(checked);
     const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, pipeline->context->arch()));
     for (int entry = 0; entry < mfa::kEntryCount; ++entry)
       pipeline->functions[entry] = pipeline->context->function(*lookup.kernel, mfa::kEntries[entry]);
+    if (pipeline->onepass_cluster > 0) mfa::allow_onepass_smem(*pipeline);
     pipeline->info = mfa::pipeline_info(variant.key(), lookup, pipeline->plan.workspace_bytes);
     *out_pipeline = pipeline.release();
   });
@@ -633,10 +687,12 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
     mfa::require_arg(out_cluster, "out_cluster");
     mfa::require_arg(out_threads, "out_threads");
     mfa::require_arg(out_vector_elements, "out_vector_elements");
-    const mfa::FusedPlan plan = mfa::fused_plan(checked, vectorized != 0, sm_count, forced_cluster);
-    *out_cluster = plan.cluster;
-    *out_threads = plan.threads;
-    *out_vector_elements = plan.vector_elements;
+    const int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster);
+    const int unit = mfa::unit_elements(checked, vectorized ? 16 : mfa::element_bytes(checked.dtype));
+    *out_cluster = cluster;
+    *out_threads = cluster ? mfa::onepass_threads(mfa::ceil_div(checked.c / checked.groups * checked.spatial / unit,
+                                                                cluster)) : 0;
+    *out_vector_elements = unit;
   });
 }
 

@@ -6,8 +6,8 @@
 // So the tanh GELU and SiLU use logistic forms (0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))), the erf GELU's
 // derivative erfc (1 + erf(-v) = erfc(v); its forward: see there), and the derivatives take sigmoid(-z) = 1 / (1 + exp(z)) instead of 1 - sigmoid(z). The forward uses
 // __expf (its error, ~2 ulp times |argument|, stays far below the outputs' tolerances; expf's larger code
-// spilled register-bound GEMM epilogues), the derivatives expf. Overflowing exponentials give the right
-// limits (1/inf = 0).
+// spilled register-bound GEMM epilogues) and divides with __fdividef (no IEEE slow path; a divisor beyond
+// 2^126 gives 0, the limit anyway); the derivatives use expf and a correctly rounded reciprocal.
 #pragma once
 
 #define MFA_ACT_NONE 0
@@ -25,13 +25,23 @@
 __device__ __forceinline__ float mfa_activate(float x, int activation) {
   switch (activation) {
     case MFA_ACT_RELU: return fmaxf(x, 0.0f);
-    case MFA_ACT_GELU_TANH: return x / (1.0f + __expf(-MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x)));
+    case MFA_ACT_GELU_TANH: return __fdividef(x, 1.0f + __expf(-MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x)));
     // 1 + erf cancels for x < -1, but only relative to a result below 0.08 |x|: the absolute error
     // stays at fp32 rounding. erfcf's larger register footprint spilled the fp32 Hopper GEMM's epilogue.
     case MFA_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * MFA_SQRT_HALF));
-    case MFA_ACT_SILU: return x / (1.0f + __expf(-x));
+    case MFA_ACT_SILU: return __fdividef(x, 1.0f + __expf(-x));
     default: return x;
   }
+}
+
+// s(z) and s(-z) = e s(z) with e = exp(-z): one exponential and one reciprocal, no cancellation (the
+// direct form's two of each cost group norm's SiLU backward ~2x). expf and a correctly rounded
+// reciprocal: __expf or __fdividef doubled the fp32 dx error of two-element groups, where the terms
+// cancel. e is capped at exp(80), where s(z) < 2e-35 and s(-z) rounds to 1.
+__device__ __forceinline__ void mfa_sigmoid_pair(float z, float &s, float &s_neg) {
+  const float e = expf(fminf(-z, 80.0f));
+  s = __frcp_rn(1.0f + e);
+  s_neg = e * s;
 }
 
 // d activation / dx at x.
@@ -43,13 +53,15 @@ __device__ __forceinline__ float mfa_activate_grad(float x, int activation) {
     case MFA_ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
     case MFA_ACT_GELU_TANH: {
       const float two_u = MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x);
-      const float s = 1.0f / (1.0f + expf(-two_u)), s_neg = 1.0f / (1.0f + expf(two_u));
+      float s, s_neg;
+      mfa_sigmoid_pair(two_u, s, s_neg);
       return s + x * s * s_neg * MFA_GELU_TANH_K2 * (1.0f + 3.0f * MFA_GELU_TANH_A * x * x);
     }
     case MFA_ACT_GELU_ERF:
       return 0.5f * erfcf(-x * MFA_SQRT_HALF) + x * MFA_INV_SQRT_2PI * expf(-0.5f * x * x);
     case MFA_ACT_SILU: {
-      const float s = 1.0f / (1.0f + expf(-x)), s_neg = 1.0f / (1.0f + expf(x));
+      float s, s_neg;
+      mfa_sigmoid_pair(x, s, s_neg);
       return s * (1.0f + x * s_neg);
     }
     default: return 1.0f;

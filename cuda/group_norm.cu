@@ -1,11 +1,12 @@
 // group_norm.cu: group normalization, forward and backward (layout, dtype, activation and pass come
-// from the generated source's macros; see group_norm.cuh for the fused forward and the three launches
+// from the generated source's macros; see group_norm.cuh for the one-pass path and the three launches
 // of the split path).
 //
 //   entry point            grid                                 work
-//   mfa_gn_fused_vec       a cluster of 1..8 blocks per         forward in one pass: x read once into
-//                          (n, group)                           registers, DSMEM statistics, y; 16-byte
-//   mfa_gn_fused_scalar    as above                             loads, or one element per load
+//   mfa_gn_onepass_U       a cluster of 1..8 blocks per         forward or backward in one pass: the
+//                          (n, group)                           group staged in shared memory (units of
+//                                                               U elements), DSMEM sums, y or dx
+//   mfa_gn_param_grads     a thread per channel                 backward after one pass: dweight, dbias
 //   mfa_gn_reduce_vec      NCHW: warps over (n, c, tile)        per-(n, c, tile) partials, 16-byte loads
 //                          NHWC: (tile, channel block, n)
 //   mfa_gn_reduce_scalar   as above, one element per load       any alignment
@@ -15,8 +16,8 @@
 //   mfa_gn_apply_scalar    grid-stride over elements
 //
 // Statistics: Welford per thread (one element at a time, or a vector's own moments merged at once),
-// then Chan's merge across lanes, threads, tiles and channels, always in the same order. No
-// E[x^2] - E[x]^2: inputs with a large mean keep their variance.
+// then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a cluster) and channels,
+// always in the same order. No E[x^2] - E[x]^2: inputs with a large mean keep their variance.
 // Pivot: the statistics are those of x' - p, p the group's first element of x' (an exact value of the
 // element type), and y uses ((x' - p) - mean_p) * rstd. For x' near p (the case that matters: a mean
 // large against the spread), x' - p is exact (Sterbenz), so the large part cancels exactly and an fp32
@@ -45,8 +46,7 @@ __device__ __forceinline__ float mfa_gn_round(float value) {
   else return mfa_gn_from_bits(mfa_gn_to_bits(value));
 }
 
-// A packet: VEC elements as loaded and stored, raw (a 16-byte vector) or, one element, as fp32. The
-// fused forward holds the group as packets: 16-bit data stays packed, 8 elements in 4 registers.
+// A packet: VEC elements as loaded and stored, raw (a 16-byte vector) or, one element, as fp32.
 template <int VEC>
 struct mfa_gn_packet {
   uint4 bits;
@@ -167,18 +167,29 @@ __device__ __forceinline__ float mfa_gn_input(float x, float residual, bool has_
   return has_residual ? mfa_gn_round(x + residual) : x;
 }
 
-// The pivot of (n, group): x' at the group's first element (its first channel, position 0).
-__device__ __forceinline__ float mfa_gn_pivot(const mfa_gn_args &args, long long n, long long group) {
-  const long long c = group * args.cpg;
+// x' at element e of (n, group), counted channel-major: channel e / spatial, position e % spatial.
+__device__ __forceinline__ float mfa_gn_group_element(const mfa_gn_args &args, long long n, long long group,
+                                                      long long e) {
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
-  const long long index = (n * args.c + c) * args.spatial;
+  const long long index = (n * args.c + group * args.cpg) * args.spatial + e;
 #else
-  const long long index = n * args.spatial * args.c + c;
+  const long long j = mfa_gn_div(e, args.div_spatial), position = e - j * args.spatial;
+  const long long index = (n * args.spatial + position) * args.c + group * args.cpg + j;
 #endif
   float x[1], residual[1] = {0.0f};
   mfa_gn_load<1>(args.x, index, x);
   if (args.residual) mfa_gn_load<1>(args.residual, index, residual);
   return mfa_gn_input(x[0], residual[0], args.residual != nullptr);
+}
+
+// The pivot of (n, group): the median of x' at the group's first, middle and last elements, a value of the
+// group that no single outlier can be (the one-pass forward's shifted sums lose precision as the pivot's
+// distance from the mean, in standard deviations, squared).
+__device__ __forceinline__ float mfa_gn_pivot(const mfa_gn_args &args, long long n, long long group) {
+  const long long last = args.cpg * args.spatial - 1;
+  const float a = mfa_gn_group_element(args, n, group, 0), b = mfa_gn_group_element(args, n, group, last / 2),
+              c = mfa_gn_group_element(args, n, group, last);
+  return fmaxf(fminf(a, b), fminf(fmaxf(a, b), c));
 }
 
 __device__ __forceinline__ mfa_gn_channel mfa_gn_channel_of(const mfa_gn_args &args, long long n, long long c) {
@@ -401,27 +412,12 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
   mfa_gn_merge_group_partials(args, moments, write_stats);
 }
 #else
-// blockIdx.y == 0: a warp per (n, group): s1 = sum weight * dy^, s2 = sum weight * dy^ * xhat, stored as
-// rstd * s1 / M and rstd * s2 / M (M = cpg * spatial), so that dx = rstd * weight * dy^ - k1 - xhat * k2.
-// blockIdx.y == 1: a thread per channel: dweight = sum over n and tiles of a, dbias of b.
-__device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
-  if (blockIdx.y == 0) {
-    const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
-    const auto weighted_sums = [&](long long c, long long, const float *partial) -> mfa_gn_acc {
-      const float weight = mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f);
-      return {weight * partial[0], weight * partial[1]};
-    };
-    const auto write_coefficients = [&](long long item, long long, long long, const mfa_gn_acc &acc) {
-      const float rstd = args.rstd[item];
-      args.group_stats[item * MFA_GN_STATS] = rstd * acc.b * inverse_count;
-      args.group_stats[item * MFA_GN_STATS + 1] = rstd * acc.a * inverse_count;
-    };
-    mfa_gn_merge_group_partials(args, weighted_sums, write_coefficients);
-    return;
-  }
+// A thread per channel: dweight = sum over n and tiles of a, dbias of b (the tiles are the one-pass
+// path's cluster ranks there), in a fixed order.
+__device__ __forceinline__ void mfa_gn_param_grads_pass(const mfa_gn_args &args) {
   if (args.dweight == nullptr) return;
-  for (long long c = static_cast<long long>(blockIdx.x) * MFA_GN_THREADS + threadIdx.x; c < args.c;
-       c += static_cast<long long>(gridDim.x) * MFA_GN_THREADS) {
+  for (long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; c < args.c;
+       c += static_cast<long long>(gridDim.x) * blockDim.x) {
     mfa_gn_acc acc = mfa_gn_zero();
     for (long long n = 0; n < args.n; ++n)
       for (long long tile = 0; tile < args.tiles; ++tile) {
@@ -431,6 +427,24 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
     mfa_gn_param_store(args.dweight, args.weight_dtype, c, acc.a);
     mfa_gn_param_store(args.dbias, args.weight_dtype, c, acc.b);
   }
+}
+
+// blockIdx.y == 0: a warp per (n, group): s1 = sum weight * dy^, s2 = sum weight * dy^ * xhat, stored as
+// rstd * s1 / M and rstd * s2 / M (M = cpg * spatial), so that dx = rstd * weight * dy^ - k1 - xhat * k2.
+// blockIdx.y == 1: dweight and dbias.
+__device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
+  if (blockIdx.y == 1) return mfa_gn_param_grads_pass(args);
+  const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
+  const auto weighted_sums = [&](long long c, long long, const float *partial) -> mfa_gn_acc {
+    const float weight = mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f);
+    return {weight * partial[0], weight * partial[1]};
+  };
+  const auto write_coefficients = [&](long long item, long long, long long, const mfa_gn_acc &acc) {
+    const float rstd = args.rstd[item];
+    args.group_stats[item * MFA_GN_STATS] = rstd * acc.b * inverse_count;
+    args.group_stats[item * MFA_GN_STATS + 1] = rstd * acc.a * inverse_count;
+  };
+  mfa_gn_merge_group_partials(args, weighted_sums, write_coefficients);
 }
 #endif
 
@@ -489,177 +503,491 @@ __device__ __forceinline__ void mfa_gn_apply_pass(const mfa_gn_args &args) {
   }
 }
 
-// ----- fused forward: a cluster per (n, group), the group held in registers -----
+// ----- one pass: a cluster per (n, group), the group staged in shared memory -----
 //
-// Block `rank` of the cluster of (n, group) owns the group's vectors i = r * K * T + rank * T + thread
-// (K blocks of T threads, r < SLOTS): for each r the cluster reads K * T consecutive vectors, coalesced.
-//   1. load x (+ residual) into registers, write x_sum; Welford moments of x' - p per thread
-//   2. merge: warps (shuffle tree), the block's warps in order, then the cluster's blocks in rank order
-//      through distributed shared memory: every block merges the same values in the same order, so all
-//      hold the same bits and the result is deterministic
-//   3. normalize the registers, activate, write y
-// x is read from HBM once and there is one launch; groups larger than the cluster's registers take the
-// three-launch path.
-#if MFA_GN_PASS == MFA_GN_FORWARD && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Block `rank` of the cluster working on (n, group) holds the group's units [rank * slice_units, ...) (a
+// unit: U elements copied at once) of each input stream in shared memory:
+//   1. stage: cp.async copies every unit of the slice (no registers hold data in flight, so a block keeps
+//      its whole slice's loads outstanding); the group's weight and bias and a few scalars into a table
+//   2. one merge over the cluster: each block's sums in a fixed order, published in shared memory, read
+//      back by every block through distributed shared memory in rank order (all hold the same bits)
+//      forward: the moments of x' - p; backward: sum w dy^ xhat and sum w dy^
+//   3. write y = act(x' * scale + shift), or dx, unit by unit from shared memory
+// Each input is read from HBM once and each output written once; a cluster barrier at the end keeps every
+// block's shared memory alive while the others may still read its sums.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include "ptx_cluster.cuh"
-#define MFA_GN_HAS_FUSED 1
+#define MFA_GN_HAS_ONEPASS 1
 
-// Where vector i of (n, group) lives: its element index and its first channel (NHWC: the VEC elements
-// are VEC consecutive channels; NCHW: one channel, as the spatial size is a multiple of VEC).
-struct mfa_gn_place {
-  long long index, channel;
+#if MFA_GN_DTYPE == MFA_GN_F32
+typedef float mfa_gn_elem;
+#else
+typedef unsigned short mfa_gn_elem;
+#endif
+
+// U consecutive elements as one copy moves them, as 32-bit words (a 2-byte unit in the low half of one).
+template <int U>
+struct mfa_gn_unit {
+  static constexpr int BYTES = U * static_cast<int>(sizeof(mfa_gn_elem));
+  unsigned w[BYTES >= 4 ? BYTES / 4 : 1];
 };
 
-template <int VEC>
-__device__ __forceinline__ mfa_gn_place mfa_gn_place_of(const mfa_gn_args &args, long long n, long long group,
-                                                        long long i) {
-  const long long first_channel = group * args.cpg;
+template <int U>
+__device__ __forceinline__ mfa_gn_unit<U> mfa_gn_unit_load(const mfa_gn_elem *at) {
+  mfa_gn_unit<U> unit;
+  if constexpr (mfa_gn_unit<U>::BYTES == 16) {
+    const uint4 r = *reinterpret_cast<const uint4 *>(at);
+    unit.w[0] = r.x, unit.w[1] = r.y, unit.w[2] = r.z, unit.w[3] = r.w;
+  } else if constexpr (mfa_gn_unit<U>::BYTES == 8) {
+    const uint2 r = *reinterpret_cast<const uint2 *>(at);
+    unit.w[0] = r.x, unit.w[1] = r.y;
+  } else if constexpr (mfa_gn_unit<U>::BYTES == 4) {
+    unit.w[0] = *reinterpret_cast<const unsigned *>(at);
+  } else {
+    unit.w[0] = *reinterpret_cast<const unsigned short *>(at);
+  }
+  return unit;
+}
+
+template <int U>
+__device__ __forceinline__ void mfa_gn_unit_store(mfa_gn_elem *at, const mfa_gn_unit<U> &unit) {
+  if constexpr (mfa_gn_unit<U>::BYTES == 16)
+    *reinterpret_cast<uint4 *>(at) = make_uint4(unit.w[0], unit.w[1], unit.w[2], unit.w[3]);
+  else if constexpr (mfa_gn_unit<U>::BYTES == 8)
+    *reinterpret_cast<uint2 *>(at) = make_uint2(unit.w[0], unit.w[1]);
+  else if constexpr (mfa_gn_unit<U>::BYTES == 4)
+    *reinterpret_cast<unsigned *>(at) = unit.w[0];
+  else
+    *reinterpret_cast<unsigned short *>(at) = static_cast<unsigned short>(unit.w[0]);
+}
+
+// Two 16-bit elements of a word as fp32, and back (one conversion instruction a pair where the type has it).
+__device__ __forceinline__ void mfa_gn_unpack_pair(unsigned word, float &lo, float &hi) {
+  if constexpr (MFA_GN_DTYPE == MFA_GN_BF16) {
+    lo = __uint_as_float(word << 16), hi = __uint_as_float(word & 0xffff0000u);
+  } else {
+    asm("{ .reg .f16 l, h; mov.b32 {l, h}, %2; cvt.f32.f16 %0, l; cvt.f32.f16 %1, h; }"
+        : "=f"(lo), "=f"(hi) : "r"(word));
+  }
+}
+__device__ __forceinline__ unsigned mfa_gn_pack_pair(float lo, float hi) {
+  unsigned word;
+  if constexpr (MFA_GN_DTYPE == MFA_GN_BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(word) : "f"(hi), "f"(lo));
+  return word;
+}
+
+template <int U>
+__device__ __forceinline__ void mfa_gn_unit_floats(const mfa_gn_elem *slice, int u, float (&v)[U]) {
+  const mfa_gn_unit<U> unit = mfa_gn_unit_load<U>(slice + u * U);
+  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
+#pragma unroll
+    for (int k = 0; k < U; ++k) v[k] = __uint_as_float(unit.w[k]);
+  } else if constexpr (U == 1) {
+    v[0] = mfa_gn_from_bits(static_cast<unsigned short>(unit.w[0]));
+  } else {
+#pragma unroll
+    for (int k = 0; k < U; k += 2) mfa_gn_unpack_pair(unit.w[k / 2], v[k], v[k + 1]);
+  }
+}
+
+template <int U>
+__device__ __forceinline__ mfa_gn_unit<U> mfa_gn_unit_of(const float (&v)[U]) {
+  mfa_gn_unit<U> unit;
+  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) {
+#pragma unroll
+    for (int k = 0; k < U; ++k) unit.w[k] = __float_as_uint(v[k]);
+  } else if constexpr (U == 1) {
+    unit.w[0] = mfa_gn_to_bits(v[0]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < U; k += 2) unit.w[k / 2] = mfa_gn_pack_pair(v[k], v[k + 1]);
+  }
+  return unit;
+}
+
+// Where (n, group) and a block's slice of it are.
+struct mfa_gn_slice {
+  long long item, n, group;
+  long long base;   // element index of the group's first element
+  unsigned first;   // the slice's first unit within the group (a group holds < 2^31 elements)
+  int units;        // units in the slice
+  unsigned rank, blocks;
+};
+
+template <int U>
+__device__ __forceinline__ mfa_gn_slice mfa_gn_slice_of(const mfa_gn_args &args, long long item, unsigned rank,
+                                                        unsigned blocks) {
+  mfa_gn_slice s;
+  s.rank = rank;
+  s.blocks = blocks;
+  s.item = item;
+  s.n = mfa_gn_div(item, args.div_groups);
+  s.group = item - s.n * args.groups;
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
-  const long long element = i * VEC;  // within the group's contiguous cpg * spatial elements
-  return {(n * args.c + first_channel) * args.spatial + element, first_channel + mfa_gn_div(element, args.div_spatial)};
+  s.base = (s.n * args.c + s.group * args.cpg) * args.spatial;
 #else
-  const long long position = mfa_gn_div(i, args.div_row), column = i - position * args.row_vectors;
-  return {(n * args.spatial + position) * args.c + first_channel + column * VEC, first_channel + column * VEC};
+  s.base = s.n * args.spatial * args.c + s.group * args.cpg;
+#endif
+  const long long first = static_cast<long long>(rank) * args.slice_units;
+  const long long group_units = args.cpg * args.spatial / U;
+  s.first = static_cast<unsigned>(min(first, group_units));
+  s.units = static_cast<int>(max(0ll, min(args.slice_units, group_units - first)));
+  return s;
+}
+
+// The element offset (from the group's first element) of the slice's unit u, and the group channel of its
+// element k: 32-bit arithmetic within the group, one wide multiply for NHWC's row stride.
+template <int U>
+__device__ __forceinline__ long long mfa_gn_unit_offset(const mfa_gn_args &args, const mfa_gn_slice &s, int u) {
+  const unsigned unit = s.first + u;
+#if MFA_GN_LAYOUT == MFA_GN_NCHW
+  return unit * U;
+#else
+  const unsigned position = mfa_gn_div32(unit, args.div_row_units);
+  return static_cast<long long>(position) * args.c + (unit - position * static_cast<unsigned>(args.row_units)) * U;
+#endif
+}
+template <int U>
+__device__ __forceinline__ int mfa_gn_unit_channel(const mfa_gn_args &args, const mfa_gn_slice &s, int u) {
+  const unsigned unit = s.first + u;
+#if MFA_GN_LAYOUT == MFA_GN_NCHW
+  return static_cast<int>(mfa_gn_div32(unit, args.div_row_units));  // all U elements: one channel
+#else
+  return static_cast<int>(unit - mfa_gn_div32(unit, args.div_row_units) * static_cast<unsigned>(args.row_units)) * U;
+#endif
+}
+__device__ __forceinline__ int mfa_gn_element_channel(int unit_channel, int k) {
+  return MFA_GN_LAYOUT == MFA_GN_NHWC ? unit_channel + k : unit_channel;
+}
+
+// The group's first element in an element tensor.
+__device__ __forceinline__ mfa_gn_elem *mfa_gn_group_of(const void *tensor, const mfa_gn_slice &s) {
+  return const_cast<mfa_gn_elem *>(static_cast<const mfa_gn_elem *>(tensor)) + s.base;
+}
+
+// Copies the slice of `source` into shared memory: cp.async for 4 to 16-byte units, otherwise (2-byte
+// elements one at a time) loads batched ahead of their stores.
+template <int U>
+__device__ __forceinline__ void mfa_gn_stage(const mfa_gn_args &args, const mfa_gn_slice &s, const void *source,
+                                             mfa_gn_elem *slice) {
+  constexpr int BYTES = U * sizeof(mfa_gn_elem);
+  const mfa_gn_elem *from = mfa_gn_group_of(source, s);
+  if constexpr (BYTES >= 4) {
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x)
+      mfa_cp_async<BYTES>(slice + u * U, from + mfa_gn_unit_offset<U>(args, s, u));
+  } else {
+    constexpr int BATCH = 8;
+    for (int u0 = threadIdx.x; u0 < s.units; u0 += BATCH * blockDim.x) {
+      mfa_gn_elem held[BATCH];
+#pragma unroll
+      for (int b = 0; b < BATCH; ++b) {
+        const int u = u0 + b * blockDim.x;
+        if (u < s.units) held[b] = from[mfa_gn_unit_offset<U>(args, s, u)];
+      }
+#pragma unroll
+      for (int b = 0; b < BATCH; ++b)
+        if (u0 + b * blockDim.x < s.units) slice[u0 + b * blockDim.x] = held[b];
+    }
+  }
+}
+
+// The group's weight and bias as fp32 (table[0, cpg) and table[cpg, 2 cpg)) and the scalars: forward the
+// three pivot candidates of mfa_gn_pivot, backward the group's mean and rstd.
+__device__ __forceinline__ void mfa_gn_stage_table(const mfa_gn_args &args, const mfa_gn_slice &s, float *table,
+                                                   float *scalars) {
+  for (long long j = threadIdx.x; j < args.cpg; j += blockDim.x) {
+    table[j] = mfa_gn_param(args.weight, args.weight_dtype, s.group * args.cpg + j, 1.0f);
+    table[args.cpg + j] = mfa_gn_param(args.bias, args.weight_dtype, s.group * args.cpg + j, 0.0f);
+  }
+#if MFA_GN_PASS == MFA_GN_FORWARD
+  const long long last = args.cpg * args.spatial - 1;
+  if (threadIdx.x < 3)
+    scalars[threadIdx.x] =
+        mfa_gn_group_element(args, s.n, s.group, threadIdx.x == 0 ? 0 : threadIdx.x == 1 ? last / 2 : last);
+#else
+  if (threadIdx.x < 2) scalars[threadIdx.x] = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
 #endif
 }
 
-// The cluster's merge of its blocks' moments (each block's at `published` in its own shared memory),
-// called by a whole warp: lane k reads block k's (the distributed-shared-memory latencies overlap instead
-// of adding up), then the lanes' values merge in rank order, the same order in every block.
-__device__ __forceinline__ mfa_gn_acc mfa_gn_cluster_merge(const mfa_gn_acc *published, unsigned blocks) {
-  const unsigned lane = threadIdx.x & 31;
-  mfa_gn_acc mine = mfa_gn_zero();
-  if (lane < blocks) {
-    const unsigned remote = mfa_cluster_map(mfa_smem_addr(published), lane);
-    mine = {mfa_cluster_load_f32(remote), mfa_cluster_load_f32(remote + 4), mfa_cluster_load_f32(remote + 8)};
-  }
-  mfa_gn_acc total = mfa_gn_zero();
-  for (unsigned rank = 0; rank < blocks; ++rank)
-    total = mfa_gn_merge(total, {__shfl_sync(0xffffffffu, mine.count, rank), __shfl_sync(0xffffffffu, mine.mean, rank),
-                                 __shfl_sync(0xffffffffu, mine.m2, rank)});
-  return total;
-}
-
-// Moments of the whole group; every thread of every block of the cluster returns the same bits.
-__device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(mfa_gn_acc acc) {
-  __shared__ mfa_gn_acc warp_acc[MFA_GN_FUSED_THREADS / 32];
-  __shared__ mfa_gn_acc block_acc, group_acc;
-  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+// The merge of every thread's accumulator over the whole cluster (forward: moments, backward: sums): the
+// warps' fixed shuffle trees, the warps in order, then the blocks in rank order, read by every block
+// through distributed shared memory, so that every thread of every block returns the same bits.
+__device__ __forceinline__ mfa_gn_acc mfa_gn_cluster_merge(mfa_gn_acc acc, unsigned blocks) {
+  constexpr int FIELDS = sizeof(mfa_gn_acc) / sizeof(float);
+  __shared__ mfa_gn_acc warp_acc[MFA_GN_WARPS];
+  __shared__ mfa_gn_acc block_acc, cluster_acc;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   acc = mfa_gn_warp_merge(acc);
-  if ((threadIdx.x & 31) == 0) warp_acc[warp] = acc;
+  if (lane == 0) warp_acc[warp] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
     mfa_gn_acc total = warp_acc[0];
-    for (int w = 1; w < warps; ++w) total = mfa_gn_merge(total, warp_acc[w]);
-    block_acc = total;
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) total = mfa_gn_merge(total, warp_acc[w]);
+    block_acc = cluster_acc = total;
+  }
+  if (blocks == 1) {  // no cluster barrier (its release is a GPU-wide memory barrier) for a lone block
+    __syncthreads();
+    return cluster_acc;
   }
   mfa_cluster_arrive();  // releases block_acc to the cluster
   mfa_cluster_wait();
-  if (threadIdx.x < 32) {
-    const mfa_gn_acc total = mfa_gn_cluster_merge(&block_acc, mfa_cluster_blocks());
-    if (threadIdx.x == 0) group_acc = total;
+  if (warp == 0) {
+    mfa_gn_acc mine = mfa_gn_zero();
+    if (lane < static_cast<int>(blocks)) {  // lane k reads block k: the remote latencies overlap
+      const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc), lane);
+      float *fields = reinterpret_cast<float *>(&mine);
+#pragma unroll
+      for (int i = 0; i < FIELDS; ++i) fields[i] = mfa_cluster_load_f32(remote + 4 * i);
+    }
+    mfa_gn_acc total = mfa_gn_zero();
+    for (unsigned rank = 0; rank < blocks; ++rank) {
+      mfa_gn_acc theirs;
+#pragma unroll
+      for (int i = 0; i < FIELDS; ++i)
+        reinterpret_cast<float *>(&theirs)[i] = __shfl_sync(0xffffffffu, reinterpret_cast<const float *>(&mine)[i], rank);
+      total = mfa_gn_merge(total, theirs);
+    }
+    if (lane == 0) cluster_acc = total;
   }
-  // Second phase: no block leaves (its shared memory) while another may still read its block_acc; the
-  // wait is at the kernel's end, so the writes of y overlap it.
-  mfa_cluster_arrive();
   __syncthreads();
-  return group_acc;
+  return cluster_acc;
 }
 
-// The element index of this thread's slot r (vector first + r * stride of the group), -1 past the group's
-// end. Recomputed where used rather than kept in registers across the cluster barrier (16 64-bit
-// indices would spill on the element-wise path).
-template <int VEC>
-__device__ __forceinline__ long long mfa_gn_slot_index(const mfa_gn_args &args, long long n, long long group,
-                                                       long long i, long long vectors) {
-  return i < vectors ? mfa_gn_place_of<VEC>(args, n, group, i).index : -1;
+// No block leaves (with its shared memory) while another may still read its published accumulator.
+__device__ __forceinline__ void mfa_gn_cluster_exit(unsigned blocks) {
+  if (blocks == 1) return;
+  mfa_cluster_arrive_relaxed();
+  mfa_cluster_wait();
 }
 
-// x' = x + residual (rounded to the element type) in the held packets, and x_sum; residual loads first.
-template <int VEC, int SLOTS>
-__device__ __forceinline__ void mfa_gn_add_residual(const mfa_gn_args &args, const long long (&index)[SLOTS],
-                                                    mfa_gn_packet<VEC> (&held)[SLOTS]) {
-  mfa_gn_packet<VEC> residual[SLOTS];
-#pragma unroll
-  for (int r = 0; r < SLOTS; ++r)
-    if (index[r] >= 0) residual[r] = mfa_gn_load_packet<VEC>(args.residual, index[r]);
-#pragma unroll
-  for (int r = 0; r < SLOTS; ++r) {
-    if (index[r] < 0) continue;
-    float x[VEC], add[VEC];
-    mfa_gn_unpack<VEC>(held[r], x);
-    mfa_gn_unpack<VEC>(residual[r], add);
-    for (int j = 0; j < VEC; ++j) x[j] = mfa_gn_input(x[j], add[j], true);
-    held[r] = mfa_gn_pack<VEC>(x);
-  }
-  if (args.x_sum == nullptr) return;
-#pragma unroll
-  for (int r = 0; r < SLOTS; ++r)
-    if (index[r] >= 0) mfa_gn_store_packet<VEC>(args.x_sum, index[r], held[r]);
+extern __shared__ __align__(16) unsigned char mfa_gn_shared[];
+
+// The block's slices: `streams` consecutive regions of args.slice_bytes (x, then the residual or dy).
+struct mfa_gn_buffer {
+  mfa_gn_elem *first, *second;
+};
+
+__device__ __forceinline__ mfa_gn_buffer mfa_gn_buffer_of(const mfa_gn_args &args) {
+  return {reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared), reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared + args.slice_bytes)};
 }
 
-template <int VEC>
-__device__ __forceinline__ void mfa_gn_fused_forward(const mfa_gn_args &args) {
-  constexpr int SLOTS = mfa_gn_fused_slots(VEC);
-  const long long blocks = mfa_cluster_blocks();
-  const long long item = blockIdx.x / blocks;  // n * groups + group
-  const long long n = mfa_gn_div(item, args.div_groups), group = item - n * args.groups;
-  const long long vectors = args.cpg * args.spatial / VEC;
-  const long long first = static_cast<long long>(mfa_cluster_rank()) * blockDim.x + threadIdx.x;
-  const long long stride = blocks * blockDim.x;
+#if MFA_GN_PASS == MFA_GN_FORWARD
+// The item's input streams into `buffer` (cp.async, one commit group).
+template <int U>
+__device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                  const mfa_gn_buffer &buffer) {
+  mfa_gn_stage<U>(args, s, args.x, buffer.first);
+  if (args.residual) mfa_gn_stage<U>(args, s, args.residual, buffer.second);
+  mfa_cp_async_commit();
+}
+
+// One (n, group) from its staged slices: statistics, cluster merge, y.
+template <int U>
+__device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                            const mfa_gn_buffer &buffer, float *table, const float *scalars) {
+  mfa_gn_elem *xs = buffer.first;
   const bool has_residual = args.residual != nullptr;
-  const mfa_gn_channel pivot = {mfa_gn_pivot(args, n, group)};
+  const float pivot = fmaxf(fminf(scalars[0], scalars[1]), fminf(fmaxf(scalars[0], scalars[1]), scalars[2]));
 
-  // 1. load and accumulate. Each loop holds loads only, or stores last: a store between two loads (x_sum
-  // may alias x, as far as the compiler knows) would keep it from issuing the later load before the
-  // arithmetic on the earlier one, serializing the slots' memory latencies (measured: 4x slower).
-  mfa_gn_packet<VEC> held[SLOTS];
-  long long index[SLOTS];
+  // 1. x' = x + residual (rounded as the caller's own sum would be; kept, and written to x_sum), and the
+  // moments of this thread's x' - p, merged over the cluster as Chan et al. 16-bit inputs: one pass of
+  // shifted sums, M2 = sum d^2 - (sum d)^2 / n with d = x' - p, whose relative error is 2^-24 (1 +
+  // ((mean - p) / sd)^2): the median-of-three pivot keeps that near 2^-24 (the kernel is issue-bound; a
+  // second pass over shared memory cost time). fp32 inputs: two passes (the thread's mean, then the
+  // squares about it), for their 1e-6 tolerance at any pivot.
+  constexpr bool kShiftedSums = MFA_GN_DTYPE != MFA_GN_F32;
+  float sum = 0.0f, squares = 0.0f;
+  int count = 0;
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x, count += U) {
+    float v[U];
+    mfa_gn_unit_floats<U>(xs, u, v);
+    if (has_residual) {
+      float add[U];
+      mfa_gn_unit_floats<U>(buffer.second, u, add);
 #pragma unroll
-  for (int r = 0; r < SLOTS; ++r) {
-    const long long i = first + r * stride;
-    index[r] = mfa_gn_slot_index<VEC>(args, n, group, i, vectors);
-    if (index[r] >= 0) held[r] = mfa_gn_load_packet<VEC>(args.x, index[r]);
-  }
-  if (has_residual) mfa_gn_add_residual<VEC, SLOTS>(args, index, held);
-  mfa_gn_acc acc = mfa_gn_zero();
+      for (int k = 0; k < U; ++k) v[k] = mfa_gn_round(v[k] + add[k]);
+      const mfa_gn_unit<U> summed = mfa_gn_unit_of<U>(v);
+      mfa_gn_unit_store<U>(xs + u * U, summed);
+      if (args.x_sum) mfa_gn_unit_store<U>(mfa_gn_group_of(args.x_sum, s) + mfa_gn_unit_offset<U>(args, s, u), summed);
+    }
 #pragma unroll
-  for (int r = 0; r < SLOTS; ++r) {
-    if (first + r * stride >= vectors) continue;
-    float v[VEC], none[VEC] = {};
-    mfa_gn_unpack<VEC>(held[r], v);
-    mfa_gn_add_vec<VEC>(acc, pivot, v, none, false);
+    for (int k = 0; k < U; ++k) {
+      const float d = v[k] - pivot;
+      sum += d;
+      if constexpr (kShiftedSums) squares = fmaf(d, d, squares);
+    }
   }
-
-  // 2. the group's statistics
-  const mfa_gn_acc moments = mfa_gn_group_moments(acc);
+  const float thread_mean = count ? sum / count : 0.0f;
+  if constexpr (kShiftedSums) {
+    squares = fmaxf(squares - sum * thread_mean, 0.0f);
+  } else {
+    const float center = pivot + thread_mean;  // its rounding moves M2 by a negligible (error)^2 * count
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+      float v[U];
+      mfa_gn_unit_floats<U>(xs, u, v);
+#pragma unroll
+      for (int k = 0; k < U; ++k) squares = fmaf(v[k] - center, v[k] - center, squares);
+    }
+  }
+  const mfa_gn_acc moments = mfa_gn_cluster_merge({static_cast<float>(count), thread_mean, squares}, s.blocks);
+  const float mean_p = moments.mean;
   const float rstd = 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps);
 
-  // 3. normalize the registers in place (weight and bias loads free to overlap), then store
+  // 2. y = act(x' * scale + shift) per channel: scale = rstd * w, shift = b - (p + mean_p) * scale. The
+  // product's rounding, |x' * scale| * 2^-24, stays below 2^-13 of y's spread for 16-bit inputs (whose
+  // own resolution bounds mean / spread by 2^11 (fp16) or 2^8 (bf16)); fp32 inputs keep the exact
+  // form ((x' - p) - mean_p) * scale + b, as a mean of 1e4 over a spread of 1 needs.
+  constexpr bool kExactCenter = MFA_GN_DTYPE == MFA_GN_F32;
+  float *scale = table, *shift = table + args.cpg;
+  for (int j = threadIdx.x; j < args.cpg; j += blockDim.x) {
+    scale[j] *= rstd;
+    if (!kExactCenter) shift[j] -= (pivot + mean_p) * scale[j];
+  }
+  __syncthreads();
+  mfa_gn_elem *y = mfa_gn_group_of(args.y, s);
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+    float v[U];
+    mfa_gn_unit_floats<U>(xs, u, v);
+    const int channel = mfa_gn_unit_channel<U>(args, s, u);
 #pragma unroll
-  for (int r = 0; r < SLOTS; ++r) {
-    if (first + r * stride >= vectors) continue;
-    const long long channel = mfa_gn_place_of<VEC>(args, n, group, first + r * stride).channel;
-    float v[VEC];
-    mfa_gn_unpack<VEC>(held[r], v);
-    for (int j = 0; j < VEC; ++j) {
-      const long long c = channel + (MFA_GN_LAYOUT == MFA_GN_NHWC ? j : 0);
-      const float normalized = ((v[j] - pivot.pivot) - moments.mean) * rstd;
-      v[j] = mfa_gn_activate(normalized * mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f) +
-                             mfa_gn_param(args.bias, args.weight_dtype, c, 0.0f));
+    for (int k = 0; k < U; ++k) {
+      const int j = mfa_gn_element_channel(channel, k);
+      const float centered = kExactCenter ? (v[k] - pivot) - mean_p : v[k];
+      v[k] = mfa_gn_activate(fmaf(centered, scale[j], shift[j]));
     }
-    held[r] = mfa_gn_pack<VEC>(v);
+    mfa_gn_unit_store<U>(y + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(v));
   }
+  if (s.rank == 0 && threadIdx.x == 0) {
+    if (args.mean) args.mean[s.item] = pivot + mean_p;
+    if (args.rstd) args.rstd[s.item] = rstd;
+  }
+}
+
+#else  // backward
+// dx = rstd * w * dy^ - k1 - xhat * k2 with k1 = rstd * sum(w dy^) / M, k2 = rstd * sum(w dy^ xhat) / M
+// (M = cpg * spatial) and dy^ = dy * act'(xhat * w + b); partials[n][c][rank] = (sum dy^ xhat, sum dy^)
+// over the slice for dweight and dbias (mfa_gn_param_grads). dy^ is computed once, rounded to the
+// element type (as an unfused autograd's activation backward would store it) and kept in place of dy:
+// the activation's derivative three times over made SiLU's backward 2-4x slower than none.
+
+// A warp per column of the group: (sum dy^ xhat, sum dy^) over the slice's elements of each channel, 0
+// where it has none. NCHW: a column is a channel, a run of units; NHWC: a column is U channels, every
+// row_units-th unit, each unit read once for its U channels.
+template <int U>
+__device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                        const mfa_gn_elem *xs, const mfa_gn_elem *dy_hats,
+                                                        float mean, float rstd) {
+  constexpr int CHANNELS = MFA_GN_LAYOUT == MFA_GN_NHWC ? U : 1;  // per column
+  const int lane = threadIdx.x & 31;
+  // 32-bit: a group on this path holds < 2^31 units
+  const int columns = static_cast<int>(args.cpg / CHANNELS), row_units = static_cast<int>(args.row_units);
+  const int first = static_cast<int>(s.first);
+  for (int column = threadIdx.x >> 5; column < columns; column += blockDim.x >> 5) {
+#if MFA_GN_LAYOUT == MFA_GN_NCHW
+    const int begin = max(0, column * row_units - first), end = min(s.units, (column + 1) * row_units - first);
+    const int step = 1;
+#else
+    const int begin = ((column - first % row_units) % row_units + row_units) % row_units;
+    const int end = s.units, step = row_units;
+#endif
+    float a[CHANNELS] = {}, b[CHANNELS] = {};
+    for (int u = begin + lane * step; u < end; u += 32 * step) {
+      float x[U], dy_hat[U];
+      mfa_gn_unit_floats<U>(xs, u, x);
+      mfa_gn_unit_floats<U>(dy_hats, u, dy_hat);
 #pragma unroll
-  for (int r = 0; r < SLOTS; ++r) {
-    const long long index = mfa_gn_slot_index<VEC>(args, n, group, first + r * stride, vectors);
-    if (index >= 0) mfa_gn_store_packet<VEC>(args.y, index, held[r]);
+      for (int k = 0; k < U; ++k) {
+        a[k % CHANNELS] = fmaf(dy_hat[k], (x[k] - mean) * rstd, a[k % CHANNELS]);
+        b[k % CHANNELS] += dy_hat[k];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < CHANNELS; ++i) {
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        a[i] += __shfl_down_sync(0xffffffffu, a[i], offset);
+        b[i] += __shfl_down_sync(0xffffffffu, b[i], offset);
+      }
+      if (lane == 0) {
+        const long long c = s.group * args.cpg + static_cast<long long>(column) * CHANNELS + i;
+        float *partial = args.partials + ((s.n * args.c + c) * args.tiles + s.rank) * 2;
+        partial[0] = a[i];
+        partial[1] = b[i];
+      }
+    }
   }
-  if (mfa_cluster_rank() == 0 && threadIdx.x == 0) {
-    if (args.mean) args.mean[item] = pivot.pivot + moments.mean;
-    if (args.rstd) args.rstd[item] = rstd;
+}
+
+template <int U>
+__device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                  const mfa_gn_buffer &buffer) {
+  mfa_gn_stage<U>(args, s, args.x, buffer.first);
+  mfa_gn_stage<U>(args, s, args.dy, buffer.second);
+  mfa_cp_async_commit();
+}
+
+template <int U>
+__device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                            const mfa_gn_buffer &buffer, float *table, const float *scalars) {
+  mfa_gn_elem *xs = buffer.first, *dys = buffer.second;  // dy, then dy^
+  const float *weight = table, *bias = table + args.cpg;
+  const float mean = scalars[0], rstd = scalars[1];
+
+  mfa_gn_acc sums = mfa_gn_zero();  // (sum w dy^ xhat, sum w dy^)
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+    float x[U], dy[U];
+    mfa_gn_unit_floats<U>(xs, u, x);
+    mfa_gn_unit_floats<U>(dys, u, dy);
+    const int channel = mfa_gn_unit_channel<U>(args, s, u);
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      const int j = mfa_gn_element_channel(channel, k);
+      const float xhat = (x[k] - mean) * rstd;
+      if constexpr (MFA_GN_ACTIVATION != MFA_ACT_NONE)
+        dy[k] = mfa_gn_round(dy[k] * mfa_gn_activate_grad(fmaf(xhat, weight[j], bias[j])));
+      const float g = weight[j] * dy[k];
+      sums.a = fmaf(g, xhat, sums.a);
+      sums.b += g;
+    }
+    if constexpr (MFA_GN_ACTIVATION != MFA_ACT_NONE) mfa_gn_unit_store<U>(dys + u * U, mfa_gn_unit_of<U>(dy));
   }
-  mfa_cluster_wait();
+  sums = mfa_gn_cluster_merge(sums, s.blocks);
+  const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
+  const float k1 = rstd * sums.b * inverse_count, k2 = rstd * sums.a * inverse_count;
+
+  mfa_gn_elem *dx = mfa_gn_group_of(args.y, s);
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+    float x[U], dy_hat[U];
+    mfa_gn_unit_floats<U>(xs, u, x);
+    mfa_gn_unit_floats<U>(dys, u, dy_hat);
+    const int channel = mfa_gn_unit_channel<U>(args, s, u);
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      const int j = mfa_gn_element_channel(channel, k);
+      const float xhat = (x[k] - mean) * rstd;
+      x[k] = rstd * weight[j] * dy_hat[k] - k1 - xhat * k2;
+    }
+    mfa_gn_unit_store<U>(dx + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(x));
+  }
+  if (args.dweight) mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd);
+}
+#endif
+
+// A cluster per (n, group). (A persistent grid staging item i + 1 while computing item i measured slower
+// on the 128 MB NCHW tensor, 128 us against 92: half the blocks an SM, each cluster in lockstep per item.)
+template <int U>
+__device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
+  __shared__ float scalars[3];
+  const unsigned blocks = mfa_cluster_blocks();
+  const mfa_gn_slice s = mfa_gn_slice_of<U>(args, blockIdx.x / blocks, mfa_cluster_rank(), blocks);
+  const mfa_gn_buffer buffer = mfa_gn_buffer_of(args);
+  float *table = reinterpret_cast<float *>(mfa_gn_shared + args.streams * args.slice_bytes);
+  mfa_gn_stage_item<U>(args, s, buffer);
+  mfa_gn_stage_table(args, s, table, scalars);
+  mfa_cp_async_wait<0>();
+  __syncthreads();
+  mfa_gn_item<U>(args, s, buffer, table, scalars);
+  mfa_gn_cluster_exit(blocks);
 }
 #endif
 
@@ -681,15 +1009,29 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
   mfa_gn_apply_pass<1>(args);
 }
 
-// The fused entries exist in every variant so that the host finds the same functions everywhere; it
-// launches them only for a forward variant on sm_90+ (where they have a body).
-extern "C" __global__ void __launch_bounds__(MFA_GN_FUSED_THREADS, 1) mfa_gn_fused_vec(const mfa_gn_args args) {
-#ifdef MFA_GN_HAS_FUSED
-  mfa_gn_fused_forward<MFA_GN_VEC>(args);
+// The one-pass entries, one per unit of U elements, exist in every variant so that the host finds the
+// same functions everywhere; it launches them only on sm_90+ (where they have a body) and with units of
+// at most 16 bytes.
+#ifdef MFA_GN_HAS_ONEPASS
+#define MFA_GN_ONEPASS_BODY(U) \
+  if constexpr (U * sizeof(mfa_gn_elem) <= 16) mfa_gn_onepass<U>(args);
+#else
+#define MFA_GN_ONEPASS_BODY(U)
 #endif
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_1(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(1)
 }
-extern "C" __global__ void __launch_bounds__(MFA_GN_FUSED_THREADS, 1) mfa_gn_fused_scalar(const mfa_gn_args args) {
-#ifdef MFA_GN_HAS_FUSED
-  mfa_gn_fused_forward<1>(args);
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_2(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(2)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_4(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(4)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_8(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(8)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_param_grads(const mfa_gn_args args) {
+#if MFA_GN_PASS == MFA_GN_BACKWARD
+  mfa_gn_param_grads_pass(args);
 #endif
 }

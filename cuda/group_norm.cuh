@@ -1,10 +1,11 @@
 // group_norm.cuh: what the group-norm kernels (group_norm.cu) and their host side (cpp/group_norm.cpp)
 // agree on: the argument struct, the block size, the values of the variant macros.
 //
-// The forward is one launch where a group fits on chip (the fused path): a thread-block cluster per
-// (sample, group) holds the group's x' in registers, merges its statistics through distributed shared
-// memory and writes y, reading x from HBM once. Otherwise (groups too large for a cluster, or no
-// clusters: before sm_90) and for the backward, a pass is three launches over per-(sample, channel,
+// A pass is one launch where a group fits on chip (the one-pass path, sm_90+): a thread-block cluster
+// per (n, group) copies the group into its blocks' shared memory, merges its sums through distributed
+// shared memory and writes y (forward) or dx (backward), reading every input from HBM once; the
+// backward's dweight/dbias then take one small launch over per-block partials. Otherwise (groups too
+// large for a cluster, or no clusters: before sm_90) a pass is three launches over per-(sample, channel,
 // spatial tile) partials in a workspace:
 //   reduce    partials[n][c][tile] = (mean, M2) of x' (forward) or (sum dy^ * xhat, sum dy^) (backward)
 //   finalize  merges them in a fixed order: forward mean/rstd per (n, group); backward the per-(n, group)
@@ -26,11 +27,12 @@
 
 #define MFA_GN_THREADS 256
 
-// The fused forward: at most this many threads per block, in clusters of at most MFA_GN_CLUSTER_MAX
-// blocks (the portable cluster size: every GPC holds 8 blocks), each thread holding mfa_gn_fused_slots
-// packets of the group in registers.
-#define MFA_GN_FUSED_THREADS 512
+// The one-pass path: clusters of at most MFA_GN_CLUSTER_MAX blocks (the portable size: every GPC holds
+// 8 blocks) of at most MFA_GN_THREADS threads, each block staging at most MFA_GN_SLICE_MAX_BYTES of
+// shared memory (its slice of each input stream plus the group's per-channel table), so that two blocks
+// share an SM and one copies while the other computes or stores.
 #define MFA_GN_CLUSTER_MAX 8
+#define MFA_GN_SLICE_MAX_BYTES (110 * 1024)
 // Floats per (n, group) in the workspace's group_stats (forward: pivot p, mean of x' - p, rstd; one spare).
 #define MFA_GN_STATS 4
 #define MFA_GN_WARPS (MFA_GN_THREADS / 32)
@@ -41,10 +43,14 @@
 // call and stack): q = (t + ((n - t) >> 1)) >> (shift - 1), t = umulhi(magic, n), with shift =
 // ceil(log2 value) and magic = floor(2^64 (2^shift - value) / value) + 1 (Granlund and Montgomery);
 // exact for every 64-bit n. The host fills it with mfa_gn_divisor_of (cpp/group_norm.cpp).
+// magic32 does the same for 32-bit n with t = umulhi32(magic32, n), magic32 = floor(2^32 (2^shift - value) /
+// value) + 1 (the one-pass kernel's offsets within a group: 4 instructions instead of ~14).
 struct mfa_gn_divisor {
   unsigned long long magic;
   unsigned int shift;
   unsigned int value;
+  unsigned int magic32;
+  unsigned int unused;
 };
 
 // Kernel parameters. x is [n, c, spatial] in the variant's layout: NCHW element (n, c, s) at
@@ -66,19 +72,16 @@ struct mfa_gn_args {
                          // (rstd*s1/M, rstd*s2/M)
   long long n, c, spatial, groups, cpg;  // cpg: channels per group
   long long tile, tiles;                 // spatial positions per partial, partials per (n, c)
-  long long row_vectors;                 // fused NHWC: vectors per (position, group) row (cpg / vector)
-  mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles, div_row;
+  // one pass: a group is units of U elements copied at once, numbered in memory order (NCHW: channel-
+  // major; NHWC: position-major); block `rank` of a cluster holds units [rank * slice_units, ...)
+  long long slice_units;
+  long long row_units;                   // units per channel (NCHW: spatial / U) or per position (NHWC: cpg / U)
+  long long slice_bytes;                 // shared bytes of one stream's slice (a multiple of 16)
+  int streams;                           // staged input streams: 1 (x) or 2 (x and residual or dy)
+  mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles, div_row_units;
   int weight_dtype;                      // MFA_GN_F16/BF16/F32, 0 for none
   float eps;
 };
-
-// Packets per thread on the fused path: 8 16-byte vectors (32 registers), or 12 single elements held as
-// fp32 (the element-wise path's 64-bit indices cost registers too: 16 slots spilled at 128 registers;
-// 12 still hold a 40960-element diffusion group, C = 320 in NHWC, in a cluster of 8 x 512 threads).
-#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
-__host__ __device__
-#endif
-constexpr int mfa_gn_fused_slots(int vector_elements) { return vector_elements == 1 ? 12 : 8; }
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 // n / d.value for n >= 0.
@@ -87,5 +90,11 @@ __device__ __forceinline__ long long mfa_gn_div(long long n, const mfa_gn_diviso
   const unsigned long long u = static_cast<unsigned long long>(n);
   const unsigned long long t = __umul64hi(d.magic, u);
   return static_cast<long long>((t + ((u - t) >> 1)) >> (d.shift - 1));
+}
+// n / d.value for 0 <= n < 2^32 (d.value < 2^31).
+__device__ __forceinline__ unsigned mfa_gn_div32(unsigned n, const mfa_gn_divisor &d) {
+  if (d.value == 1) return n;
+  const unsigned t = __umulhi(d.magic32, n);
+  return (t + ((n - t) >> 1)) >> (d.shift - 1);
 }
 #endif

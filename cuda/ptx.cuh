@@ -45,6 +45,16 @@ __device__ __forceinline__ void mfa_cp_async_16_zfill(void *dst, const void *src
                "r"(src_bytes)
                : "memory");
 }
+// Copies BYTES (4, 8 or 16) bytes, both addresses aligned to BYTES; 16 bypasses L1 (.cg).
+template <int BYTES>
+__device__ __forceinline__ void mfa_cp_async(void *dst, const void *src) {
+  static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(mfa_smem_addr(dst)), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(mfa_smem_addr(dst)), "l"(src), "n"(BYTES)
+                 : "memory");
+}
 // Closes the group of cp.async this thread issued since its last commit (an empty group is fine).
 __device__ __forceinline__ void mfa_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most PENDING of this thread's committed groups are still in flight.

@@ -41,3 +41,9 @@ __device__ __forceinline__ void mfa_cluster_arrive() {
 __device__ __forceinline__ void mfa_cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire;" : : : "memory");
 }
+// An arrive that orders no memory: for a barrier that only keeps blocks (and their shared memory)
+// alive, such as the one before a kernel's exit. A release arrive compiles to MEMBAR.ALL.GPU, which would
+// first wait for every global store this thread issued (measured in the group-norm one-pass kernel).
+__device__ __forceinline__ void mfa_cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed;" : : : "memory");
+}

@@ -431,10 +431,11 @@ MFA_API mfa_status mfa_group_norm_validate(const mfa_group_norm_descriptor *desc
 /* Every variant the library generates (sizes 1), for `check` and the CPU tests. */
 MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count);
 MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor);
-/* The forward's launch plan on a device of `sm_count` SMs (sm_90+), for tests and tuning: the fused
- * one-pass kernel runs a cluster of *out_cluster blocks of *out_threads threads per (n, group), on
- * vectors of *out_vector_elements elements (16 bytes, or 1 where the shape or `vectorized` = 0 rules
- * them out); *out_cluster 0 is the three-launch path (the backward, or a group too large for a cluster).
+/* The launch plan of the descriptor's pass on a device of `sm_count` SMs (sm_90+), for tests and
+ * tuning: the one-pass kernel runs a cluster of *out_cluster blocks of *out_threads threads per
+ * (n, group), copying units of *out_vector_elements elements (up to 16 bytes: as wide as the shape
+ * allows, and 1 with `vectorized` = 0: tensors aligned to their element size only); *out_cluster 0 is
+ * the three-launch path (a group too large for a cluster's shared memory).
  * forced_cluster: -1 chooses, 0 asks for the three-launch path, 1..8 a cluster size (as the environment
  * variable MFA_GN_CLUSTER = auto, split, 1..8 does for pipelines). */
 MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
