@@ -153,7 +153,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Plan {
   int64_t tile = 1, tiles = 1;
-  uint64_t partials_bytes = 0, workspace_bytes = 0;
+  uint64_t partials_bytes = 0, stats_bytes = 0, workspace_bytes = 0;
 };
 
 // NHWC reduce blocks: `width` channel vectors side by side, `lanes` threads down each.
@@ -190,7 +190,9 @@ Plan plan_for(const mfa_group_norm_descriptor &d, int sm_count, int onepass_clus
   plan.tiles = ceil_div(d.spatial, plan.tile);
   plan.partials_bytes =
       ceil_div(d.n * d.c * std::max<int64_t>(plan.tiles, onepass_cluster) * 2 * 4, kWorkspaceAlign) * kWorkspaceAlign;
-  plan.workspace_bytes = plan.partials_bytes + ceil_div(d.n * d.groups * MFA_GN_STATS * 4, kWorkspaceAlign) * kWorkspaceAlign;
+  plan.stats_bytes = ceil_div(d.n * d.groups * MFA_GN_STATS * 4, kWorkspaceAlign) * kWorkspaceAlign;
+  const int64_t coefficients_bytes = d.pass == MFA_PASS_FORWARD ? d.n * d.c * 2 * 4 : 0;
+  plan.workspace_bytes = plan.partials_bytes + plan.stats_bytes + coefficients_bytes;
   return plan;
 }
 
@@ -536,6 +538,7 @@ void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNo
   args.dbias = ops.dbias;
   args.partials = static_cast<float *>(workspace);
   args.group_stats = reinterpret_cast<float *>(static_cast<char *>(workspace) + plan.partials_bytes);
+  args.coefficients = reinterpret_cast<float *>(static_cast<char *>(workspace) + plan.partials_bytes + plan.stats_bytes);
   args.n = d.n;
   args.c = d.c;
   args.spatial = d.spatial;

@@ -68,6 +68,7 @@ struct mfa_gn_args {
   void *dweight;         // backward: [c] of weight_dtype, or null
   void *dbias;
   float *partials;       // workspace: [n][c][tiles][2]
+  float *coefficients;   // workspace, forward with 16-bit inputs: [n][c] (scale, shift) for apply
   float *group_stats;    // workspace: [n][groups][MFA_GN_STATS]: forward (p, mean_p, rstd), backward
                          // (rstd*s1/M, rstd*s2/M)
   long long n, c, spatial, groups, cpg;  // cpg: channels per group
