@@ -29,8 +29,9 @@ struct alignas(64) CUtensorMap {
 };
 
 // cuLaunchKernelEx's configuration (cuda.h's CUlaunchConfig / CUlaunchAttribute, same layout): only the
-// cluster-dimension attribute is used.
+// cluster-dimension and programmatic-stream-serialization attributes are used.
 constexpr int CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
+constexpr int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 struct CUlaunchAttribute {
   int id;
   char pad[4];
@@ -39,6 +40,7 @@ struct CUlaunchAttribute {
     struct {
       unsigned x, y, z;
     } cluster_dim;
+    int programmatic_stream_serialization_allowed;
     unsigned long long align;
   } value;
 };

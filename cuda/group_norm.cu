@@ -1042,6 +1042,10 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 // on the 128 MB NCHW tensor, 128 us against 92: half the blocks an SM, each cluster in lockstep per item.)
 template <int U>
 __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
+  // Launched with programmatic stream serialization: the block may be resident before the previous grid
+  // in the stream is done (its launch latency hidden); it waits for that grid before reading anything.
+  mfa_grid_dependency_wait();
+  mfa_grid_launch_dependents();
   __shared__ float scalars[3];
   const unsigned blocks = mfa_cluster_blocks();
   const mfa_gn_slice s = mfa_gn_slice_of<U>(args, blockIdx.x / blocks, mfa_cluster_rank(), blocks);
@@ -1095,8 +1099,13 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_4(co
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_8(const mfa_gn_args args) {
   MFA_GN_ONEPASS_BODY(8)
 }
+// After the one-pass backward, launched before it ends (programmatic dependent launch, as the one-pass
+// kernel): its wait returns once the partials are written.
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_param_grads(const mfa_gn_args args) {
 #if MFA_GN_PASS == MFA_GN_BACKWARD
+#ifdef MFA_GN_HAS_ONEPASS
+  mfa_grid_dependency_wait();
+#endif
   mfa_gn_param_grads_pass(args);
 #endif
 }

@@ -1,6 +1,7 @@
 // ptx_cluster.cuh: thread-block clusters (sm_90+): a block's rank in its cluster, distributed shared
 // memory reads, and the cluster barrier, one named helper each (PTX ISA 9.0: 9.7.9.13 mapa,
-// 9.7.9.8 ld.shared::cluster, 9.7.13.2 barrier.cluster, 10.13 %cluster_ctarank / %cluster_nctarank).
+// 9.7.9.8 ld.shared::cluster, 9.7.13.2 barrier.cluster, 10.13 %cluster_ctarank / %cluster_nctarank);
+// and programmatic dependent launch (9.7.15.x griddepcontrol), sm_90's other inter-block mechanism.
 // Include only from code compiled for sm_90 or later.
 #pragma once
 
@@ -47,3 +48,11 @@ __device__ __forceinline__ void mfa_cluster_wait() {
 __device__ __forceinline__ void mfa_cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed;" : : : "memory");
 }
+
+// Programmatic dependent launch: a grid launched with programmatic stream serialization may start while
+// the previous grid in its stream still runs. mfa_grid_dependency_wait() returns once that grid has
+// completed and its memory is visible (call it before touching global memory);
+// mfa_grid_launch_dependents() lets the next such grid start once every block of this one has called it
+// (or exited).
+__device__ __forceinline__ void mfa_grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void mfa_grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;"); }
