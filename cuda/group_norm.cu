@@ -15,13 +15,16 @@
 //   mfa_gn_apply_vec       grid-stride over 16-byte vectors     y (+ x_sum) or dx
 //   mfa_gn_apply_scalar    grid-stride over elements
 //
-// Statistics: Welford per thread (one element at a time, or a vector's own moments merged at once),
-// then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a cluster) and channels,
-// always in the same order. No E[x^2] - E[x]^2: inputs with a large mean keep their variance.
-// Pivot: the statistics are those of x' - p, p the group's first element of x' (an exact value of the
-// element type), and y uses ((x' - p) - mean_p) * rstd. For x' near p (the case that matters: a mean
-// large against the spread), x' - p is exact (Sterbenz), so the large part cancels exactly and an fp32
-// mean of 1e4 costs no 1e-3 rounding in y. The public mean is p + mean_p rounded to fp32.
+// Statistics: per thread, then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a
+// cluster) and channels, always in the same order. Per thread, 16-bit inputs take shifted sums of
+// x' - p (sum and sum of squares), fp32 inputs Welford (split path) or two passes over shared memory
+// (one pass), for their tighter tolerance. Never E[x^2] - E[x]^2 about zero: inputs with a large mean
+// keep their variance.
+// Pivot: the statistics are those of x' - p, p the median of x' at the group's first, middle and last
+// elements (an exact value of the element type that no single outlier can be). For x' near p (the case
+// that matters: a mean large against the spread), x' - p is exact (Sterbenz), so the large part cancels
+// exactly and an fp32 mean of 1e4 costs no 1e-3 rounding in y. The public mean is p + mean_p rounded to
+// fp32.
 #include "ptx.cuh"
 #include "group_norm.cuh"
 #include "activation.cuh"
