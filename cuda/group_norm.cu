@@ -189,14 +189,20 @@ __device__ __forceinline__ float mfa_gn_group_element(const mfa_gn_args &args, l
   return mfa_gn_input(x[0], residual[0], args.residual != nullptr);
 }
 
-// The pivot of (n, group): the median of x' at the group's first, middle and last elements, a value of the
-// group that no single outlier can be (the one-pass forward's shifted sums lose precision as the pivot's
-// distance from the mean, in standard deviations, squared).
+// The pivot of (n, group): the median of x' at the group's first, middle and last elements (candidates
+// 0, 1, 2 of the group's `last` + 1), a value of the group that no single outlier can be (shifted sums lose precision as the
+// pivot's distance from the mean, in standard deviations, squared).
+__device__ __forceinline__ long long mfa_gn_pivot_position(long long last, int candidate) {
+  return candidate == 0 ? 0 : candidate == 1 ? last / 2 : last;
+}
+__device__ __forceinline__ float mfa_gn_median3(float a, float b, float c) {
+  return fmaxf(fminf(a, b), fminf(fmaxf(a, b), c));
+}
 __device__ __forceinline__ float mfa_gn_pivot(const mfa_gn_args &args, long long n, long long group) {
   const long long last = args.cpg * args.spatial - 1;
-  const float a = mfa_gn_group_element(args, n, group, 0), b = mfa_gn_group_element(args, n, group, last / 2),
-              c = mfa_gn_group_element(args, n, group, last);
-  return fmaxf(fminf(a, b), fminf(fmaxf(a, b), c));
+  return mfa_gn_median3(mfa_gn_group_element(args, n, group, mfa_gn_pivot_position(last, 0)),
+                        mfa_gn_group_element(args, n, group, mfa_gn_pivot_position(last, 1)),
+                        mfa_gn_group_element(args, n, group, mfa_gn_pivot_position(last, 2)));
 }
 
 __device__ __forceinline__ mfa_gn_channel mfa_gn_channel_of(const mfa_gn_args &args, long long n, long long c) {
@@ -233,20 +239,22 @@ __device__ __forceinline__ void mfa_gn_store_partial(float *partial, const mfa_g
   partial[1] = acc.m2;
 }
 
-// 16-bit inputs: statistics by shifted sums (d = x' - p: sum d, sum d^2; M2 = sum d^2 - (sum d)^2 / n, whose
-// relative error is 2^-24 (1 + ((mean - p) / sd)^2), kept near 2^-24 by the median-of-three pivot) and
-// the apply folded to one multiply-add a channel (scale and shift precomputed; their rounding stays below
-// 2^-13 of y's spread, since 16-bit inputs bound mean / spread by 2^11). fp32 inputs keep Welford and the
-// exact ((x' - p) - mean_p) * rstd form for their 1e-6 tolerance at a mean of 1e4. Measured: per-element
+// 16-bit inputs (both paths): statistics by shifted sums (d = x' - p: sum d, sum d^2; M2 = sum d^2 -
+// (sum d)^2 / n, whose relative error is 2^-24 (1 + ((mean - p) / sd)^2), kept near 2^-24 by the
+// median-of-three pivot) and y folded to one multiply-add a channel (scale and shift precomputed; their
+// rounding stays below 2^-13 of y's spread, since 16-bit inputs bound mean / spread by 2^11). fp32 inputs
+// keep Welford (split path) or two passes over shared memory (one pass), and the exact
+// ((x' - p) - mean_p) * rstd form, for their 1e-6 tolerance at a mean of 1e4. Measured: per-element
 // Welford (a division each) and per-element statistics and parameter loads made the split path
-// issue-bound at 22-30% of the copy bandwidth.
-constexpr bool kShiftedSums = MFA_GN_DTYPE != MFA_GN_F32;
+// issue-bound at 22-30% of the copy bandwidth; a second pass over shared memory cost the issue-bound
+// one-pass kernel time.
+constexpr bool kSixteenBit = MFA_GN_DTYPE != MFA_GN_F32;
 
 struct mfa_gn_sums {
   float count, sum, squares;
 };
+// One element's d = x' - p (the caller counts: per element, or per vector).
 __device__ __forceinline__ void mfa_gn_sum_add(mfa_gn_sums &sums, float d) {
-  sums.count += 1.0f;
   sums.sum += d;
   sums.squares = fmaf(d, d, sums.squares);
 }
@@ -352,15 +360,16 @@ __device__ __forceinline__ void mfa_gn_reduce_pass(const mfa_gn_args &args) {
       mfa_gn_load<VEC>(first, row * args.spatial + s, v0);
       if (has_second) mfa_gn_load<VEC>(second, row * args.spatial + s, v1);
 #if MFA_GN_PASS == MFA_GN_FORWARD
-      if constexpr (kShiftedSums) {
+      if constexpr (kSixteenBit) {
         for (int j = 0; j < VEC; ++j) mfa_gn_sum_add(sums, mfa_gn_input(v0[j], v1[j], has_second) - channel.pivot);
+        sums.count += VEC;
         continue;
       }
 #endif
       mfa_gn_add_vec<VEC>(acc, channel, v0, v1, has_second);
     }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-    if constexpr (kShiftedSums) acc = mfa_gn_moments_of(sums);
+    if constexpr (kSixteenBit) acc = mfa_gn_moments_of(sums);
 #endif
     acc = mfa_gn_warp_merge(acc);
     if (lane == 0) mfa_gn_store_partial(args.partials + item * 2, acc);
@@ -397,15 +406,18 @@ __device__ __forceinline__ void mfa_gn_reduce_pass(const mfa_gn_args &args) {
       mfa_gn_load<VEC>(first, index, v0);
       if (has_second) mfa_gn_load<VEC>(second, index, v1);
 #if MFA_GN_PASS == MFA_GN_FORWARD
-      if constexpr (kShiftedSums) {
-        for (int j = 0; j < VEC; ++j) mfa_gn_sum_add(sums[j], mfa_gn_input(v0[j], v1[j], has_second) - channel[j].pivot);
+      if constexpr (kSixteenBit) {
+        for (int j = 0; j < VEC; ++j) {
+          mfa_gn_sum_add(sums[j], mfa_gn_input(v0[j], v1[j], has_second) - channel[j].pivot);
+          sums[j].count += 1.0f;
+        }
         continue;
       }
 #endif
       for (int j = 0; j < VEC; ++j) mfa_gn_add(acc[j], channel[j], v0[j], v1[j], has_second);
     }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-    if constexpr (kShiftedSums)
+    if constexpr (kSixteenBit)
       for (int j = 0; j < VEC; ++j) acc[j] = mfa_gn_moments_of(sums[j]);
 #endif
   }
@@ -468,7 +480,7 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
       if (args.mean) args.mean[item] = pivot + acc.mean;
       if (args.rstd) args.rstd[item] = rstd;
     }
-    if constexpr (kShiftedSums)  // apply's per-channel scale and shift
+    if constexpr (kSixteenBit)  // apply's per-channel scale and shift
       for (long long j = lane; j < args.cpg; j += 32) {
         const long long c = group * args.cpg + j;
         const float scale = rstd * mfa_gn_param(args.weight, args.weight_dtype, c, 1.0f);
@@ -546,7 +558,7 @@ __device__ __forceinline__ void mfa_gn_apply_pass(const mfa_gn_args &args) {
     // VEC): 8-byte loads of one pair a lane, 64 bytes apart across the warp, made the apply L1-bound
     // (measured: 27% of DRAM and 26% of SM throughput on the 128 MB NHWC tensor).
     float2 pairs[VEC];
-    if constexpr (kShiftedSums) {
+    if constexpr (kSixteenBit) {
       const float *k = args.coefficients + (n * args.c + c0) * 2;
       if constexpr (MFA_GN_LAYOUT == MFA_GN_NHWC && VEC > 1) {
         for (int j = 0; j < VEC; j += 2) {
@@ -560,7 +572,7 @@ __device__ __forceinline__ void mfa_gn_apply_pass(const mfa_gn_args &args) {
     for (int j = 0; j < VEC; ++j) {
       const long long c = c0 + j * channel_step;
       x[j] = mfa_gn_input(x[j], residual[j], has_residual);
-      if constexpr (kShiftedSums) {
+      if constexpr (kSixteenBit) {
         out[j] = mfa_gn_activate(fmaf(x[j], pairs[j].x, pairs[j].y));
         continue;
       }
@@ -789,10 +801,9 @@ __device__ __forceinline__ void mfa_gn_stage_table(const mfa_gn_args &args, cons
     table[args.cpg + j] = mfa_gn_param(args.bias, args.weight_dtype, s.group * args.cpg + j, 0.0f);
   }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-  const long long last = args.cpg * args.spatial - 1;
   if (threadIdx.x < 3)
-    scalars[threadIdx.x] =
-        mfa_gn_group_element(args, s.n, s.group, threadIdx.x == 0 ? 0 : threadIdx.x == 1 ? last / 2 : last);
+    scalars[threadIdx.x] = mfa_gn_group_element(args, s.n, s.group,
+                                                mfa_gn_pivot_position(args.cpg * args.spatial - 1, threadIdx.x));
 #else
   if (threadIdx.x < 2) scalars[threadIdx.x] = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
 #endif
@@ -854,34 +865,31 @@ __device__ __forceinline__ mfa_gn_buffer mfa_gn_buffer_of(const mfa_gn_args &arg
   return {reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared), reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared + args.slice_bytes)};
 }
 
-#if MFA_GN_PASS == MFA_GN_FORWARD
-// The item's input streams into `buffer` (cp.async, one commit group).
+// The block's input streams into `buffer` (cp.async, one commit group): x, then the residual (forward,
+// if any) or dy.
 template <int U>
 __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                   const mfa_gn_buffer &buffer) {
+  constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
   mfa_gn_stage<U>(args, s, args.x, buffer.first);
-  if (args.residual) mfa_gn_stage<U>(args, s, args.residual, buffer.second);
+  if (!kForward || args.residual) mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second);
   mfa_cp_async_commit();
 }
 
+#if MFA_GN_PASS == MFA_GN_FORWARD
 // One (n, group) from its staged slices: statistics, cluster merge, y.
 template <int U>
 __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                             const mfa_gn_buffer &buffer, float *table, const float *scalars) {
   mfa_gn_elem *xs = buffer.first;
   const bool has_residual = args.residual != nullptr;
-  const float pivot = fmaxf(fminf(scalars[0], scalars[1]), fminf(fmaxf(scalars[0], scalars[1]), scalars[2]));
+  const float pivot = mfa_gn_median3(scalars[0], scalars[1], scalars[2]);
 
   // 1. x' = x + residual (rounded as the caller's own sum would be; kept, and written to x_sum), and the
-  // moments of this thread's x' - p, merged over the cluster as Chan et al. 16-bit inputs: one pass of
-  // shifted sums, M2 = sum d^2 - (sum d)^2 / n with d = x' - p, whose relative error is 2^-24 (1 +
-  // ((mean - p) / sd)^2): the median-of-three pivot keeps that near 2^-24 (the kernel is issue-bound; a
-  // second pass over shared memory cost time). fp32 inputs: two passes (the thread's mean, then the
-  // squares about it), for their 1e-6 tolerance at any pivot.
-  constexpr bool kShiftedSums = MFA_GN_DTYPE != MFA_GN_F32;
-  float sum = 0.0f, squares = 0.0f;
-  int count = 0;
-  for (int u = threadIdx.x; u < s.units; u += blockDim.x, count += U) {
+  // moments of this thread's x' - p (kSixteenBit: shifted sums; fp32: its mean, then the squares about
+  // it), merged over the cluster as Chan et al.
+  mfa_gn_sums sums = {0.0f, 0.0f, 0.0f};
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
     float v[U];
     mfa_gn_unit_floats<U>(xs, u, v);
     if (has_residual) {
@@ -893,38 +901,34 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       mfa_gn_unit_store<U>(xs + u * U, summed);
       if (args.x_sum) mfa_gn_unit_store<U>(mfa_gn_group_of(args.x_sum, s) + mfa_gn_unit_offset<U>(args, s, u), summed);
     }
+    sums.count += U;
 #pragma unroll
     for (int k = 0; k < U; ++k) {
-      const float d = v[k] - pivot;
-      sum += d;
-      if constexpr (kShiftedSums) squares = fmaf(d, d, squares);
+      if constexpr (kSixteenBit) mfa_gn_sum_add(sums, v[k] - pivot);
+      else sums.sum += v[k] - pivot;
     }
   }
-  const float thread_mean = count ? sum / count : 0.0f;
-  if constexpr (kShiftedSums) {
-    squares = fmaxf(squares - sum * thread_mean, 0.0f);
-  } else {
-    const float center = pivot + thread_mean;  // its rounding moves M2 by a negligible (error)^2 * count
+  mfa_gn_acc acc = mfa_gn_moments_of(sums);
+  if constexpr (!kSixteenBit) {
+    const float center = pivot + acc.mean;  // its rounding moves M2 by a negligible (error)^2 * count
+    acc.m2 = 0.0f;
     for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
       float v[U];
       mfa_gn_unit_floats<U>(xs, u, v);
 #pragma unroll
-      for (int k = 0; k < U; ++k) squares = fmaf(v[k] - center, v[k] - center, squares);
+      for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
     }
   }
-  const mfa_gn_acc moments = mfa_gn_cluster_merge({static_cast<float>(count), thread_mean, squares}, s.blocks);
+  const mfa_gn_acc moments = mfa_gn_cluster_merge(acc, s.blocks);
   const float mean_p = moments.mean;
   const float rstd = 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps);
 
-  // 2. y = act(x' * scale + shift) per channel: scale = rstd * w, shift = b - (p + mean_p) * scale. The
-  // product's rounding, |x' * scale| * 2^-24, stays below 2^-13 of y's spread for 16-bit inputs (whose
-  // own resolution bounds mean / spread by 2^11 (fp16) or 2^8 (bf16)); fp32 inputs keep the exact
-  // form ((x' - p) - mean_p) * scale + b, as a mean of 1e4 over a spread of 1 needs.
-  constexpr bool kExactCenter = MFA_GN_DTYPE == MFA_GN_F32;
+  // 2. y = act(x' * scale + shift) per channel (kSixteenBit; fp32: ((x' - p) - mean_p) * scale + b) with
+  // scale = rstd * w, shift = b - (p + mean_p) * scale.
   float *scale = table, *shift = table + args.cpg;
   for (int j = threadIdx.x; j < args.cpg; j += blockDim.x) {
     scale[j] *= rstd;
-    if (!kExactCenter) shift[j] -= (pivot + mean_p) * scale[j];
+    if (kSixteenBit) shift[j] -= (pivot + mean_p) * scale[j];
   }
   __syncthreads();
   mfa_gn_elem *y = mfa_gn_group_of(args.y, s);
@@ -935,7 +939,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 #pragma unroll
     for (int k = 0; k < U; ++k) {
       const int j = mfa_gn_element_channel(channel, k);
-      const float centered = kExactCenter ? (v[k] - pivot) - mean_p : v[k];
+      const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mean_p;
       v[k] = mfa_gn_activate(fmaf(centered, scale[j], shift[j]));
     }
     mfa_gn_unit_store<U>(y + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(v));
@@ -998,14 +1002,6 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
       }
     }
   }
-}
-
-template <int U>
-__device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
-                                                  const mfa_gn_buffer &buffer) {
-  mfa_gn_stage<U>(args, s, args.x, buffer.first);
-  mfa_gn_stage<U>(args, s, args.dy, buffer.second);
-  mfa_cp_async_commit();
 }
 
 template <int U>
