@@ -55,6 +55,7 @@ DriverApi load_driver() {
   bind(library, "cuFuncSetAttribute", api.cuFuncSetAttribute);
   bind(library, "cuLaunchKernel", api.cuLaunchKernel);
   bind(library, "cuLaunchKernelEx", api.cuLaunchKernelEx);
+  bind(library, "cuOccupancyMaxActiveClusters", api.cuOccupancyMaxActiveClusters);
   bind(library, "cuMemAlloc_v2", api.cuMemAlloc);
   bind(library, "cuMemFree_v2", api.cuMemFree);
   bind(library, "cuMemcpyHtoD_v2", api.cuMemcpyHtoD);

@@ -5,8 +5,9 @@
 //
 //   path       kernels in its module              launched when
 //   hopper     mfa_gemm_sm90 (TMA + wgmma)        sm_90a, 16-bit inputs, TMA-legal addresses/strides, k > 0
-//              128 x 64, 128 x 128 or 128 x 256 tiles (the variant table below, or a chained
-//              mfa_gemm_tuning); data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp)
+//              128 x 64, 128 x 128 or 128 x 256 tiles, alone or in clusters of two sharing B (the
+//              variant table below, or a chained mfa_gemm_tuning); data-parallel or Stream-K, planned
+//              at pipeline creation (gemm_schedule.cpp)
 //              mfa_gemm_sm90_tf32 (3xTF32)        sm_90a, fp32 inputs, ACCURATE precision; NN runs as B^T A^T
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
@@ -37,7 +38,8 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
-  int32_t tile_n = 0;  // hopper: the tile's width, MFA_SM90_BN (64, 128 or 256); the tile is MFA_SM90_BM rows
+  int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128 or 256); the tile is MFA_SM90_BM rows
+  int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
 
   int in_bytes() const { return element_bytes(in_dtype); }
   bool hopper_tf32() const { return path == MFA_GEMM_PATH_HOPPER && in_dtype == MFA_DTYPE_F32; }
@@ -54,7 +56,8 @@ struct GemmVariant {
 
   std::string key() const {
     static const char *math_names[] = {"f16mma", "bf16mma", "tf32x3", "ffma"};
-    const std::string tile = path == MFA_GEMM_PATH_HOPPER ? concat(".", MFA_SM90_BM, "x", tile_n) : "";
+    const std::string tile = path != MFA_GEMM_PATH_HOPPER ? ""
+                             : concat(".", MFA_SM90_BM, "x", tile_n, cluster_m > 1 ? concat(".cluster", cluster_m) : "");
     return concat("gemm.", path == MFA_GEMM_PATH_HOPPER ? "sm90" : "sm80", ".", math_names[math], ".",
                   dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n',
                   tile, swapped_tf32() ? ".swap-ab" : "");
@@ -68,7 +71,9 @@ struct GemmVariant {
                   "#define MFA_TRANS_A ", kernel_trans_a(), "\n",
                   "#define MFA_TRANS_B ", kernel_trans_b(), "\n",
                   swapped_tf32() ? "#define MFA_SM90_C_TRANSPOSED 1\n" : "",
-                  path == MFA_GEMM_PATH_HOPPER && !hopper_tf32() ? concat("#define MFA_SM90_BN ", tile_n, "\n") : "",
+                  path == MFA_GEMM_PATH_HOPPER && !hopper_tf32()
+                      ? concat("#define MFA_SM90_BN ", tile_n, "\n#define MFA_SM90_CLUSTER_M ", cluster_m, "\n")
+                      : "",
                   "#include \"gemm.cuh\"\n",
                   "#include \"", kernel_file(), "\"\n");
   }
@@ -111,7 +116,10 @@ mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
   tuning.header.size = sizeof tuning;
   require(tuning.tile_n == 0 || hopper_tile_width(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT, "tuning->tile_n is ",
           tuning.tile_n, " (must be 0, 64, 128 or 256)");
-  require(tuning.reserved == 0, MFA_STATUS_INVALID_ARGUMENT, "tuning->reserved is ", tuning.reserved, " (must be 0)");
+  require(tuning.cluster_m >= 0 && tuning.cluster_m <= 2, MFA_STATUS_INVALID_ARGUMENT, "tuning->cluster_m is ",
+          tuning.cluster_m, " (must be 0, 1 or 2)");
+  require(tuning.cluster_m != 2 || tuning.tile_n != 64, MFA_STATUS_INVALID_ARGUMENT,
+          "tuning->cluster_m is 2 with tile_n 64: a cluster splits B into halves of at least 64 columns");
   return tuning;
 }
 
@@ -135,7 +143,7 @@ void require_descriptor_header(const mfa_gemm_descriptor &descriptor) {
 }
 
 // Checks everything a descriptor (and its chained tuning) says on its own and fills in defaults
-// (precision). The copy's next is NULL: tuned_tile_n reads the caller's chain.
+// (precision). The copy's next is NULL: tuned_tile reads the caller's chain.
 mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
   require_arg(descriptor, "descriptor");
   require_descriptor_header(*descriptor);
@@ -179,14 +187,25 @@ mfa_gemm_descriptor validate_descriptor(const mfa_gemm_descriptor *descriptor) {
           "descriptor->schedule is ", d.schedule, ": AUTO, DATA_PARALLEL and STREAM_K exist in this version");
   require(std::isfinite(d.alpha) && std::isfinite(d.beta), MFA_STATUS_INVALID_ARGUMENT,
           "descriptor->alpha and beta must be finite");
-  require(tuning.tile_n == 0 || (d.a_dtype != MFA_DTYPE_F32 && d.path != MFA_GEMM_PATH_PORTABLE),
-          MFA_STATUS_UNSUPPORTED, "tuning->tile_n is ", tuning.tile_n,
-          ": the tile width applies to 16-bit inputs on the Hopper path only");
+  require((tuning.tile_n == 0 && tuning.cluster_m == 0) || (d.a_dtype != MFA_DTYPE_F32 && d.path != MFA_GEMM_PATH_PORTABLE),
+          MFA_STATUS_UNSUPPORTED, "tuning->tile_n ", tuning.tile_n, " and cluster_m ", tuning.cluster_m,
+          ": the tile applies to 16-bit inputs on the Hopper path only");
   return d;
 }
 
-// The tile width the caller's chained tuning asks for (0: none); the descriptor passed validate_descriptor.
-int32_t tuned_tile_n(const mfa_gemm_descriptor *descriptor) { return tuning_of(*descriptor).tile_n; }
+// The Hopper tile of the 16-bit kernel: its width and the blocks of a cluster (stacked along M).
+struct HopperTile {
+  int32_t tile_n = 0;     // 0: not chosen
+  int32_t cluster_m = 0;  // 0: not chosen
+  int unit_rows() const { return MFA_SM90_BM * cluster_m; }
+};
+
+// The tile the caller's chained tuning asks for (zeros: the library's choice); the descriptor passed
+// validate_descriptor.
+HopperTile tuned_tile(const mfa_gemm_descriptor *descriptor) {
+  const mfa_gemm_tuning tuning = tuning_of(*descriptor);
+  return {tuning.tile_n, tuning.cluster_m};
+}
 
 GemmVariant variant_for(const mfa_gemm_descriptor &d, int32_t path) {
   return {path, d.a_dtype, d.c_dtype, math_for(d.a_dtype, d.precision), d.trans_a, d.trans_b};
@@ -200,77 +219,115 @@ unsigned blocks(int64_t extent, int tile) { return static_cast<unsigned>((extent
 constexpr int kReportSmCount = 132;
 
 // ----- the variant table of the 16-bit Hopper kernel: tile -> relative efficiency -----
-// Every row runs 1x1 clusters and as many ring stages as fit in shared memory (mfa_sm90_stages: 4, 7,
-// 9); the schedule of each is planned per shape (gemm_schedule.cpp: data-parallel, or Stream-K for a
-// tail wave). A shape class is decided by its cost under each row: the waves of tiles the SMs run
-// (whole waves for data-parallel; tiles / SMs plus kStreamKFixup for Stream-K, which balances them)
-// times the tile's width over its efficiency, the cheapest row winning and the wider on a tie. So big
-// problems (many waves either way) take the widest tile, and where it leaves SMs idle a narrower one
-// takes over: 2048^3 fills 128 of 132 SMs with 128 x 256 tiles in one wave (2.0) rather than run two
-// waves of 128 x 128 (2.35); 1024^3 has 32 such tiles, 64 of 128 x 128 and 128 of 128 x 64 (0.83).
-// `python -m mfa_c tune gemm` measures all three on a shape and stores the winner where this guesses wrong.
+// Every row runs as many ring stages as fit in shared memory (mfa_sm90_stages: 4, 7, 9); the schedule of
+// each is planned per shape (gemm_schedule.cpp: data-parallel, or Stream-K for a tail wave) over its
+// units (a block, or a cluster of two whose unit tile is 256 rows). A shape class is decided by its cost
+// under each row: the waves of unit tiles the units run (whole waves for data-parallel; tiles / units
+// plus kStreamKFixup for Stream-K, which balances them) times the tile's width over its efficiency, the
+// cheapest row winning and the earlier on a tie. So big problems (many waves either way) take the widest
+// tile, and where it leaves SMs idle a narrower one takes over: 2048^3 fills 128 of 132 SMs with 128 x 256
+// tiles in one wave (2.0) rather than run two waves of 128 x 128 (2.35); 1024^3 has 32 such tiles, 64 of
+// 128 x 128 and 128 of 128 x 64 (0.83). Clusters pay where there are whole waves of pairs: a problem of
+// one row of tiles would leave half of every pair idle (twice the waves).
+// `python -m mfa_c tune gemm` measures every row on a shape and stores the winner where this guesses wrong.
 struct HopperTileRow {
-  int32_t tile_n;
+  int32_t tile_n, cluster_m;
   double efficiency;  // MACs a second relative to 128 x 256 on a busy SM
 };
 constexpr HopperTileRow kHopperTileTable[] = {
     // The reference; measured on H100 (fp16 NN, last run): 4096^3 653 TFLOPS, 8192^3 631.
-    {256, 1.0},
+    {256, 1, 1.0},
     // Reasoned, to be measured: a third more L2-to-SM bytes per MAC ((128 + n) / 128n) and twice the
     // epilogues of 128 x 256; the last run had 2048^3 at 503 TFLOPS in two waves of it.
-    {128, 0.85},
+    {128, 1, 0.85},
     // Reasoned, to be measured: twice the L2-to-SM bytes per MAC of 128 x 256, and m64n64k16 reads 128
     // bytes of shared memory a clock, the SM's whole bandwidth.
-    {64, 0.6},
+    {64, 1, 0.6},
+    // Pairs sharing B: a third less L2-to-SM traffic a MAC, but no faster where measured (H200, fp16 NN,
+    // one run: 4096^3 615 against 667 TFLOPS, 8192^3 660 against 641, 3072^3 630 against 601; each
+    // within the 5% the same kernel varies between runs). Rated a little below the single blocks, so
+    // they win only where they need fewer waves; `tune gemm` measures them per shape.
+    {256, 2, 0.98},
+    {128, 2, 0.84},
 };
 constexpr double kStreamKFixup = 1.05;  // reasoned, to be measured: partials out and back through L2
 
-int64_t hopper_tile_count(const mfa_gemm_descriptor &d, int tile_n) {
-  return int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch;
+int64_t hopper_tile_count(const mfa_gemm_descriptor &d, const HopperTile &tile) {
+  return int64_t{blocks(d.m, tile.unit_rows())} * blocks(d.n, tile.tile_n) * d.batch;
+}
+
+// The units (blocks or clusters) of a tile that a device of sm_count SMs runs at once, one block an SM;
+// plan_hopper corrects it by the driver's count of resident clusters.
+int hopper_units(const HopperTile &tile, int sm_count) { return std::max(sm_count / tile.cluster_m, 1); }
+
+mfa_gemm_schedule plan_hopper_schedule(const mfa_gemm_descriptor &d, const HopperTile &tile, int units) {
+  return plan_gemm_schedule(d.m, d.n, d.k, d.batch, tile.unit_rows(), tile.tile_n, units, d.schedule);
 }
 
 double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, int sm_count) {
-  const mfa_gemm_schedule s = plan_gemm_schedule(d.m, d.n, d.k, d.batch, row.tile_n, sm_count, d.schedule);
-  const double waves = s.sk_tiles > 0 ? kStreamKFixup * s.tiles / sm_count
-                                      : static_cast<double>((s.tiles + sm_count - 1) / sm_count);
+  const HopperTile tile{row.tile_n, row.cluster_m};
+  const int units = hopper_units(tile, sm_count);
+  const mfa_gemm_schedule s = plan_hopper_schedule(d, tile, units);
+  const double waves =
+      s.sk_tiles > 0 ? kStreamKFixup * s.tiles / units : static_cast<double>((s.tiles + units - 1) / units);
   return waves * row.tile_n / row.efficiency;
 }
 
-int32_t table_tile_n(const mfa_gemm_descriptor &d, int sm_count) {
+// The cheapest row of the table that agrees with `wanted` (its nonzero fields).
+HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wanted) {
   sm_count = std::max(sm_count, 1);
   const HopperTileRow *best = nullptr;
   double best_cost = 0.0;
   for (const HopperTileRow &row : kHopperTileTable) {
-    if (hopper_tile_count(d, row.tile_n) > INT_MAX) continue;  // encode takes the portable path
+    if ((wanted.tile_n && row.tile_n != wanted.tile_n) || (wanted.cluster_m && row.cluster_m != wanted.cluster_m))
+      continue;
+    if (hopper_tile_count(d, {row.tile_n, row.cluster_m}) > INT_MAX) continue;  // encode takes the portable path
     const double cost = hopper_tile_cost(d, row, sm_count);
     if (!best || cost < best_cost) {
       best = &row;
       best_cost = cost;
     }
   }
-  return best ? best->tile_n : kHopperTileTable[0].tile_n;
+  if (best) return {best->tile_n, best->cluster_m};
+  return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
 }
 
-// The hopper tile's width for a problem on a device of `sm_count` SMs: the caller's tuning (`tuned`,
-// from mfa_gemm_tuning, 0 for none), else MFA_SM90_TILE_N=64, 128 or 256 (forces the tile on problems of
-// any size, for testing), else the table. A descriptor with an empty output launches nothing; it names
-// the large tile, so that `check` and the compile tests build the kernel that large problems run.
-int32_t hopper_tile_n(const mfa_gemm_descriptor &d, int sm_count, int32_t tuned) {
-  if (tuned) return tuned;
-  if (const char *forced = std::getenv("MFA_SM90_TILE_N")) {
-    const std::string value(forced);
+// MFA_SM90_TILE_N (64, 128 or 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on problems of any
+// size, for testing; zeros where unset.
+HopperTile forced_tile() {
+  HopperTile forced;
+  if (const char *text = std::getenv("MFA_SM90_TILE_N")) {
+    const std::string value(text);
     require(value == "64" || value == "128" || value == "256", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"",
             value, "\" (must be 64, 128 or 256)");
-    return std::stoi(value);
+    forced.tile_n = std::stoi(value);
   }
-  if (d.m == 0 || d.n == 0) return 256;
-  return table_tile_n(d, sm_count);
+  if (const char *text = std::getenv("MFA_SM90_CLUSTER_M")) {
+    const std::string value(text);
+    require(value == "1" || value == "2", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_CLUSTER_M is \"", value,
+            "\" (must be 1 or 2)");
+    forced.cluster_m = std::stoi(value);
+  }
+  return forced;
+}
+
+// The hopper tile for a problem on a device of `sm_count` SMs: what the caller's tuning (`tuned`, from
+// mfa_gemm_tuning) fixes, else what the environment forces (forced_tile), the table choosing the rest.
+// A cluster needs 128 columns or more: a forced pair falls back to single blocks on 64-wide tiles. A
+// descriptor with an empty output launches nothing; it names the large tile, so that `check` and the
+// compile tests build the kernel that large problems run.
+HopperTile hopper_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile tuned) {
+  const HopperTile forced = forced_tile();
+  HopperTile wanted{tuned.tile_n ? tuned.tile_n : forced.tile_n, tuned.cluster_m ? tuned.cluster_m : forced.cluster_m};
+  if (wanted.tile_n == 64 && wanted.cluster_m == 2) wanted.cluster_m = 1;
+  if (d.m == 0 || d.n == 0) return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
+  return table_tile(d, sm_count, wanted);
 }
 
 // The variants a descriptor needs on `arch`: the portable one always (it serves misaligned operands),
 // the Hopper one where it applies.
 std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch, int sm_count,
-                                      int32_t tuned_tile) {
+                                      HopperTile tuned) {
   const bool hopper_requested = d.path == MFA_GEMM_PATH_HOPPER;
   require(!hopper_requested || hopper_capable(arch), MFA_STATUS_UNSUPPORTED,
           "descriptor->path is HOPPER but the device compiles for ", arch, " (sm_90a needed)");
@@ -279,7 +336,13 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
       d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
-    hopper.tile_n = hopper.hopper_tf32() ? MFA_SM90_TF32_BN : hopper_tile_n(d, sm_count, tuned_tile);
+    if (hopper.hopper_tf32()) {
+      hopper.tile_n = MFA_SM90_TF32_BN;
+    } else {
+      const HopperTile tile = hopper_tile(d, sm_count, tuned);
+      hopper.tile_n = tile.tile_n;
+      hopper.cluster_m = tile.cluster_m;
+    }
     variants.insert(variants.begin(), hopper);
   }
   return variants;
@@ -343,7 +406,8 @@ struct mfa_gemm_pipeline {
   bool hopper_swapped = false;          // ... computing C^T = B^T A^T (GemmVariant::swapped_tf32)
   unsigned hopper_shared_bytes = 0;     // its dynamic shared memory
   int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
-  mfa_gemm_schedule hopper_schedule{};  // its grid and work, for the context's SM count
+  int32_t hopper_cluster_m = 1;         // ... and MFA_SM90_CLUSTER_M
+  mfa_gemm_schedule hopper_schedule{};  // its units (blocks or clusters) and work, for the context's device
   mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
 };
 
@@ -366,6 +430,7 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
     pipeline.hopper_swapped = variant.swapped_tf32();
     pipeline.hopper_shared_bytes = static_cast<unsigned>(variant.dynamic_shared_bytes());
     pipeline.hopper_tile_n = variant.tile_n;
+    pipeline.hopper_cluster_m = variant.cluster_m;
     pipeline.hopper = functions[0];
   } else {
     pipeline.portable_vec = functions[0];
@@ -380,15 +445,41 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
   pipeline.info.compile_ms += lookup.origin == MFA_CACHE_MEMORY ? 0.0 : lookup.milliseconds;
 }
 
+HopperTile tile_of(const mfa_gemm_pipeline &pipeline) { return {pipeline.hopper_tile_n, pipeline.hopper_cluster_m}; }
+
+// How many clusters of the hopper kernel the device holds at once (the driver knows how the SMs group);
+// every unit must be resident together, since Stream-K units wait on each other.
+int resident_clusters(const mfa_gemm_pipeline &pipeline, int sm_count) {
+  CUlaunchAttribute cluster{};
+  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  cluster.value.cluster_dim = {static_cast<unsigned>(pipeline.hopper_cluster_m), 1, 1};
+  CUlaunchConfig config{};
+  config.gridDimX = static_cast<unsigned>(hopper_units(tile_of(pipeline), sm_count) * pipeline.hopper_cluster_m);
+  config.gridDimY = config.gridDimZ = 1;
+  config.blockDimX = MFA_SM90_THREADS;
+  config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = pipeline.hopper_shared_bytes;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int clusters = 0;
+  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.hopper, &config),
+             "cuOccupancyMaxActiveClusters(mfa_gemm_sm90)");
+  require(clusters >= 1, MFA_STATUS_UNSUPPORTED, "the device runs no cluster of ", pipeline.hopper_cluster_m,
+          " blocks of the hopper GEMM kernel");
+  return clusters;
+}
+
 // The hopper kernel's schedule; Stream-K's workspace becomes the pipeline's. Problems with more tiles
 // than a launch can number keep a DP schedule they never use (encode takes the portable path).
 void plan_hopper(mfa_gemm_pipeline &pipeline, int sm_count) {
   const mfa_gemm_descriptor &d = pipeline.descriptor;
-  if (int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, pipeline.hopper_tile_n) * d.batch > INT_MAX) return;
-  pipeline.hopper_schedule =
-      plan_gemm_schedule(d.m, d.n, d.k, d.batch, pipeline.hopper_tile_n, sm_count, d.schedule);
+  const HopperTile tile = tile_of(pipeline);
+  if (hopper_tile_count(d, tile) > INT_MAX) return;
+  int units = hopper_units(tile, sm_count);
+  if (tile.cluster_m > 1) units = std::min(units, resident_clusters(pipeline, sm_count));
+  pipeline.hopper_schedule = plan_hopper_schedule(d, tile, units);
   pipeline.info.schedule = schedule_kind(pipeline.hopper_schedule);
-  pipeline.info.workspace_bytes = mfa_gemm_workspace_bytes(pipeline.hopper_schedule, MFA_SM90_BM, pipeline.hopper_tile_n);
+  pipeline.info.workspace_bytes = mfa_gemm_workspace_bytes(pipeline.hopper_schedule, tile.unit_rows(), tile.tile_n);
 }
 
 struct GemmOperands {
@@ -444,33 +535,68 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
+// A Hopper kernel's launch: a 1-D grid of `grid` blocks in clusters of `cluster`, with programmatic
+// stream serialization (the kernels wait on griddepcontrol before touching memory): its set-up overlaps
+// the previous kernel's end, which the many small GEMMs of a layer or command list feel.
+void launch_hopper(CUfunction function, unsigned grid, unsigned cluster, unsigned shared_bytes, void *stream,
+                   void **params, const char *what) {
+  CUlaunchAttribute attributes[2] = {};
+  attributes[0].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attributes[0].value.programmatic_stream_serialization_allowed = 1;
+  attributes[1].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+  attributes[1].value.cluster_dim = {cluster, 1, 1};
+  CUlaunchConfig config{};
+  config.gridDimX = grid;
+  config.gridDimY = config.gridDimZ = 1;
+  config.blockDimX = MFA_SM90_THREADS;
+  config.blockDimY = config.blockDimZ = 1;
+  config.sharedMemBytes = shared_bytes;
+  config.hStream = static_cast<CUstream>(stream);
+  config.attrs = attributes;
+  config.numAttrs = cluster > 1 ? 2 : 1;
+  check_cuda(driver().cuLaunchKernelEx(&config, function, params, nullptr), what);
+}
+
 // Stream-K's workspace: the flags start at zero in every launch (a memset node ahead of the kernel, so
 // the workspace is plain scratch memory between encodes and a replayed command list resets them too);
 // the partial slots need no initialisation (each is written before its flag rises).
 void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *workspace, mfa_gemm_args &args) {
   const mfa_gemm_schedule &schedule = pipeline.hopper_schedule;
+  const int unit_rows = tile_of(pipeline).unit_rows();
   require(workspace != nullptr && aligned(workspace, 256), MFA_STATUS_INVALID_ARGUMENT, "workspace is ", workspace,
           ": the pipeline's Stream-K schedule needs ", pipeline.info.workspace_bytes, " bytes, 256-byte aligned");
   char *base = static_cast<char *>(workspace);
   args.flags = reinterpret_cast<int *>(base);
-  args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule));
-  check_cuda(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(base), 0, size_t{2} * schedule.units,
+  args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule, unit_rows));
+  check_cuda(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(base), 0, mfa_gemm_flag_count(schedule, unit_rows),
                                        static_cast<CUstream>(stream)),
              "cuMemsetD32Async(Stream-K flags)");
 }
 
 struct OperandMaps {
-  CUtensorMap a, b;
+  CUtensorMap a, b, c;
 };
 
-// K-major operands (A untransposed, B transposed) are boxed by the tile's rows; MN-major ones by
-// square boxes one swizzle span wide.
-OperandMaps operand_maps(const mfa_gemm_descriptor &d, const GemmOperands &ops, int tile_n) {
+// K-major operands (A untransposed, B transposed) are boxed by the tile's rows (B's split among the
+// blocks of a cluster, each loading its share); MN-major ones by square boxes one swizzle span wide.
+OperandMaps operand_maps(const mfa_gemm_descriptor &d, const GemmOperands &ops, int tile_n, int cluster_m) {
   const unsigned span = swizzle_span_elements(d.a_dtype);
   return {d.trans_a ? encode_tensor_map(ops.a, d.a_dtype, d.k, d.m, d.batch, span)
                     : encode_tensor_map(ops.a, d.a_dtype, d.m, d.k, d.batch, MFA_SM90_BM),
-          d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n)
-                    : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, span)};
+          d.trans_b ? encode_tensor_map(ops.b, d.b_dtype, d.n, d.k, d.batch, tile_n / cluster_m)
+                    : encode_tensor_map(ops.b, d.b_dtype, d.k, d.n, d.batch, span),
+          CUtensorMap{}};
+}
+
+// The 16-bit kernel stores C by TMA from 64-row chunks one swizzle span wide (gemm_sm90.cu), where C's
+// base and strides are 16-byte multiples and so are its rows: a TMA store writes whole 16-byte pieces,
+// past the tensor's last column up to the next 16-byte boundary (measured: a 255-column fp32 C in a
+// 260-column buffer had column 255 written). Elsewhere it writes element by element; the map is unused.
+bool store_c_by_tma(const mfa_gemm_descriptor &d, const GemmOperands &ops, OperandMaps &maps) {
+  const int bytes = element_bytes(d.c_dtype);
+  if (!vector_loadable(ops.c, bytes) || d.n * bytes % 16 != 0) return false;
+  maps.c = encode_tensor_map(ops.c, d.c_dtype, d.m, d.n, d.batch, 64);
+  return true;
 }
 
 // The fp32-accurate kernel: a persistent grid over 128 x 128 tiles, data-parallel. The swapped NN
@@ -484,10 +610,10 @@ void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, mfa_gemm_descr
     d.trans_a = d.trans_b = 1;
   }
   mfa_gemm_args args = kernel_args(d, ops);
-  OperandMaps maps = operand_maps(d, ops, MFA_SM90_TF32_BN);
+  OperandMaps maps = operand_maps(d, ops, MFA_SM90_TF32_BN, 1);
   void *params[] = {&args, &maps.a, &maps.b};
-  launch(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(tiles, sm_count)), 1, 1, MFA_SM90_THREADS,
-         pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernel(mfa_gemm_sm90_tf32)");
+  launch_hopper(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(tiles, sm_count)), 1,
+                pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernelEx(mfa_gemm_sm90_tf32)");
 }
 
 void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops, void *workspace) {
@@ -496,25 +622,27 @@ void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands 
   const GemmVariant variant = variant_for(d, MFA_GEMM_PATH_PORTABLE);
   const bool vectorizable = vector_loadable(ops.a, variant.in_bytes()) && vector_loadable(ops.b, variant.in_bytes());
   const unsigned batch = static_cast<unsigned>(d.batch);
-  const int tile_n = pipeline.hopper_tile_n;
-  const int64_t hopper_tiles =
-      pipeline.has_hopper ? int64_t{blocks(d.m, MFA_SM90_BM)} * blocks(d.n, tile_n) * d.batch : 0;
+  const HopperTile tile = tile_of(pipeline);
+  const int64_t hopper_tiles = pipeline.has_hopper ? hopper_tile_count(d, tile) : 0;
   if (pipeline.has_hopper && vectorizable && d.k > 0 && hopper_tiles <= INT_MAX) {
     const int sm_count = std::max(pipeline.context->info().sm_count, 1);
     if (pipeline.hopper_tf32) {
       launch_tf32(pipeline, stream, d, ops, hopper_tiles, sm_count);
       return;
     }
-    OperandMaps maps = operand_maps(d, ops, tile_n);
+    OperandMaps maps = operand_maps(d, ops, tile.tile_n, tile.cluster_m);
+    args.c_by_tma = store_c_by_tma(d, ops, maps) ? 1 : 0;
     // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
-    // allows no second), so that all are resident at once, which Stream-K's waits rely on.
+    // allows no second) and no more clusters than the device holds (plan_hopper), so that all are
+    // resident at once, which Stream-K's waits rely on.
     args.schedule = pipeline.hopper_schedule;
-    require(args.schedule.units <= sm_count, MFA_STATUS_INTERNAL,
-            "the hopper schedule has ", args.schedule.units, " blocks for ", pipeline.context->info().sm_count, " SMs");
+    require(args.schedule.units * tile.cluster_m <= sm_count, MFA_STATUS_INTERNAL, "the hopper schedule has ",
+            args.schedule.units * tile.cluster_m, " blocks for ", pipeline.context->info().sm_count, " SMs");
     if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
-    void *params[] = {&args, &maps.a, &maps.b};
-    launch(pipeline.hopper, static_cast<unsigned>(args.schedule.units), 1, 1, MFA_SM90_THREADS,
-           pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernel(mfa_gemm_sm90)");
+    void *params[] = {&args, &maps.a, &maps.b, &maps.c};
+    launch_hopper(pipeline.hopper, static_cast<unsigned>(args.schedule.units * tile.cluster_m),
+                  static_cast<unsigned>(tile.cluster_m), pipeline.hopper_shared_bytes, stream, params,
+                  "cuLaunchKernelEx(mfa_gemm_sm90)");
     return;
   }
   void *params[] = {&args};
@@ -568,7 +696,7 @@ MFA_API mfa_status mfa_gemm_pipeline_create(mfa_context *context, const mfa_gemm
     pipeline->info = MFA_PIPELINE_INFO_INIT;
     pipeline->info.schedule = MFA_SCHEDULE_DATA_PARALLEL;
     const int sm_count = pipeline->context->info().sm_count;
-    const int32_t tuned = mfa::tuned_tile_n(descriptor);
+    const mfa::HopperTile tuned = mfa::tuned_tile(descriptor);
     for (const mfa::GemmVariant &variant :
          mfa::variants_for(pipeline->descriptor, pipeline->context->arch(), sm_count, tuned))
       mfa::load_variant(*pipeline, variant);
@@ -629,7 +757,7 @@ MFA_API mfa_status mfa_gemm_compile_report(const mfa_gemm_descriptor *descriptor
     mfa::KernelReports reports(arch, out_reports, capacity, out_count);
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     for (const mfa::GemmVariant &variant :
-         mfa::variants_for(d, reports.arch(), mfa::kReportSmCount, mfa::tuned_tile_n(descriptor))) {
+         mfa::variants_for(d, reports.arch(), mfa::kReportSmCount, mfa::tuned_tile(descriptor))) {
       const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, reports.arch()));
       for (const char *entry : variant.entries())
         reports.add(variant.key(), entry, lookup, variant.dynamic_shared_bytes());
@@ -650,12 +778,14 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
     mfa::require_arg(out_count, "out_count");
     mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
                  "out_items is NULL with capacity ", capacity);
-    const int bn = tile_n ? tile_n : mfa::hopper_tile_n(d, sm_count, mfa::tuned_tile_n(descriptor));
-    mfa::require(int64_t{mfa::blocks(d.m, MFA_SM90_BM)} * mfa::blocks(d.n, bn) * d.batch <= INT_MAX,
-                 MFA_STATUS_UNSUPPORTED, "the descriptor has more than 2^31 - 1 tiles");
-    const mfa_gemm_schedule s = mfa::plan_gemm_schedule(d.m, d.n, d.k, d.batch, bn, sm_count, d.schedule);
+    mfa::HopperTile tuned = mfa::tuned_tile(descriptor);
+    if (tile_n) tuned = {tile_n, tuned.cluster_m ? tuned.cluster_m : 1};
+    const mfa::HopperTile tile = mfa::hopper_tile(d, sm_count, tuned);
+    mfa::require(mfa::hopper_tile_count(d, tile) <= INT_MAX, MFA_STATUS_UNSUPPORTED,
+                 "the descriptor has more than 2^31 - 1 tiles");
+    const mfa_gemm_schedule s = mfa::plan_hopper_schedule(d, tile, mfa::hopper_units(tile, sm_count));
     if (out_schedule) *out_schedule = mfa::schedule_kind(s);
-    if (out_workspace_bytes) *out_workspace_bytes = mfa_gemm_workspace_bytes(s, MFA_SM90_BM, bn);
+    if (out_workspace_bytes) *out_workspace_bytes = mfa_gemm_workspace_bytes(s, tile.unit_rows(), tile.tile_n);
     int64_t count = 0;
     for (int unit = 0; unit < s.units; ++unit) {
       const int items = mfa_gemm_work_count(s, unit);

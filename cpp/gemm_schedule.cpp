@@ -49,16 +49,16 @@ int64_t stream_k_tiles(int64_t m, int64_t tiles, int k_iters, int sms, int32_t r
 
 }  // namespace
 
-mfa_gemm_schedule plan_gemm_schedule(int64_t m, int64_t n, int64_t k, int64_t batch, int tile_n, int sm_count,
-                                     int32_t requested) {
-  const int tiles_m = ceil_div(m, MFA_SM90_BM), tiles_n = ceil_div(n, tile_n), k_iters = ceil_div(k, MFA_SM90_BK);
+mfa_gemm_schedule plan_gemm_schedule(int64_t m, int64_t n, int64_t k, int64_t batch, int tile_m, int tile_n,
+                                     int units, int32_t requested) {
+  const int tiles_m = ceil_div(m, tile_m), tiles_n = ceil_div(n, tile_n), k_iters = ceil_div(k, MFA_SM90_BK);
   const int64_t tiles = int64_t{tiles_m} * tiles_n * batch;
-  const int sms = std::max(sm_count, 1);
+  const int sms = std::max(units, 1);  // the rules below speak of SMs: one unit runs where a block would
   const int64_t sk_tiles = stream_k_tiles(m, tiles, k_iters, sms, requested);
   // Stream-K: every SM, but no more units than iterations (each unit gets at least one). The hybrid's
   // DP region is then whole waves of `sms` tiles. DP: one unit per tile up to one per SM.
-  const int64_t units = sk_tiles > 0 ? std::min<int64_t>(sms, sk_tiles * k_iters) : std::clamp<int64_t>(tiles, 1, sms);
-  return mfa_gemm_schedule_make(tiles_m, tiles_n, static_cast<int>(batch), k_iters, static_cast<int>(units),
+  const int64_t grid = sk_tiles > 0 ? std::min<int64_t>(sms, sk_tiles * k_iters) : std::clamp<int64_t>(tiles, 1, sms);
+  return mfa_gemm_schedule_make(tiles_m, tiles_n, static_cast<int>(batch), k_iters, static_cast<int>(grid),
                                 static_cast<int>(sk_tiles));
 }
 

@@ -134,14 +134,18 @@ MFA_HOST_DEVICE inline int mfa_gemm_first_contributor(const mfa_gemm_schedule &s
   return mfa_gemm_sk_unit_of(s, static_cast<long long>(tile) * s.k_iters);
 }
 
-// Workspace of a schedule for tiles of MFA_SM90_BM x bn: one int flag per unit and consumer warpgroup,
-// padded to 256 bytes, then one fp32 tile-sized partial slot per unit. None without Stream-K.
-MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_bytes(const mfa_gemm_schedule &s) {
-  return (static_cast<unsigned long long>(s.units) * 2 * 4 + 255) / 256 * 256;
+// Workspace of a schedule for unit tiles of bm x bn (bm: MFA_SM90_BM times the blocks of a cluster): one
+// int flag per 64 rows of a unit tile (a consumer warpgroup's), padded to 256 bytes, then one fp32
+// tile-sized partial slot per unit. None without Stream-K.
+MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_count(const mfa_gemm_schedule &s, int bm) {
+  return static_cast<unsigned long long>(s.units) * (bm / 64);
+}
+MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_bytes(const mfa_gemm_schedule &s, int bm) {
+  return (mfa_gemm_flag_count(s, bm) * 4 + 255) / 256 * 256;
 }
 MFA_HOST_DEVICE inline unsigned long long mfa_gemm_workspace_bytes(const mfa_gemm_schedule &s, int bm, int bn) {
   if (s.sk_tiles == 0) return 0;
-  return mfa_gemm_flag_bytes(s) + static_cast<unsigned long long>(s.units) * bm * bn * 4;
+  return mfa_gemm_flag_bytes(s, bm) + static_cast<unsigned long long>(s.units) * bm * bn * 4;
 }
 
 // Kernel parameters. Element (i, k) of op(A) lives at a[i * lda + k] (trans_a = 0) or
@@ -163,6 +167,7 @@ struct mfa_gemm_args {
   mfa_gemm_schedule schedule;
   int *flags;
   float *partials;
+  int c_by_tma;  // sm_90 16-bit kernel: C is stored by TMA through shared memory (else element by element)
 };
 
 // The opaque 128-byte CUtensorMap that the host encodes and the sm_90 kernel receives by value.
@@ -209,14 +214,17 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 #define MFA_SM90_BOX 64
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
 MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) { return (MFA_SM90_BM + bn) * MFA_SM90_BK * 2; }
-// As many stages as fit beside 1 KB of alignment slack and two 8-byte mbarriers a stage: 4 of 48 KB
-// for 128 x 256, 7 of 32 KB for 128 x 128, 9 of 24 KB for 128 x 64.
+// The epilogue's staging: two 8 KB buffers (64 rows of one 128-byte swizzle span) per consumer warpgroup.
+#define MFA_SM90_STAGING_BYTES (2 * 2 * 8192)
+// As many stages as fit beside the staging buffers, 1 KB of alignment slack and two 8-byte mbarriers a
+// stage: 4 of 48 KB for 128 x 256, 6 of 32 KB for 128 x 128, 8 of 24 KB for 128 x 64.
 MFA_HOST_DEVICE constexpr int mfa_sm90_stages(int bn) {
-  return (MFA_SM90_SMEM_LIMIT - 1024) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
+  return (MFA_SM90_SMEM_LIMIT - 1024 - MFA_SM90_STAGING_BYTES) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
 }
-// The ring, its mbarriers, and 1 KB so the ring can start on a 1024-byte (swizzle atom) boundary.
+// The ring, the staging buffers, the ring's mbarriers, and 1 KB so the ring can start on a 1024-byte
+// (swizzle atom) boundary.
 MFA_HOST_DEVICE constexpr int mfa_sm90_smem_bytes(int bn) {
-  return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + 1024;
+  return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + MFA_SM90_STAGING_BYTES + 1024;
 }
 
 // ----- sm_90a fp32-accurate kernel (gemm_sm90_tf32.cu): 128 x 128 tiles, k-tiles of 32 fp32 -----

@@ -1,11 +1,15 @@
 // gemm_sm90.cu: the Hopper (sm_90a) GEMM path. A persistent grid of blocks walks the output tiles;
 // in each block TMA copies A and B tiles into a ring of shared-memory stages, wgmma multiplies them
 // straight out of shared memory, and mbarriers hand each stage from the producer warpgroup to the two
-// consumer warpgroups and back.
+// consumer warpgroups and back. With clusters of two blocks, the pair computes vertically adjacent tiles
+// that share their B tile: each block loads half of it, multicast into both blocks' rings, so a block
+// pulls (128 + BN / 2) x 64 elements from L2 a stage instead of (128 + BN) x 64.
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B and MFA_SM90_BN (64, 128 or 256: the
-// tile's width). PTX ISA section numbers below follow the PTX ISA 9.0 document.
+// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (64, 128 or 256: the
+// tile's width) and MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M). PTX ISA section
+// numbers below follow the PTX ISA 9.0 document.
+#include "ptx_cluster.cuh"
 #include "ptx_sm90.cuh"
 #include "gemm_sm90_epilogue.cuh"  // mfa_sm90_epilogue
 
@@ -18,6 +22,8 @@ static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
 static_assert(MFA_SM90_BN == 64 || MFA_SM90_BN == 128 || MFA_SM90_BN == 256, "wgmma n is 64, 128 or 256");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F16 || MFA_IN_DTYPE == MFA_GEMM_BF16, "16-bit inputs only");
+static_assert(MFA_SM90_CLUSTER_M == 1 || (MFA_SM90_CLUSTER_M == 2 && MFA_SM90_BN >= 128),
+              "pairs of blocks split B into halves of at least one 64-wide box");
 
 constexpr int kSm90Stages = mfa_sm90_stages(MFA_SM90_BN);
 constexpr int kSm90Acc = MFA_SM90_BN / 2;                          // accumulators a consumer thread holds
@@ -29,7 +35,8 @@ constexpr unsigned kSm90ABytes = MFA_SM90_BM * kSm90RowBytes;      // 16 KB: A o
 constexpr unsigned kSm90BBytes = MFA_SM90_BN * kSm90RowBytes;      // 8, 16 or 32 KB: B of one stage
 constexpr unsigned kSm90StageBytes = kSm90ABytes + kSm90BBytes;    // A region, then B region
 constexpr unsigned kSm90SwizzleAtomBytes = 8 * kSm90RowBytes;      // 1 KB: 8 rows, the 128B-swizzle period
-constexpr int kSm90ConsumerWarps = 8;                              // arrivals that free a stage
+constexpr int kSm90Cluster = MFA_SM90_CLUSTER_M;                   // blocks sharing each B tile
+constexpr int kSm90ConsumerWarps = 8;                              // warps that read a stage, per block
 static_assert(kSm90StageBytes == mfa_sm90_stage_bytes(MFA_SM90_BN), "stage size agrees with gemm.cuh");
 
 // ----- operand layouts in shared memory and their wgmma descriptors -----
@@ -66,16 +73,28 @@ struct mfa_sm90_operand {
     return mfa_wgmma_desc_sw128(region + slice * slice_bytes, lbo, sbo);
   }
 
-  // Issue the TMA load(s) filling this operand's region for the tile at (mn0, k0) of batch z.
-  // K-major: one EXTENT x 64 box at {k0, mn0, z}. MN-major: 64 x 64 boxes at {mn0 + 64 i, k0, z}.
+  // Issue the TMA load(s) of part `part` of PARTS equal parts of this operand's region for the tile at
+  // (mn0, k0) of batch z; with PARTS > 1 each part is multicast to the PARTS blocks of the cluster, whose
+  // rings sit at the same offsets. K-major: a part is one (EXTENT / PARTS) x 64 box at {k0, mn0 + its
+  // first row, z} (the host encodes the map with that box height). MN-major: 64 x 64 boxes at
+  // {mn0 + 64 i, k0, z}, EXTENT / 64 / PARTS of them a part.
+  template <int PARTS>
   static __device__ __forceinline__ void load(unsigned region, const mfa_tensor_map &map, unsigned full_bar,
-                                              int mn0, int k0, int z) {
+                                              int mn0, int k0, int z, int part) {
+    static_assert(EXTENT % (PARTS * MFA_SM90_BOX) == 0, "a part is whole boxes");
+    constexpr int rows = EXTENT / PARTS;  // of the operand's extent (m or n) in one part
+    const auto copy = [&](unsigned dst, int c0, int c1) {
+      if constexpr (PARTS > 1)
+        mfa_tma_load_3d_multicast(dst, &map, full_bar, c0, c1, z, (1u << PARTS) - 1);
+      else
+        mfa_tma_load_3d(dst, &map, full_bar, c0, c1, z);
+    };
     if (MN_MAJOR) {
 #pragma unroll
-      for (int i = 0; i < EXTENT / MFA_SM90_BOX; ++i)
-        mfa_tma_load_3d(region + i * kSm90BoxBytes, &map, full_bar, mn0 + i * MFA_SM90_BOX, k0, z);
+      for (int i = part * rows / MFA_SM90_BOX; i < (part + 1) * rows / MFA_SM90_BOX; ++i)
+        copy(region + i * kSm90BoxBytes, mn0 + i * MFA_SM90_BOX, k0);
     } else {
-      mfa_tma_load_3d(region, &map, full_bar, k0, mn0, z);
+      copy(region + part * rows * kSm90RowBytes, k0, mn0 + part * rows);
     }
   }
 };
@@ -86,16 +105,24 @@ constexpr int kSm90TransA = MFA_TRANS_A == 1 ? 1 : 0;
 constexpr int kSm90TransB = MFA_TRANS_B == 0 ? 1 : 0;
 
 // ----- where a tile is: the tile numbers of the schedule (gemm.cuh, mfa_gemm_schedule) -----
-// Tiles are numbered batch by batch. Inside a batch, kSm90GroupM consecutive M-tiles form a group that
-// is walked column by column (M fastest), so the blocks running at one time cover a few A row-blocks
-// and a few B column-blocks, each read by several blocks while it is still in L2.
+// The schedule's tiles and units are the cluster's: a unit is a cluster, its tile kSm90Cluster block
+// tiles stacked along M, block `rank` of the cluster computing the rank-th. Tiles are numbered batch by
+// batch. Inside a batch, kSm90GroupM consecutive M-tiles form a group that is walked column by column
+// (M fastest), so the clusters running at one time cover a few A row-blocks and a few B column-blocks,
+// each read by several blocks while it is still in L2.
 constexpr int kSm90GroupM = 8;
+constexpr int kSm90UnitRows = MFA_SM90_BM * kSm90Cluster;
+
+// This block's unit of the schedule and its rank in the unit's cluster (the grid is 1-D, clusters of
+// kSm90Cluster consecutive blocks).
+__device__ __forceinline__ int mfa_sm90_unit() { return blockIdx.x / kSm90Cluster; }
+__device__ __forceinline__ int mfa_sm90_rank() { return blockIdx.x % kSm90Cluster; }
 
 struct mfa_sm90_tile {
   int m0, n0, batch;
 };
 
-__device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedule &s, int t) {
+__device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedule &s, int t, int rank) {
   const int per_batch = s.tiles_m * s.tiles_n;
   const int batch = t / per_batch;
   const int in_batch = t - batch * per_batch;
@@ -103,12 +130,17 @@ __device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedul
   const int first_m = group * kSm90GroupM;
   const int group_rows = min(kSm90GroupM, s.tiles_m - first_m);  // the last group may be shorter
   const int in_group = in_batch - group * kSm90GroupM * s.tiles_n;
-  return {(first_m + in_group % group_rows) * MFA_SM90_BM, (in_group / group_rows) * MFA_SM90_BN, batch};
+  return {(first_m + in_group % group_rows) * kSm90UnitRows + rank * MFA_SM90_BM, (in_group / group_rows) * MFA_SM90_BN,
+          batch};
 }
 
 // ----- the pipeline: a ring of stages, each with a `full` and an `empty` mbarrier -----
-// full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageBytes of TMA transactions.
-// empty[s]: one arrival from each consumer warp once its wgmma have finished reading stage s.
+// full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageBytes of TMA transactions (with
+// clusters, half of B's bytes come from the other block's multicast: they may land before this block's
+// expect_tx, which the transaction count allows, since the phase cannot complete without the arrival).
+// empty[s]: one arrival from each consumer warp of every block of the cluster once its wgmma have
+// finished reading stage s: the producers multicast B into each other's stage s, so stage s is free only
+// when every block has consumed it.
 // Both start in phase 0. A pass over the ring flips the phase the waiter looks for; try_wait.parity
 // with the parity of the phase *before* the current one returns at once (9.7.13.15.16), which is
 // how the producer's first pass finds every stage free. Producer and consumers each keep their own
@@ -116,8 +148,9 @@ __device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedul
 // stage s's n-th fill is its n-th consumption on either side. Both walk the same work items (the
 // block's unit of the schedule), k_end - k_begin stages each.
 struct mfa_sm90_ring {
-  unsigned stages;  // shared address of stage 0 (1024-byte aligned)
-  unsigned bars;    // shared address of full[0..STAGES), then empty[0..STAGES)
+  unsigned stages;   // shared address of stage 0 (1024-byte aligned)
+  unsigned staging;  // shared address of the epilogue's buffers (below), after the last stage
+  unsigned bars;     // shared address of full[0..STAGES), then empty[0..STAGES)
 
   __device__ unsigned a(int s) const { return stages + s * kSm90StageBytes; }
   __device__ unsigned b(int s) const { return a(s) + kSm90ABytes; }
@@ -126,11 +159,13 @@ struct mfa_sm90_ring {
 };
 
 // Lay the ring out in the dynamic shared memory: stages from the first 1024-byte boundary, the
-// mbarriers right after them (mfa_sm90_smem_bytes() reserves the 1 KB of slack and the barriers).
+// epilogue's staging buffers and the mbarriers right after them (mfa_sm90_smem_bytes() reserves the
+// 1 KB of slack, the buffers and the barriers).
 __device__ __forceinline__ mfa_sm90_ring mfa_sm90_ring_at(unsigned char *smem) {
   mfa_sm90_ring ring;
   ring.stages = (mfa_smem_addr(smem) + kSm90SwizzleAtomBytes - 1) & ~(kSm90SwizzleAtomBytes - 1);
-  ring.bars = ring.a(kSm90Stages);
+  ring.staging = ring.a(kSm90Stages);
+  ring.bars = ring.staging + MFA_SM90_STAGING_BYTES;
   return ring;
 }
 
@@ -140,7 +175,7 @@ __device__ __forceinline__ mfa_sm90_ring mfa_sm90_ring_at(unsigned char *smem) {
 __device__ __forceinline__ void mfa_sm90_ring_init(const mfa_sm90_ring &ring) {
   for (int s = 0; s < kSm90Stages; ++s) {
     mfa_mbar_init(ring.full(s), 1);
-    mfa_mbar_init(ring.empty(s), kSm90ConsumerWarps);
+    mfa_mbar_init(ring.empty(s), kSm90ConsumerWarps * kSm90Cluster);
   }
   mfa_fence_mbar_init();
   mfa_fence_proxy_async_smem();
@@ -152,15 +187,19 @@ using mfa_sm90_ring_pos = mfa_ring_pos<kSm90Stages>;
 // ----- producer: one elected thread streams the k tiles of A and B through the ring -----
 // It runs ahead of the consumers by up to kSm90Stages stages, across work items: the first stages of
 // a block's next item load while the consumers are still in this item's epilogue or fix-up.
+// With clusters it then waits until every stage has been freed once more: the other block's consumers
+// arrive on this block's barriers, and the other producer multicasts into this block's ring, so the
+// block may exit only after both are done (which frees every stage in both blocks).
 __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, const mfa_gemm_args &args,
                                                  const mfa_tensor_map &map_a, const mfa_tensor_map &map_b) {
   mfa_tma_prefetch_map(&map_a);
   mfa_tma_prefetch_map(&map_b);
   mfa_sm90_ring_pos pos;
-  const int items = mfa_gemm_work_count(args.schedule, blockIdx.x);
+  const int unit = mfa_sm90_unit(), rank = mfa_sm90_rank();
+  const int items = mfa_gemm_work_count(args.schedule, unit);
   for (int i = 0; i < items; ++i) {
-    const mfa_gemm_work work = mfa_gemm_work_at(args.schedule, blockIdx.x, i);
-    const mfa_sm90_tile tile = mfa_sm90_tile_at(args.schedule, work.tile);
+    const mfa_gemm_work work = mfa_gemm_work_at(args.schedule, unit, i);
+    const mfa_sm90_tile tile = mfa_sm90_tile_at(args.schedule, work.tile, rank);
     // A batch stride of 0 broadcasts the operand: the host encodes such a map with batch dim 1.
     const int z_a = args.batch_stride_a != 0 ? tile.batch : 0;
     const int z_b = args.batch_stride_b != 0 ? tile.batch : 0;
@@ -168,10 +207,15 @@ __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, cons
       mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);  // consumers are done with this stage
       mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageBytes);
       const int k0 = kt * MFA_SM90_BK;
-      mfa_sm90_a::load(ring.a(pos.stage), map_a, ring.full(pos.stage), tile.m0, k0, z_a);
-      mfa_sm90_b::load(ring.b(pos.stage), map_b, ring.full(pos.stage), tile.n0, k0, z_b);
+      mfa_sm90_a::load<1>(ring.a(pos.stage), map_a, ring.full(pos.stage), tile.m0, k0, z_a, 0);
+      mfa_sm90_b::load<kSm90Cluster>(ring.b(pos.stage), map_b, ring.full(pos.stage), tile.n0, k0, z_b, rank);
       pos.advance();
     }
+  }
+  if (kSm90Cluster == 1) return;
+  for (int s = 0; s < kSm90Stages; ++s) {
+    mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);
+    pos.advance();
   }
 }
 
@@ -180,7 +224,13 @@ __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, cons
 // thread waits for the group of stage kt-1 (wait_group 1), whose stage it then hands back.
 __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int stage) {
   // wait_group is .sync.aligned: every lane of this warp is past it, so one arrival speaks for the warp.
-  if (threadIdx.x % 32 == 0) mfa_mbar_arrive(ring.empty(stage));
+  if (threadIdx.x % 32 != 0) return;
+  if (kSm90Cluster == 1) {
+    mfa_mbar_arrive(ring.empty(stage));
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < kSm90Cluster; ++r) mfa_mbar_arrive_cluster(mfa_cluster_map(ring.empty(stage), r));
 }
 
 // One m64nBNk16 wgmma of this variant's operands (a template, so that only the width in use is built).
@@ -230,16 +280,96 @@ __device__ __forceinline__ void mfa_sm90_consume(const mfa_sm90_ring &ring, mfa_
   for (int i = 0; i < kSm90Acc; ++i) mfa_fence_operand(acc[i]);  // epilogue reads only after the wait
 }
 
-// ----- epilogue: gemm_sm90_epilogue.cuh (shared with gemm_sm90_tf32.cu), N = kSm90Acc -----
+// ----- epilogue: C through shared memory and TMA stores -----
+// The arithmetic is gemm_sm90_epilogue.cuh's (shared with gemm_sm90_tf32.cu), N = kSm90Acc. Written
+// straight from the wgmma fragment, C leaves in 4-byte pieces, a quad of lanes covering 16 bytes of a
+// row: at 2048^3 (one wave of 128 x 256 tiles) those stores took a quarter of the kernel (539 TFLOPS
+// against 715 with them left out, H200). Staged instead, each consumer warpgroup writes its 64 rows one
+// chunk at a time (64 rows x 128 bytes, one swizzle span: 64 16-bit or 32 fp32 columns) into one of its
+// two 8 KB buffers, 128-byte swizzled (a quad's 16 bytes in 8 rows land in 8 different bank groups: no
+// conflicts), and one thread stores the chunk with TMA, which leaves out what lies outside C, while the
+// warpgroup fills the other buffer. The host encodes C's map (box 128 bytes x 64 rows, SWIZZLE_128B)
+// where C's base and strides are 16-byte multiples, as TMA needs; elsewhere (args.c_by_tma == 0) C is
+// written element by element (mfa_sm90_epilogue).
+constexpr int kSm90OutBytes = MFA_OUT_DTYPE == MFA_GEMM_F32 ? 4 : 2;
+constexpr int kSm90ChunkCols = kSm90RowBytes / kSm90OutBytes;
+constexpr unsigned kSm90ChunkBytes = 64 * kSm90RowBytes;
+static_assert(2 * 2 * kSm90ChunkBytes == MFA_SM90_STAGING_BYTES, "two buffers for each consumer warpgroup");
+static_assert(MFA_SM90_BN % kSm90ChunkCols == 0, "whole chunks");
+
+// A consumer warpgroup's two staging buffers and how many chunks it has stored: the next goes to buffer
+// chunks % 2. Thread 0 of the warpgroup issues the stores, so only its bulk async-groups are pending.
+struct mfa_sm90_staging {
+  unsigned buffers;
+  unsigned chunks;
+
+  __device__ unsigned next() const { return buffers + (chunks % 2) * kSm90ChunkBytes; }
+};
+
+// Columns (col, col + 1) of row `row` of a chunk, `byte` bytes into the row, into buffer `buffer`.
+__device__ __forceinline__ void mfa_sm90_stage_pair(unsigned buffer, int row, int byte, float v0, float v1) {
+  const unsigned address = buffer + row * kSm90RowBytes + ((((byte >> 4) ^ (row & 7)) << 4) | (byte & 15));
+  if constexpr (kSm90OutBytes == 4)
+    mfa_st_shared_v2_f32(address, v0, v1);
+  else
+    mfa_st_shared_b32(address, mfa_pack_f32x2<MFA_OUT_DTYPE>(v0, v1));
+}
+
+// Store the (finished) accumulators of warpgroup w's 64 rows of the tile, chunk by chunk (m64nN fragment
+// layout: gemm_sm90_epilogue.cuh). Per chunk: thread 0 makes sure the buffer's previous store has read
+// it (at most one group, the other buffer's, still pending); the warpgroup writes it, fences it for the
+// async proxy, and thread 0 stores it.
+__device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_c, const mfa_sm90_tile &tile, int w,
+                                                      mfa_sm90_staging &staging, const float (&acc)[kSm90Acc]) {
+  const int t = mfa_warpgroup_thread();
+  const int row0 = 16 * (t / 32) + (t % 32) / 4;
+  const int byte0 = 2 * (t % 4) * kSm90OutBytes;
+  constexpr int blocks_per_chunk = kSm90ChunkCols / 8;  // n8 blocks of the fragment
+#pragma unroll
+  for (int chunk = 0; chunk < MFA_SM90_BN / kSm90ChunkCols; ++chunk) {
+    if (t == 0) mfa_bulk_wait_group_read<1>();
+    mfa_named_barrier_sync(1 + w, 128);
+    const unsigned buffer = staging.next();
+#pragma unroll
+    for (int jj = 0; jj < blocks_per_chunk; ++jj) {
+      const int j = chunk * blocks_per_chunk + jj;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        mfa_sm90_stage_pair(buffer, row0 + 8 * h, byte0 + 8 * jj * kSm90OutBytes, acc[4 * j + 2 * h],
+                            acc[4 * j + 2 * h + 1]);
+    }
+    mfa_fence_proxy_async_smem();
+    mfa_named_barrier_sync(1 + w, 128);
+    if (t == 0) {
+      mfa_tma_store_3d(&map_c, buffer, tile.n0 + chunk * kSm90ChunkCols, tile.m0 + 64 * w, tile.batch);
+      mfa_bulk_commit_group();
+    }
+    ++staging.chunks;
+  }
+}
+
+// The epilogue of one tile for consumer warpgroup w.
+__device__ __forceinline__ void mfa_sm90_finish_tile(const mfa_gemm_args &args, const mfa_tensor_map &map_c,
+                                                     const mfa_sm90_tile &tile, int w, bool pairs,
+                                                     mfa_sm90_staging &staging, float (&acc)[kSm90Acc]) {
+  const int t = mfa_warpgroup_thread();
+  if (!args.c_by_tma) {
+    mfa_sm90_epilogue(args, tile, w, t, pairs, acc);
+    return;
+  }
+  mfa_sm90_epilogue_values(args, mfa_sm90_fragment_of(args, tile, w, t), pairs, acc);
+  mfa_sm90_store_staged(map_c, tile, w, staging, acc);
+}
 
 // ----- Stream-K fix-up: partial accumulators through the workspace (gemm.cuh, mfa_gemm_schedule) -----
-// Each consumer warpgroup moves its own 64 rows independently: flag 2u + w and half w of unit u's slot
-// belong to warpgroup w of unit u. A half is stored in fragment order, float4 q of thread t at
-// q * 128 + t, so each warp's 16-byte stores and loads cover 512 contiguous bytes.
+// Each consumer warpgroup moves its own 64 rows independently: flag 2b + w and half w of block b's slot
+// belong to warpgroup w of block b (block b = unit * kSm90Cluster + rank: a unit's slot holds its
+// cluster's tile). A half is stored in fragment order, float4 q of thread t at q * 128 + t, so each
+// warp's 16-byte stores and loads cover 512 contiguous bytes.
 constexpr int kSm90HalfTileFloats = 64 * MFA_SM90_BN;
 
-__device__ __forceinline__ float4 *mfa_sm90_partial_half(const mfa_gemm_args &args, int unit, int w) {
-  return reinterpret_cast<float4 *>(args.partials + static_cast<long long>(2 * unit + w) * kSm90HalfTileFloats);
+__device__ __forceinline__ float4 *mfa_sm90_partial_half(const mfa_gemm_args &args, int block, int w) {
+  return reinterpret_cast<float4 *>(args.partials + static_cast<long long>(2 * block + w) * kSm90HalfTileFloats);
 }
 
 // Store this block's partial accumulators in its slot, then raise its flag once all 128 threads of
@@ -254,16 +384,18 @@ __device__ __forceinline__ void mfa_sm90_store_partial(const mfa_gemm_args &args
   if (t == 0) mfa_flag_release(args.flags + 2 * blockIdx.x + w);
 }
 
-// acc += the partials of units [first, blockIdx.x), nearest unit first: a fixed order, so the sum (and
-// the result) is the same on every run. One thread acquires every flag; the barrier passes that on.
+// acc += the partials of units [first, this unit), nearest unit first (the blocks of the same rank): a
+// fixed order, so the sum (and the result) is the same on every run. One thread acquires every flag;
+// the barrier passes that on.
 __device__ __forceinline__ void mfa_sm90_add_partials(const mfa_gemm_args &args, int first, int w,
                                                       float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
+  const int block_step = kSm90Cluster, last = blockIdx.x - block_step, first_block = first * block_step + mfa_sm90_rank();
   if (t == 0)
-    for (int unit = blockIdx.x - 1; unit >= first; --unit) mfa_flag_acquire(args.flags + 2 * unit + w);
+    for (int block = last; block >= first_block; block -= block_step) mfa_flag_acquire(args.flags + 2 * block + w);
   mfa_named_barrier_sync(1 + w, 128);
-  for (int unit = blockIdx.x - 1; unit >= first; --unit) {
-    const float4 *half = mfa_sm90_partial_half(args, unit, w);
+  for (int block = last; block >= first_block; block -= block_step) {
+    const float4 *half = mfa_sm90_partial_half(args, block, w);
 #pragma unroll
     for (int q = 0; q < kSm90Acc / 4; ++q) {
       const float4 p = mfa_load_cg(half + q * 128 + t);
@@ -276,18 +408,29 @@ __device__ __forceinline__ void mfa_sm90_add_partials(const mfa_gemm_args &args,
 }
 
 // ----- the kernel -----
-// Grid args.schedule.units x 1 x 1 (at most one block per SM: Stream-K blocks wait on each other, so
-// all must be resident at once; the host asserts it), 384 threads, mfa_sm90_smem_bytes(MFA_SM90_BN) of
-// dynamic shared memory, which also keeps it to one block per SM. setmaxnreg moves registers from the
-// producer (40 a thread) to the consumers (232): 128 * 40 + 256 * 232 = 64512 <= 65536, the register
-// file a block of 384 threads may hold.
+// Grid args.schedule.units * kSm90Cluster blocks in clusters of kSm90Cluster (at most one block per SM
+// and no more clusters than can be resident at once: Stream-K units wait on each other, so all must run
+// together; the host sees to it), 384 threads, mfa_sm90_smem_bytes(MFA_SM90_BN) of dynamic shared
+// memory, which also keeps it to one block per SM. setmaxnreg moves registers from the producer (40 a
+// thread) to the consumers (232): 128 * 40 + 256 * 232 = 64512 <= 65536, the register file a block of
+// 384 threads may hold.
+// Launched with programmatic dependent launch: the set-up above the dependency wait overlaps the end
+// of the previous kernel in the stream, and the next kernel may launch (its blocks waiting for SMs)
+// once every block here has started.
 extern "C" __global__ void __launch_bounds__(MFA_SM90_THREADS, 1)
 mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant__ mfa_tensor_map map_a,
-              const __grid_constant__ mfa_tensor_map map_b) {
+              const __grid_constant__ mfa_tensor_map map_b, const __grid_constant__ mfa_tensor_map map_c) {
   extern __shared__ unsigned char mfa_sm90_smem[];  // aligned up to 1024 bytes by mfa_sm90_ring_at
   const mfa_sm90_ring ring = mfa_sm90_ring_at(mfa_sm90_smem);
   if (threadIdx.x == 0) mfa_sm90_ring_init(ring);
-  __syncthreads();
+  if (kSm90Cluster > 1) {  // the other block's barriers are initialised before anything signals them
+    mfa_cluster_arrive();
+    mfa_cluster_wait();
+  } else {
+    __syncthreads();
+  }
+  mfa_grid_dependency_wait();
+  mfa_grid_launch_dependents();
 
   if (mfa_warpgroup_index() == 0) {
     mfa_setmaxnreg_dec<40>();
@@ -301,10 +444,12 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
                        args.batch_stride_c % 2 == 0;
     const mfa_gemm_schedule &schedule = args.schedule;
     mfa_sm90_ring_pos pos;
+    mfa_sm90_staging staging{ring.staging + w * 2 * kSm90ChunkBytes, 0};
     float acc[kSm90Acc];
-    const int items = mfa_gemm_work_count(schedule, blockIdx.x);
+    const int unit = mfa_sm90_unit();
+    const int items = mfa_gemm_work_count(schedule, unit);
     for (int i = 0; i < items; ++i) {
-      const mfa_gemm_work work = mfa_gemm_work_at(schedule, blockIdx.x, i);
+      const mfa_gemm_work work = mfa_gemm_work_at(schedule, unit, i);
       if (work.k_end > work.k_begin) {
         mfa_sm90_consume(ring, pos, w, work.k_end - work.k_begin, acc);
       } else {  // k == 0: the product is empty; no stage is ever filled
@@ -316,7 +461,9 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
         continue;
       }
       if (work.k_begin > 0) mfa_sm90_add_partials(args, mfa_gemm_first_contributor(schedule, work.tile), w, acc);
-      mfa_sm90_epilogue(args, mfa_sm90_tile_at(schedule, work.tile), w, mfa_warpgroup_thread(), pairs, acc);
+      mfa_sm90_finish_tile(args, map_c, mfa_sm90_tile_at(schedule, work.tile, mfa_sm90_rank()), w, pairs, staging,
+                           acc);
     }
+    if (mfa_warpgroup_thread() == 0) mfa_bulk_wait_group_read<0>();  // the buffers outlive the stores' reads
   }
 }

@@ -145,11 +145,10 @@ __device__ __forceinline__ void mfa_sm90_write(const mfa_gemm_args &args, const 
   });
 }
 
-// The whole epilogue of one tile for thread t (0..127) of consumer warpgroup w.
-template <int N, class TILE>
-__device__ __forceinline__ void mfa_sm90_epilogue(const mfa_gemm_args &args, const TILE &tile, int w, int t,
-                                                  bool pairs, float (&acc)[N]) {
-  const mfa_sm90_fragment f = mfa_sm90_fragment_of(args, tile, w, t);
+// acc = act(alpha * acc + beta * C + bias): the epilogue's arithmetic, before C is written.
+template <int N>
+__device__ __forceinline__ void mfa_sm90_epilogue_values(const mfa_gemm_args &args, const mfa_sm90_fragment &f,
+                                                         bool pairs, float (&acc)[N]) {
   mfa_sm90_blend(args, f, pairs, acc);
   switch (args.bias_dtype) {
     case MFA_GEMM_F16: mfa_sm90_add_bias<MFA_GEMM_F16>(args, f, acc); break;
@@ -164,5 +163,13 @@ __device__ __forceinline__ void mfa_sm90_epilogue(const mfa_gemm_args &args, con
     case MFA_ACT_SILU: mfa_sm90_activate<MFA_ACT_SILU>(acc); break;
     default: break;
   }
+}
+
+// The whole epilogue of one tile for thread t (0..127) of consumer warpgroup w, C written element by element.
+template <int N, class TILE>
+__device__ __forceinline__ void mfa_sm90_epilogue(const mfa_gemm_args &args, const TILE &tile, int w, int t,
+                                                  bool pairs, float (&acc)[N]) {
+  const mfa_sm90_fragment f = mfa_sm90_fragment_of(args, tile, w, t);
+  mfa_sm90_epilogue_values(args, f, pairs, acc);
   mfa_sm90_write(args, f, pairs, acc);
 }

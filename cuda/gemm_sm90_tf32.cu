@@ -43,6 +43,7 @@
 // B: stored [n][k] (TRANS_B = 1) arrives K-major (one box) and is split in place; stored [k][n]
 //   (TRANS_B = 0) arrives N-major (four 32-n boxes) and the split transposes it into a separate hi
 //   buffer (4x4 blocks through registers), so its stages are 64 KB instead of 48 KB.
+#include "ptx_cluster.cuh"
 #include "ptx_sm90_tf32.cuh"
 #include "gemm_sm90_epilogue.cuh"  // mfa_sm90_epilogue
 
@@ -369,6 +370,8 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
     mfa_fence_proxy_async_smem();
   }
   __syncthreads();
+  mfa_grid_dependency_wait();  // programmatic dependent launch, as gemm_sm90.cu's kernel
+  mfa_grid_launch_dependents();
 
   const Schedule schedule(args);
   const int k_tiles = (args.k + BK - 1) / BK;

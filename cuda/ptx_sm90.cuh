@@ -56,6 +56,14 @@ __device__ __forceinline__ void mfa_mbar_arrive_expect_tx(unsigned bar, unsigned
 __device__ __forceinline__ void mfa_mbar_arrive(unsigned bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" : : "r"(bar) : "memory");
 }
+// One arrival on the mbarrier at `cluster_bar`, a shared::cluster address (mfa_cluster_map) that may be
+// another block's of the cluster. Release at CTA scope (the default), as for a local arrival: it tells
+// the other block's TMA that this block's wgmma (already waited for) have read a stage. A .cluster
+// release compiles to MEMBAR.ALL.GPU, which waited for the wgmma group still in flight: the 128 x 128
+// pairs ran at 235 TFLOPS against 660 for single blocks (H200, 4096^3).
+__device__ __forceinline__ void mfa_mbar_arrive_cluster(unsigned cluster_bar) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" : : "r"(cluster_bar) : "memory");
+}
 // True once the phase of `bar` with parity `parity` has completed (acquire at CTA scope); may
 // suspend the thread for a system-dependent time before returning false.
 __device__ __forceinline__ bool mfa_mbar_try_wait(unsigned bar, unsigned parity) {
@@ -147,6 +155,42 @@ __device__ __forceinline__ void mfa_tma_load_3d(unsigned dst, const void *map, u
       :
       : "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
+}
+
+// As mfa_tma_load_3d, but the box lands at offset `dst` of every block of the cluster named in `cta_mask`
+// (bit r: rank r), each block's mbarrier at offset `bar` receiving the complete_tx (.multicast::cluster).
+__device__ __forceinline__ void mfa_tma_load_3d_multicast(unsigned dst, const void *map, unsigned bar, int c0, int c1,
+                                                          int c2, unsigned short cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3, %4}], [%5], %6;"
+      :
+      : "r"(dst), "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+
+// 4- and 8-byte stores to shared memory at a shared-window address.
+__device__ __forceinline__ void mfa_st_shared_b32(unsigned address, unsigned value) {
+  asm volatile("st.shared.b32 [%0], %1;" : : "r"(address), "r"(value) : "memory");
+}
+__device__ __forceinline__ void mfa_st_shared_v2_f32(unsigned address, float x, float y) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};" : : "r"(address), "f"(x), "f"(y) : "memory");
+}
+// Copy shared memory at `src` into the box at {c0, c1, c2} of `map` (elements outside the tensor are
+// not written), as part of this thread's current bulk async-group.
+__device__ __forceinline__ void mfa_tma_store_3d(const void *map, unsigned src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];"
+               :
+               : "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(src)
+               : "memory");
+}
+// Close this thread's current bulk async-group (cp.async.bulk.commit_group, 9.7.9.25.6.1).
+__device__ __forceinline__ void mfa_bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Wait until at most N of this thread's bulk async-groups are pending their reads of shared memory
+// (.read: the source may be overwritten; the global writes may still be in flight).
+template <int N>
+__device__ __forceinline__ void mfa_bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" : : "n"(N) : "memory");
 }
 
 // ----- wgmma (9.7.15 "Asynchronous Warpgroup Level Matrix Multiply-Accumulate") -----

@@ -40,7 +40,7 @@ extern "C" {
  * only appends functions, fields and status codes.
  * ------------------------------------------------------------------------------------------- */
 #define MFA_VERSION_MAJOR 0
-#define MFA_VERSION_MINOR 2
+#define MFA_VERSION_MINOR 3
 #define MFA_VERSION_PATCH 0
 #define MFA_VERSION_NUMBER (MFA_VERSION_MAJOR * 10000 + MFA_VERSION_MINOR * 100 + MFA_VERSION_PATCH)
 
@@ -234,9 +234,12 @@ typedef struct mfa_gemm_descriptor {
 
 typedef struct mfa_gemm_tuning {
   mfa_struct_header header;
-  int32_t tile_n;   /* 16-bit inputs on the Hopper path: the tile's width, 64, 128 or 256 (rows: 128);
-                     * 0: the library's choice. Other inputs and paths accept 0 only. */
-  int32_t reserved; /* 0 */
+  int32_t tile_n;    /* 16-bit inputs on the Hopper path: the tile's width, 64, 128 or 256 (rows: 128);
+                      * 0: the library's choice. Other inputs and paths accept 0 only. */
+  int32_t cluster_m; /* 16-bit inputs on the Hopper path: blocks of a thread-block cluster, stacked along
+                      * M, that share each B tile by TMA multicast: 1, or 2 with tile_n 128 or 256;
+                      * 0: the library's choice (for the given tile_n, if any). Since 0.3.0; it was a
+                      * reserved 0 before, so 0.2 callers keep their meaning. */
 } mfa_gemm_tuning;
 #define MFA_GEMM_TUNING_INIT {MFA_HEADER_INIT(MFA_STRUCT_GEMM_TUNING, mfa_gemm_tuning), 0, 0}
 
@@ -276,20 +279,22 @@ MFA_API mfa_status mfa_gemm_encode(const mfa_gemm_pipeline *pipeline, void *stre
 MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, const mfa_tensor *a, const mfa_tensor *b,
                                      const mfa_tensor *c, const mfa_tensor *bias);
 
-/* How the Hopper kernel's persistent blocks share out the work of a descriptor (m, n, k, batch and
+/* How the Hopper kernel's persistent units share out the work of a descriptor (m, n, k, batch and
  * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (64, 128 or 256; 0: the
  * descriptor's chained mfa_gemm_tuning, else the library's own choice for that device): the
- * MFA_SCHEDULE_* chosen, the workspace it needs, and every
- * block's work items, block by block in the order each block runs them. Needs no GPU: the CPU tests
- * use it to check that every k step of every tile is computed once. A k step is 64 elements. */
+ * MFA_SCHEDULE_* chosen, the workspace it needs, and every unit's work items, unit by unit in the order
+ * each unit runs them. A unit is a block, or, where the tuning (or the library) chooses cluster_m 2, a
+ * cluster of two blocks (sm_count / 2 of them) whose tiles are 256 x tile_n, each block computing one
+ * 128-row half. Needs no GPU: the CPU tests use it to check that every k step of every tile is computed
+ * once. A k step is 64 elements. */
 typedef struct mfa_gemm_work_item {
-  int32_t block;             /* the persistent block: 0 .. grid - 1 */
-  int32_t tile;              /* the output tile, in the kernel's numbering (batch-major) */
+  int32_t block;             /* the persistent unit: 0 .. units - 1 */
+  int32_t tile;              /* the output (unit) tile, in the kernel's numbering (batch-major) */
   int32_t k_begin;           /* k steps [k_begin, k_end) of the tile */
   int32_t k_end;
   int32_t partial;           /* 1: stores its partial sums in workspace slot `block`, for the tile's finisher */
   int32_t first_contributor; /* k_end is the tile's last step and k_begin > 0: adds the partial sums of
-                              * blocks [first_contributor, block); otherwise -1 */
+                              * units [first_contributor, block); otherwise -1 */
 } mfa_gemm_work_item;
 MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descriptor, int32_t sm_count,
                                               int32_t tile_n, int32_t *out_schedule,

@@ -457,13 +457,16 @@ class Inputs:
 
 
 def poisoned_output(torch, shape, dtype, layout="compact"):
-    """(c, storage): c all NaN; with layout "padded", c sits inside a larger GUARD-filled storage."""
+    """(c, storage): c all NaN; with layout "padded", c sits inside a larger GUARD-filled storage whose rows
+    are 16-byte multiples (as TMA stores need), at least one element wider than c's."""
     target = getattr(torch, dtype)
     if layout != "padded":
         c = torch.full(tuple(shape), math.nan, dtype=target, device="cuda")
         return c, c
     *batch, rows, cols = shape
-    storage = torch.full((*batch, rows + 2, cols + 5), GUARD, dtype=target, device="cuda")
+    per_16_bytes = 128 // torch.finfo(target).bits
+    storage = torch.full((*batch, rows + 2, (cols // per_16_bytes + 1) * per_16_bytes), GUARD, dtype=target,
+                         device="cuda")
     c = storage[..., :rows, :cols]
     c.fill_(math.nan)
     return c, storage
@@ -502,7 +505,8 @@ def skip_unless_hopper_applies(ctx, path):
 
 
 def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha=1.0, beta=0.0, c0=None,
-                  bias=None, activation="none", path="auto", layout="compact", context_note="", tile_n=None):
+                  bias=None, activation="none", path="auto", layout="compact", context_note="", tile_n=None,
+                  cluster_m=None):
     """Runs mfa_c.gemm into a NaN-poisoned (or, for beta != 0, a copy of c0) output, checks it is written
     in place, finite, within tolerance of the float64 reference, and nothing around it changed."""
     shape = (*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]),
@@ -511,7 +515,8 @@ def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha
     if beta:
         c.copy_(c0)  # c is an input too
     out = mfa_c.gemm(a, b, trans_a=trans[0] == "T", trans_b=trans[1] == "T", alpha=alpha, beta=beta, c=c,
-                     bias=bias, activation=activation, precision=precision, path=path, tile_n=tile_n)
+                     bias=bias, activation=activation, precision=precision, path=path, tile_n=tile_n,
+                     cluster_m=cluster_m)
     torch.cuda.synchronize()
     assert out is c or out.data_ptr() == c.data_ptr(), "the result was not written into c"
     assert out.dtype == getattr(torch, out_dtype)

@@ -108,14 +108,20 @@ def test_tune_stores_a_winner_that_the_next_pipeline_uses(ctx, torch_cuda, tmp_p
     if ctx.arch != "sm_90a":
         pytest.skip(f"tuning measures the Hopper tiles; this GPU compiles for {ctx.arch}")
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
     monkeypatch.setattr(gemm_tuning, "records_path", lambda directory=None: tmp_path / gemm_tuning.FILE_NAME)
     rows, winner, path = bench_gemm.tune_gemm(768, 640, 512, dtype="bf16", trans="NT", reps=3)
     assert path == tmp_path / gemm_tuning.FILE_NAME and path.exists()
-    assert {(row["tile_n"], row["schedule"]) for row in rows} == \
-        {(tile, schedule) for tile in (64, 128, 256) for schedule in ("data_parallel", "stream_k")}
+    assert {(row["tile_n"], row["cluster_m"], row["schedule"]) for row in rows} == \
+        {(tile_n, cluster_m, schedule) for tile_n, cluster_m in ((64, 1), (128, 1), (128, 2), (256, 1), (256, 2))
+         for schedule in ("data_parallel", "stream_k")}
     assert winner == max(rows, key=lambda row: row["tflops"])
+
+    def suffix(row):
+        return f".128x{row['tile_n']}" + (".cluster2" if row["cluster_m"] == 2 else "")
+
     for row in rows:
-        assert row["variant"].endswith(f".128x{row['tile_n']}") and row["tflops"] > 0
+        assert row["variant"].endswith(suffix(row)) and row["tflops"] > 0
     with mfa_c.GemmPipeline(768, 640, 512, dtype="bfloat16", trans_b=True, context=ctx) as pipeline:
-        assert pipeline.info["variant"].endswith(f".128x{winner['tile_n']}")
+        assert pipeline.info["variant"].endswith(suffix(winner))
         assert pipeline.info["schedule"] == winner["schedule"]

@@ -231,10 +231,10 @@ def _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta):
     return c
 
 
-@pytest.mark.parametrize("tile_n", [64, 128, 256])
+@pytest.mark.parametrize("tile_n, cluster_m", [(64, 1), (128, 1), (256, 1), (128, 2), (256, 2)])
 @pytest.mark.parametrize("m, n, k, batch, trans, out_dtype, alpha, beta, with_bias, activation", GPU_CASES)
 def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n, k, batch, trans, out_dtype,
-                                                       alpha, beta, with_bias, activation, tile_n):
+                                                       alpha, beta, with_bias, activation, tile_n, cluster_m):
     skip_unless_hopper_applies(ctx, "hopper")
     torch = torch_cuda
     dtype = "bfloat16" if out_dtype == "bfloat16" else "float16"
@@ -246,10 +246,11 @@ def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n
     pipeline = mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype,
                                   bias_dtype=out_dtype if with_bias else None, trans_a=trans[0] == "T",
                                   trans_b=trans[1] == "T", alpha=alpha, beta=beta, activation=activation,
-                                  path="hopper", schedule="stream_k", tile_n=tile_n, context=ctx)
+                                  path="hopper", schedule="stream_k", tile_n=tile_n, cluster_m=cluster_m, context=ctx)
     with pipeline:
         assert pipeline.info["schedule"] == "stream_k" and pipeline.info["workspace_bytes"] > 0, pipeline.info
-        assert pipeline.info["variant"].endswith(f".128x{tile_n}"), pipeline.info
+        suffix = f".128x{tile_n}" + (f".cluster{cluster_m}" if cluster_m > 1 else "")
+        assert pipeline.info["variant"].endswith(suffix), pipeline.info
         first = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
         second = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
     reference = torch_reference(torch, a, b, trans[0] == "T", trans[1] == "T", alpha, beta, c0, bias, activation)

@@ -1,11 +1,12 @@
-"""The Hopper GEMM's tile widths (128 x 64, 128 x 128, 128 x 256), the variant table that picks one, the
-mfa_gemm_tuning struct that forces one, and the tuning records `python -m mfa_c tune gemm` stores.
+"""The Hopper GEMM's tiles (128 x 64, 128 x 128, 128 x 256, the two wider ones also in clusters of two
+blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct that forces one, and the
+tuning records `python -m mfa_c tune gemm` stores.
 
-CPU: every tile width compiles for sm_90a (every 16-bit input, output and transpose) without spills; the
-table picks the documented tile per shape class; the tuning struct is validated; tuning records round-trip,
-a stored winner reaches the descriptor, and bad records are ignored with a warning. GPU: every tile width
-against float64 at odd shapes (every transpose, batches with broadcast, bias, activations, beta, k = 0),
-the table's choice on the device, and a stored winner used by a pipeline.
+CPU: every tile compiles for sm_90a (every 16-bit input, output and transpose) without spills; the table
+picks the documented tile per shape class; the tuning struct is validated; tuning records round-trip, a
+stored winner reaches the descriptor, and bad records are ignored with a warning. GPU: every tile against
+float64 at odd shapes (every transpose, batches with broadcast, bias, activations, beta, k = 0, both
+schedules), the table's choice on the device, and a stored winner used by a pipeline.
 """
 
 import concurrent.futures
@@ -23,7 +24,7 @@ from conftest import assert_status, ffi, lib, rel_error, tolerance
 from test_gemm import (ACTIVATIONS, OUTPUTS, TRANSPOSES, Inputs, check_reports, run_and_check,
                        skip_unless_hopper_applies)
 
-TILES = (64, 128, 256)
+TILES = gemm_tuning.TILES  # (tile_n, cluster_m)
 DTYPES_16 = ("float16", "bfloat16")
 TILE_VARIANTS = [(tile, dtype, out, trans) for tile in TILES for dtype in DTYPES_16 for out in OUTPUTS
                  for trans in TRANSPOSES]
@@ -31,7 +32,16 @@ TILE_VARIANTS = [(tile, dtype, out, trans) for tile in TILES for dtype in DTYPES
 
 def _tile_keywords(tile, dtype, out, trans):
     return dict(dtype=dtype, out_dtype=out, trans_a=trans[0] == "T", trans_b=trans[1] == "T", path="hopper",
-                tile_n=tile)
+                tile_n=tile[0], cluster_m=tile[1])
+
+
+def _tile_suffix(tile_n, cluster_m=1):
+    """How a variant key ends for that tile."""
+    return f".128x{tile_n}" + (f".cluster{cluster_m}" if cluster_m > 1 else "")
+
+
+def _tile_id(tile):
+    return f"{tile[0]}x{tile[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -48,33 +58,53 @@ def tile_reports():
 # CPU: compilation, the variant table, the tuning struct
 
 
-@pytest.mark.parametrize("variant", TILE_VARIANTS, ids=["-".join(map(str, v)) for v in TILE_VARIANTS])
-def test_every_tile_width_compiles_without_spills(tile_reports, variant):
-    tile = variant[0]
+@pytest.mark.parametrize("variant", TILE_VARIANTS, ids=["-".join(map(str, [_tile_id(v[0]), *v[1:]])) for v in TILE_VARIANTS])
+def test_every_tile_compiles_without_spills(tile_reports, variant):
     reports = tile_reports[variant]
     check_reports(reports, "sm_90a")
     hopper = [r for r in reports if r["kernel"] == "mfa_gemm_sm90"]
-    assert len(hopper) == 1 and hopper[0]["variant"].endswith(f".128x{tile}"), [r["variant"] for r in reports]
+    assert len(hopper) == 1 and hopper[0]["variant"].endswith(_tile_suffix(*variant[0])), [r["variant"] for r in reports]
 
 
 @pytest.mark.parametrize("m, n, k, batch, tile", [
-    # cost = waves x tile width / efficiency (cpp/gemm.cpp); 132 SMs
-    (8192, 8192, 8192, 1, 256),   # 2048 tiles of 128 x 256: 16 waves
-    (4096, 4096, 4096, 1, 256),   # 512: 4 waves (256 x 4 = 1024 against 8 x 128 / 0.85 = 1205)
-    (2048, 2048, 2048, 1, 256),   # 128 tiles: one wave, against two of 128 x 128
-    (2560, 2560, 1024, 1, 256),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 in 4 (602)
-    (1024, 1024, 1024, 3, 256),   # batches count: 96 tiles, one wave
-    (1536, 1536, 1536, 1, 128),   # 72 wide tiles (one wave: 256) against 144 by Stream-K (172)
-    (2560, 2560, 2560, 1, 128),   # 200 wide tiles in 2 waves (512) against 400 by Stream-K (479)
-    (1024, 1024, 1024, 1, 64),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
-    (256, 256, 256, 1, 64),
-    (64, 4096, 4096, 1, 64),      # an LLM decode shape: 64 tiles by Stream-K
+    # cost = waves x tile width / efficiency (cpp/gemm.cpp); 132 SMs. Pairs (cluster 2) rate a little
+    # below single blocks and need no fewer waves at any of these shapes.
+    (8192, 8192, 8192, 1, (256, 1)),   # 2048 tiles of 128 x 256: 16 waves
+    (4096, 4096, 4096, 1, (256, 1)),   # 512: 4 waves (256 x 4 = 1024 against 8 x 128 / 0.85 = 1205)
+    (2048, 2048, 2048, 1, (256, 1)),   # 128 tiles: one wave, against two of 128 x 128
+    (2560, 2560, 1024, 1, (256, 1)),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 in 4 (602)
+    (1024, 1024, 1024, 3, (256, 1)),   # batches count: 96 tiles, one wave
+    (1536, 1536, 1536, 1, (128, 1)),   # 72 wide tiles (one wave: 256) against 144 by Stream-K (172)
+    (2560, 2560, 2560, 1, (128, 1)),   # 200 wide tiles in 2 waves (512) against 400 by Stream-K (479)
+    (1024, 1024, 1024, 1, (64, 1)),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
+    (256, 256, 256, 1, (64, 1)),
+    (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape: 64 tiles by Stream-K
 ])
 def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)  # the suite may force one; the table is the subject
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
     reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper")
     assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == \
-        [f"gemm.sm90.f16mma.f16-f16.nn.128x{tile}"]
+        ["gemm.sm90.f16mma.f16-f16.nn" + _tile_suffix(*tile)]
+
+
+def test_a_cluster_asked_for_alone_gets_the_tables_width(monkeypatch):
+    """cluster_m without tile_n: the table picks the width among the pairs; MFA_SM90_CLUSTER_M forces pairs
+    the same way (falling back to single blocks on 64-wide tiles), and a bad value is named."""
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
+
+    def variant(**keywords):
+        reports = mfa_c.compile_report(arch="sm_90a", m=4096, n=4096, k=4096, dtype="float16", path="hopper", **keywords)
+        return [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"][0]
+
+    assert variant(cluster_m=2).endswith(".128x256.cluster2")
+    monkeypatch.setenv("MFA_SM90_CLUSTER_M", "2")
+    assert variant().endswith(".128x256.cluster2")
+    assert variant(tile_n=64).endswith(".128x64")
+    monkeypatch.setenv("MFA_SM90_CLUSTER_M", "3")
+    with pytest.raises(mfa_c.MFAError, match="MFA_SM90_CLUSTER_M"):
+        variant()
 
 
 def _tuned_descriptor(tuning_fields, **fields):
@@ -89,9 +119,13 @@ def _tuned_descriptor(tuning_fields, **fields):
     (dict(tile_n=96), {}, "INVALID_ARGUMENT", "tuning->tile_n is 96"),
     (dict(tile_n=512), {}, "INVALID_ARGUMENT", "tuning->tile_n is 512"),
     (dict(tile_n=-1), {}, "INVALID_ARGUMENT", "tuning->tile_n is -1"),
-    (dict(reserved=1), {}, "INVALID_ARGUMENT", "tuning->reserved"),
+    (dict(cluster_m=3), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 3"),
+    (dict(cluster_m=-1), {}, "INVALID_ARGUMENT", "tuning->cluster_m is -1"),
+    (dict(tile_n=64, cluster_m=2), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 2 with tile_n 64"),
     (dict(tile_n=64), dict(a_dtype=lib.MFA_DTYPE_F32, b_dtype=lib.MFA_DTYPE_F32, c_dtype=lib.MFA_DTYPE_F32),
-     "UNSUPPORTED", "tuning->tile_n is 64"),
+     "UNSUPPORTED", "tuning->tile_n 64"),
+    (dict(cluster_m=2), dict(a_dtype=lib.MFA_DTYPE_F32, b_dtype=lib.MFA_DTYPE_F32, c_dtype=lib.MFA_DTYPE_F32),
+     "UNSUPPORTED", "cluster_m 2"),
     (dict(tile_n=128), dict(path=lib.MFA_GEMM_PATH_PORTABLE), "UNSUPPORTED", "16-bit inputs on the Hopper path"),
 ])
 def test_the_tuning_struct_is_validated(tuning_fields, fields, expected, name):
@@ -137,6 +171,21 @@ def test_the_tuning_struct_chooses_the_schedule_describes_tile():
     assert count[0] == 8 * 16 and sorted(items[i].tile for i in range(count[0])) == list(range(128))
 
 
+def test_describe_counts_a_cluster_as_one_unit_of_256_rows():
+    """With clusters of two, a unit's tile stacks two blocks' tiles: a 1024 x 1024 output is 4 x 8 such tiles
+    of 256 x 128, shared by at most 132 / 2 units, and a unit's Stream-K workspace holds both blocks'."""
+    descriptor, _tuning = _tuned_descriptor(dict(tile_n=128, cluster_m=2), schedule=lib.MFA_SCHEDULE_STREAM_K)
+    descriptor.m = descriptor.n = descriptor.k = 1024
+    count, workspace = ffi.new("int64_t *"), ffi.new("uint64_t *")
+    items = ffi.new("mfa_gemm_work_item[512]")
+    assert_status(lib.mfa_gemm_schedule_describe(descriptor, 132, 0, ffi.NULL, workspace, items, 512, count), "SUCCESS")
+    units = {items[i].block for i in range(count[0])}
+    covered = sorted((items[i].tile, k) for i in range(count[0]) for k in range(items[i].k_begin, items[i].k_end))
+    assert max(units) < 66 and covered == [(tile, k) for tile in range(32) for k in range(16)]
+    flags = -(-len(units) * 4 * 4 // 256) * 256  # an int flag per 64 rows of a unit's tile, padded to 256 bytes
+    assert workspace[0] == flags + len(units) * 256 * 128 * 4
+
+
 # ================================================================================================
 # CPU: tuning records
 
@@ -149,37 +198,42 @@ def _fields(m=1024, n=1024, k=1024, **keywords):
 
 def test_records_round_trip_and_replace_per_key(tmp_path):
     first, second = _fields(), _fields(trans_b=True)
-    gemm_tuning.store_record(DEVICE, first, 64, "data_parallel", 401.23, directory=tmp_path)
-    gemm_tuning.store_record(DEVICE, second, 128, "auto", 390.0, directory=tmp_path)
-    gemm_tuning.store_record(DEVICE, first, 256, "stream_k", 402.0, directory=tmp_path)  # replaces the first
+    gemm_tuning.store_record(DEVICE, first, 64, 1, "data_parallel", 401.23, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, second, 128, 1, "auto", 390.0, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, first, 256, 2, "stream_k", 402.0, directory=tmp_path)  # replaces the first
     document = json.loads((tmp_path / gemm_tuning.FILE_NAME).read_text())
     assert document["version"] == gemm_tuning.FORMAT_VERSION and len(document["records"]) == 2
     record = gemm_tuning.lookup(DEVICE, first, tmp_path)
-    assert (record["tile_n"], record["schedule"], record["tflops"], record["trans"]) == (256, "stream_k", 402.0, "NN")
+    assert (record["tile_n"], record["cluster_m"], record["schedule"], record["tflops"], record["trans"]) == \
+        (256, 2, "stream_k", 402.0, "NN")
     assert gemm_tuning.lookup(DEVICE, second, tmp_path)["tile_n"] == 128
     assert gemm_tuning.lookup("NVIDIA H200", first, tmp_path) is None       # the device is part of the key
     assert gemm_tuning.lookup(DEVICE, _fields(k=1025), tmp_path) is None     # and every size
     assert gemm_tuning.lookup(DEVICE, _fields(dtype="bfloat16"), tmp_path) is None
     assert gemm_tuning.lookup(DEVICE, _fields(out_dtype="float32"), tmp_path) is None
-    with pytest.raises(ValueError):
-        gemm_tuning.store_record(DEVICE, first, 96, "auto", 1.0, directory=tmp_path)
+    for tile_n, cluster_m in ((96, 1), (64, 2), (256, 3)):
+        with pytest.raises(ValueError):
+            gemm_tuning.store_record(DEVICE, first, tile_n, cluster_m, "auto", 1.0, directory=tmp_path)
 
 
 def test_a_stored_winner_reaches_the_descriptor_and_the_kernel(tmp_path, monkeypatch):
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
     fields = _fields(4096, 4096, 4096)  # the table picks 128 x 256 here
-    gemm_tuning.store_record(DEVICE, fields, 64, "data_parallel", 500.0, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, fields, 64, 1, "data_parallel", 500.0, directory=tmp_path)
     tuned = gemm_tuning.apply_stored(DEVICE, fields, tmp_path)
-    assert tuned["tile_n"] == 64 and tuned["schedule"] == lib.MFA_SCHEDULE_DATA_PARALLEL
+    assert tuned["tile_n"] == 64 and tuned["cluster_m"] == 1 and tuned["schedule"] == lib.MFA_SCHEDULE_DATA_PARALLEL
     assert "tile_n" not in fields  # the caller's fields are left alone
     # The descriptor it becomes compiles the stored tile (the table would have said 128x256).
+    tile = {k: tuned[k] for k in ("tile_n", "cluster_m")}
     keywords = {**_descriptor_keywords(new_struct("mfa_gemm_descriptor", **{k: v for k, v in tuned.items()
-                                                                           if k != "tile_n"})),
-                "tile_n": tuned["tile_n"], "path": "hopper"}
+                                                                           if k not in tile})),
+                **tile, "path": "hopper"}
     reports = mfa_c.compile_report(arch="sm_90a", m=4096, n=4096, k=4096, **keywords)
     assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == ["gemm.sm90.f16mma.f16-f16.nn.128x64"]
     # A caller's own tile, a caller's schedule, fp32 and the portable path keep what they asked for.
     assert gemm_tuning.apply_stored(DEVICE, {**fields, "tile_n": 128}, tmp_path)["tile_n"] == 128
+    assert "tile_n" not in gemm_tuning.apply_stored(DEVICE, {**fields, "cluster_m": 2}, tmp_path)
     assert gemm_tuning.apply_stored(DEVICE, {**fields, "schedule": lib.MFA_SCHEDULE_STREAM_K},
                                     tmp_path)["schedule"] == lib.MFA_SCHEDULE_STREAM_K
     assert "tile_n" not in gemm_tuning.apply_stored(DEVICE, {**fields, "path": lib.MFA_GEMM_PATH_PORTABLE}, tmp_path)
@@ -192,6 +246,8 @@ def test_bad_records_are_ignored_with_a_warning(tmp_path):
         "not a record",
         {**good, "tile_n": 96},
         {**good, "tile_n": True},
+        {**good, "cluster_m": 2},  # 64 columns do not split in two
+        {**good, "cluster_m": 4},
         {**good, "schedule": "split_k"},
         {**good, "m": -1},
         {**good, "k": "512"},
@@ -205,6 +261,8 @@ def test_bad_records_are_ignored_with_a_warning(tmp_path):
     assert len(caught) == len(bad)
     assert list(records.values()) == [good]
     assert gemm_tuning.lookup(DEVICE, _fields(512, 512, 512), tmp_path)["tile_n"] == 64
+    # A record of 0.2 has no cluster_m: its tile ran single blocks.
+    assert gemm_tuning.apply_stored(DEVICE, _fields(512, 512, 512), tmp_path)["cluster_m"] == 1
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", json.dumps({"version": 99, "records": []}),
@@ -214,7 +272,7 @@ def test_an_unreadable_file_is_ignored_with_a_warning_and_then_replaced(tmp_path
     with pytest.warns(gemm_tuning.TuningWarning, match="not a tuning file"):
         assert gemm_tuning.load_records(tmp_path) == {}
     assert gemm_tuning.apply_stored(DEVICE, _fields(), tmp_path) == _fields()
-    gemm_tuning.store_record(DEVICE, _fields(), 128, "auto", 300.0, directory=tmp_path)
+    gemm_tuning.store_record(DEVICE, _fields(), 128, 1, "auto", 300.0, directory=tmp_path)
     assert gemm_tuning.lookup(DEVICE, _fields(), tmp_path)["tile_n"] == 128
 
 
@@ -228,13 +286,13 @@ def _gpu_cases():
         for dtype in DTYPES_16:
             for index, trans in enumerate(TRANSPOSES):
                 out = OUTPUTS[(index + TILES.index(tile)) % len(OUTPUTS)]
-                cases.append(pytest.param(tile, dtype, out, trans, id=f"{tile}-{dtype}-{out}-{trans}"))
+                cases.append(pytest.param(tile, dtype, out, trans, id=f"{_tile_id(tile)}-{dtype}-{out}-{trans}"))
     return cases
 
 
-@pytest.mark.parametrize("m, n, k", [(127, 255, 1000), (1000, 333, 517), (64, 4096, 1030), (1, 65, 64)])
+@pytest.mark.parametrize("m, n, k", [(127, 255, 1000), (1000, 333, 517), (64, 4096, 1030), (1, 65, 64), (300, 520, 130)])
 @pytest.mark.parametrize("tile, dtype, out_dtype, trans", _gpu_cases())
-def test_every_tile_width_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, trans, m, n, k):
+def test_every_tile_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, trans, m, n, k):
     skip_unless_hopper_applies(ctx, "hopper")
     inputs = Inputs(torch_cuda, rng)
     a, b = inputs.operands(m, n, k, dtype, trans, "padded")
@@ -243,14 +301,14 @@ def test_every_tile_width_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_d
     beta = float(rng.choice([0.0, 0.5]))
     c0 = inputs.randn((m, n), out_dtype) if beta else None
     run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
-                  beta=beta, c0=c0, bias=bias, activation=activation, path="hopper", layout="padded", tile_n=tile,
-                  context_note=f"tile 128x{tile} {activation} beta {beta}")
+                  beta=beta, c0=c0, bias=bias, activation=activation, path="hopper", layout="padded", tile_n=tile[0],
+                  cluster_m=tile[1], context_note=f"tile {_tile_suffix(*tile)} {activation} beta {beta}")
 
 
 @pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
 @pytest.mark.parametrize("broadcast", ["none", "a", "b"])
-@pytest.mark.parametrize("tile", TILES)
-def test_every_tile_width_batched(ctx, torch_cuda, rng, tile, broadcast, schedule):
+@pytest.mark.parametrize("tile", TILES, ids=_tile_id)
+def test_every_tile_batched(ctx, torch_cuda, rng, tile, broadcast, schedule):
     """Batches of A^T B with either operand a single matrix repeated over the batch, both schedules."""
     skip_unless_hopper_applies(ctx, "hopper")
     torch = torch_cuda
@@ -259,15 +317,15 @@ def test_every_tile_width_batched(ctx, torch_cuda, rng, tile, broadcast, schedul
     a = a[0] if broadcast == "a" else a
     b = b[0] if broadcast == "b" else b
     c = torch.full((batch, m, n), math.nan, dtype=torch.float32, device="cuda")
-    mfa_c.gemm(a, b, trans_a=True, c=c, path="hopper", schedule=schedule, tile_n=tile)
+    mfa_c.gemm(a, b, trans_a=True, c=c, path="hopper", schedule=schedule, tile_n=tile[0], cluster_m=tile[1])
     torch.cuda.synchronize()
     reference = torch.matmul(a.double().transpose(-1, -2), b.double())
     error = rel_error(c, reference)
     assert error <= tolerance("bfloat16", "default", "float32"), f"relative error {error:.3g}"
 
 
-@pytest.mark.parametrize("tile", TILES)
-def test_every_tile_width_with_k_zero(ctx, torch_cuda, rng, tile):
+@pytest.mark.parametrize("tile", TILES, ids=_tile_id)
+def test_every_tile_with_k_zero(ctx, torch_cuda, rng, tile):
     skip_unless_hopper_applies(ctx, "hopper")
     torch = torch_cuda
     inputs = Inputs(torch, rng)
@@ -275,19 +333,20 @@ def test_every_tile_width_with_k_zero(ctx, torch_cuda, rng, tile):
     c0 = inputs.randn((130, 70), "float32")
     bias = inputs.randn((1, 70), "float32")[0]
     run_and_check(torch, a, b, dtype="float16", precision="default", out_dtype="float32", beta=0.5, c0=c0, bias=bias,
-                  activation="relu", path="hopper", tile_n=tile)
+                  activation="relu", path="hopper", tile_n=tile[0], cluster_m=tile[1])
 
 
 def test_the_table_and_a_stored_winner_on_the_device(ctx, torch_cuda, rng, tmp_path, monkeypatch):
     skip_unless_hopper_applies(ctx, "hopper")
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
     info = mfa_c.GemmPipeline(1024, 1024, 1024, dtype="float16", context=ctx).info
     expected = 64 if ctx.sm_count >= 128 else 128  # 128 tiles of 128 x 64 take one wave on an H100 (132 SMs)
     assert info["variant"].endswith(f".128x{expected}"), info
     # A record in the disk cache wins over the table for that device and problem only.
     monkeypatch.setattr(gemm_tuning, "records_path", lambda directory=None: tmp_path / gemm_tuning.FILE_NAME)
     fields = _fields(1024, 1024, 1024)
-    gemm_tuning.store_record(ctx.name, fields, 256, "stream_k", 1.0)
+    gemm_tuning.store_record(ctx.name, fields, 256, 1, "stream_k", 1.0)
     with mfa_c.GemmPipeline(1024, 1024, 1024, dtype="float16", context=ctx) as tuned:
         assert tuned.info["variant"].endswith(".128x256") and tuned.info["schedule"] == "stream_k", tuned.info
         a, b = Inputs(torch_cuda, rng).operands(1024, 1024, 1024, "float16", "NN")

@@ -46,7 +46,7 @@ _ERROR_SAMPLE_ROWS = 256
 # spends about this long in them, at least _MIN_REPS runs.
 _SWEEP_SECONDS_PER_SIDE = 0.05
 _MIN_REPS = 5
-_TILES = gemm_tuning.TILE_WIDTHS
+_TILES = gemm_tuning.TILES
 
 
 def gemm_peak(dtype, precision):
@@ -97,9 +97,10 @@ def _shape_suite(op, label, row, dtype, shapes, reps, command):
 
 
 def tune_gemm(m, n, k, dtype="fp16", trans="NN", out_dtype=None, reps=20, store=True):
-    """Times every Hopper tile x schedule on this problem (all on the same inputs, alternating) and stores
-    the winner for this device in the disk cache, where GemmPipeline finds it. Returns
-    (rows of {"tile_n", "schedule", "tflops", "variant"}, the winner, the records file or None)."""
+    """Times every Hopper tile (width x cluster) x schedule on this problem (all on the same inputs,
+    alternating) and stores the winner for this device in the disk cache, where GemmPipeline finds it.
+    Returns (rows of {"tile_n", "cluster_m", "schedule", "tflops", "variant"}, the winner, the records
+    file or None)."""
     torch = _require_torch_cuda()
     context = mfa_c.default_context(torch.cuda.current_device())
     if context.arch != "sm_90a":
@@ -110,10 +111,10 @@ def tune_gemm(m, n, k, dtype="fp16", trans="NN", out_dtype=None, reps=20, store=
     schedules = ("data_parallel", "stream_k") if k > 0 else ("data_parallel",)
     candidates = [(tile, schedule) for tile in _TILES for schedule in schedules]
     try:
-        launches = [case.ours(schedule=schedule, tile_n=tile) for tile, schedule in candidates]
+        launches = [case.ours(schedule, tile) for tile, schedule in candidates]
         times = _median_ms_alternating(torch, launches, reps)
-        rows = [{"tile_n": tile, "schedule": schedule, "tflops": round(case.tflops(ms), 2),
-                 "variant": case.variant(schedule=schedule, tile_n=tile)}
+        rows = [{"tile_n": tile[0], "cluster_m": tile[1], "schedule": schedule, "tflops": round(case.tflops(ms), 2),
+                 "variant": case.variant(schedule, tile)}
                 for (tile, schedule), ms in zip(candidates, times)]
     finally:
         case.close()
@@ -122,7 +123,8 @@ def tune_gemm(m, n, k, dtype="fp16", trans="NN", out_dtype=None, reps=20, store=
     if store:
         fields = _pipeline_fields(m, n, k, dtype=_TORCH_DTYPES[dtype], out_dtype=_TORCH_DTYPES[out_dtype],
                                   trans_a=trans[0] == "T", trans_b=trans[1] == "T")
-        path = gemm_tuning.store_record(context.name, fields, winner["tile_n"], winner["schedule"], winner["tflops"])
+        path = gemm_tuning.store_record(context.name, fields, winner["tile_n"], winner["cluster_m"], winner["schedule"],
+                                        winner["tflops"])
     return rows, winner, path
 
 
@@ -275,25 +277,26 @@ class _GemmCase:
     def tflops(self, milliseconds):
         return self.flops * len(self.inputs) / (milliseconds * 1e-3) / 1e12
 
-    def _pipeline(self, schedule="auto", tile_n=None):
-        key = (schedule, tile_n)
+    def _pipeline(self, schedule="auto", tile=(None, None)):
+        """The pipeline of a schedule and a Hopper tile (tile_n, cluster_m); None leaves it to the library."""
+        key = (schedule, tile)
         if key not in self._pipelines:
             m, n, k = self.shape
             self._pipelines[key] = mfa_c.GemmPipeline(
                 m, n, k, dtype=self.torch_dtype, out_dtype=self.out_dtype, trans_a=self.trans[0] == "T",
                 trans_b=self.trans[1] == "T", precision=self.precision, activation=self.activation,
-                schedule=schedule, tile_n=tile_n, context=self.context)
+                schedule=schedule, tile_n=tile[0], cluster_m=tile[1], context=self.context)
         return self._pipelines[key]
 
-    def info(self, schedule="auto", tile_n=None):
-        return self._pipeline(schedule, tile_n).info
+    def info(self, schedule="auto", tile=(None, None)):
+        return self._pipeline(schedule, tile).info
 
-    def variant(self, schedule="auto", tile_n=None):
-        return self.info(schedule, tile_n)["variant"]
+    def variant(self, schedule="auto", tile=(None, None)):
+        return self.info(schedule, tile)["variant"]
 
-    def ours(self, schedule="auto", tile_n=None):
+    def ours(self, schedule="auto", tile=(None, None)):
         """A launch function replaying one GEMM per input copy with that pipeline."""
-        pipeline = self._pipeline(schedule, tile_n)
+        pipeline = self._pipeline(schedule, tile)
         commands = mfa_c.CommandList(self.context)
         with commands.record() as stream:
             for a, b, c in self.inputs:

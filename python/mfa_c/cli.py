@@ -298,9 +298,12 @@ def _bench_gemm(args, argv):
 def _tune_gemm(args, argv):
     rows, winner, path = bench_gemm.tune_gemm(args.m, args.n, args.k, dtype=args.dtype, trans=args.trans,
                                               out_dtype=args.out_dtype, reps=args.reps, store=not args.dry_run)
+    def tile(row):
+        return f"128x{row['tile_n']}" + (f" cluster {row['cluster_m']}" if row["cluster_m"] > 1 else "")
+
     _print_table(("tile", "schedule", "TFLOPS", "variant"),
-                 [(f"128x{row['tile_n']}", row["schedule"], row["tflops"], row["variant"]) for row in rows])
-    print(f"winner: 128x{winner['tile_n']} {winner['schedule']} at {winner['tflops']} TFLOPS"
+                 [(tile(row), row["schedule"], row["tflops"], row["variant"]) for row in rows])
+    print(f"winner: {tile(winner)} {winner['schedule']} at {winner['tflops']} TFLOPS"
           + (f"; stored in {path}" if path else " (not stored: --dry-run)"))
     return 0
 

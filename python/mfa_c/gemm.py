@@ -38,19 +38,20 @@ TOLERANCES = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 1e-5}
 
 
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c=None, bias=None, activation=None,
-         precision="default", out_dtype=None, path="auto", schedule="auto", tile_n=None, stream=None, context=None):
+         precision="default", out_dtype=None, path="auto", schedule="auto", tile_n=None, cluster_m=None, stream=None,
+         context=None):
     """act(alpha * op(a) @ op(b) + beta * c + bias) on the GPU.
 
     a: [batch,] M x K (K x M with trans_a), b: [batch,] K x N (N x K with trans_b), c: [batch,] M x N,
     bias: [N]. numpy inputs are copied to the device and back (on the legacy default stream; `stream` is
     not used) and the result is a new array, or `c` written in place. Device tensors are used in place;
-    the result is written into `c`, or a new tensor of a's library, and returned. tile_n: as GemmPipeline's.
+    the result is written into `c`, or a new tensor of a's library, and returned. tile_n, cluster_m: as
+    GemmPipeline's.
     """
     if beta != 0 and c is None:
         raise invalid_argument("c", f"beta = {beta} reads c, but c is None")
     options = _option_fields(alpha, beta, activation, precision, path, schedule)
-    if tile_n is not None:  # GemmPipeline's tile_n: forces the Hopper tile's width
-        options["tile_n"] = int(tile_n)
+    options.update(_tile_fields(tile_n, cluster_m))
     if isinstance(a, np.ndarray):
         return _gemm_host(a, b, c, bias, trans_a, trans_b, out_dtype, options, context)
     return _gemm_device(a, b, c, bias, trans_a, trans_b, out_dtype, options, stream, context)
@@ -61,11 +62,12 @@ class GemmPipeline(CachedPipeline):
 
     GemmPipeline(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
                  trans_b=False, alpha=1.0, beta=0.0, activation=None, precision="default", path="auto",
-                 schedule="auto", tile_n=None, context=None)
+                 schedule="auto", tile_n=None, cluster_m=None, context=None)
 
-    tile_n (64, 128 or 256; 16-bit inputs on the Hopper path) forces the tile's width. None looks up the
-    winner `python -m mfa_c tune gemm` stored for this device and problem (gemm_tuning.py), else leaves
-    the choice to the library's variant table.
+    tile_n (64, 128 or 256; 16-bit inputs on the Hopper path) forces the tile's width, cluster_m (1, or 2
+    with tile_n 128 or 256) the blocks of a cluster that share each B tile. Where neither is given, the
+    winner `python -m mfa_c tune gemm` stored for this device and problem (gemm_tuning.py) applies, else
+    the library's variant table chooses (what is not given).
     """
 
     def __init__(self, m, n, k, *, context=None, **descriptor):
@@ -208,28 +210,33 @@ def _problem_fields(m, n, k, batch, dtype, out_dtype, bias_dtype, trans_a, trans
 
 def _pipeline_fields(m, n, k, *, batch=1, dtype="float16", out_dtype=None, bias_dtype=None, trans_a=False,
                      trans_b=False, alpha=1.0, beta=0.0, activation=None, precision="default", path="auto",
-                     schedule="auto", tile_n=None):
-    """Descriptor fields from GemmPipeline's keywords; "tile_n" (when given) goes to the chained
-    mfa_gemm_tuning (_descriptor_struct)."""
+                     schedule="auto", tile_n=None, cluster_m=None):
+    """Descriptor fields from GemmPipeline's keywords; "tile_n" and "cluster_m" (when given) go to the
+    chained mfa_gemm_tuning (_descriptor_struct)."""
     dtype = dtype_of(dtype, "dtype")
     out_dtype = dtype if out_dtype is None else dtype_of(out_dtype, "out_dtype")
     bias_dtype = None if bias_dtype is None else dtype_of(bias_dtype, "bias_dtype")
     fields = {**_problem_fields(m, n, k, batch, dtype, out_dtype, bias_dtype, trans_a, trans_b),
               **_option_fields(alpha, beta, activation, precision, path, schedule)}
-    if tile_n is not None:
-        fields["tile_n"] = int(tile_n)
+    fields.update(_tile_fields(tile_n, cluster_m))
     return fields
+
+
+def _tile_fields(tile_n, cluster_m):
+    """The mfa_gemm_tuning fields of those keywords that were given."""
+    given = {"tile_n": tile_n, "cluster_m": cluster_m}
+    return {name: int(value) for name, value in given.items() if value is not None}
 
 
 def _descriptor_struct(fields):
     """(mfa_gemm_descriptor, the mfa_gemm_tuning its header.next points to or None): keep both alive
     for the call."""
     fields = dict(fields)
-    tile_n = fields.pop("tile_n", None)
+    tile = {name: fields.pop(name) for name in ("tile_n", "cluster_m") if name in fields}
     descriptor = new_struct("mfa_gemm_descriptor", **fields)
-    if tile_n is None:
+    if not tile:
         return descriptor, None
-    tuning = new_struct("mfa_gemm_tuning", tile_n=tile_n)
+    tuning = new_struct("mfa_gemm_tuning", **tile)
     descriptor.header.next = tuning
     return descriptor, tuning
 

@@ -2,8 +2,9 @@
 for one device and problem, kept in the disk cache beside the compiled kernels.
 
 The file is <cache directory>/gemm-tuning.json: {"version": 1, "records": [record, ...]}, one record per
-key (device name, m, n, k, batch, input and output dtype, transposes) with the winner's "tile_n" and
-"schedule" and, for the reader, the "tflops" it ran at. GemmPipeline consults it at creation
+key (device name, m, n, k, batch, input and output dtype, transposes) with the winner's "tile_n",
+"cluster_m" (absent in records of 0.2, which ran single blocks: read as 1) and "schedule" and, for the
+reader, the "tflops" it ran at. GemmPipeline consults it at creation
 (apply_stored): a stored winner becomes the descriptor's chained mfa_gemm_tuning. A record that does not
 parse is skipped with a warning, never trusted: a wrong tile would still be correct, but a malformed one
 must not make every later pipeline fail.
@@ -20,6 +21,10 @@ from ._ffi import lib, text
 FILE_NAME = "gemm-tuning.json"
 FORMAT_VERSION = 1
 TILE_WIDTHS = (64, 128, 256)
+CLUSTER_SIZES = (1, 2)
+# The Hopper tiles a tuning run measures: every width alone, and the widths a cluster can split in pairs.
+TILES = tuple((tile_n, cluster_m) for tile_n in TILE_WIDTHS for cluster_m in CLUSTER_SIZES
+              if cluster_m == 1 or tile_n >= 128)
 SCHEDULES = ("auto", "data_parallel", "stream_k")
 _KEY_FIELDS = ("device", "m", "n", "k", "batch", "dtype", "out_dtype", "trans")
 _DTYPE_NAMES = {lib.MFA_DTYPE_F16: "float16", lib.MFA_DTYPE_BF16: "bfloat16", lib.MFA_DTYPE_F32: "float32"}
@@ -64,11 +69,12 @@ def lookup(device, fields, directory=None):
     return load_records(directory).get(record_key(device, fields))
 
 
-def store_record(device, fields, tile_n, schedule, tflops, directory=None):
+def store_record(device, fields, tile_n, cluster_m, schedule, tflops, directory=None):
     """Stores (or replaces) the winner of a problem; the file is replaced atomically, so a reader in
     another process sees the old or the new file, never half of one. Returns the path written."""
-    if tile_n not in TILE_WIDTHS or schedule not in SCHEDULES:
-        raise ValueError(f"tile_n {tile_n!r} / schedule {schedule!r}: tile_n in {TILE_WIDTHS}, schedule in {SCHEDULES}")
+    if (tile_n, cluster_m) not in TILES or schedule not in SCHEDULES:
+        raise ValueError(f"tile_n {tile_n!r}, cluster_m {cluster_m!r} / schedule {schedule!r}: (tile_n, cluster_m) "
+                         f"in {TILES}, schedule in {SCHEDULES}")
     path = records_path(directory)
     if path is None:
         raise RuntimeError("the disk cache is disabled (MFA_CACHE_DIR=off): nowhere to store tuning records")
@@ -76,7 +82,8 @@ def store_record(device, fields, tile_n, schedule, tflops, directory=None):
     with warnings.catch_warnings():  # rewriting the file drops the bad records it warned about before
         warnings.simplefilter("ignore", TuningWarning)
         records = dict(load_records(directory))
-    records[key] = {**dict(zip(_KEY_FIELDS, key)), "tile_n": tile_n, "schedule": schedule, "tflops": round(tflops, 1)}
+    records[key] = {**dict(zip(_KEY_FIELDS, key)), "tile_n": tile_n, "cluster_m": cluster_m, "schedule": schedule,
+                    "tflops": round(tflops, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"version": FORMAT_VERSION, "records": sorted(records.values(), key=lambda r: [str(v) for v in r.values()])}
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".gemm-tuning-", delete=False) as temporary:
@@ -86,14 +93,16 @@ def store_record(device, fields, tile_n, schedule, tflops, directory=None):
 
 
 def apply_stored(device, fields, directory=None):
-    """`fields` with the stored winner's tile_n (and its schedule where the caller left it AUTO); as they
-    are when the caller chose a tile, when no Hopper 16-bit kernel applies, or when nothing is stored."""
-    if "tile_n" in fields or fields["a_dtype"] == lib.MFA_DTYPE_F32 or fields["path"] == lib.MFA_GEMM_PATH_PORTABLE:
+    """`fields` with the stored winner's tile_n and cluster_m (and its schedule where the caller left it
+    AUTO); as they are when the caller chose any of the tile, when no Hopper 16-bit kernel applies, or
+    when nothing is stored."""
+    if ("tile_n" in fields or "cluster_m" in fields or fields["a_dtype"] == lib.MFA_DTYPE_F32
+            or fields["path"] == lib.MFA_GEMM_PATH_PORTABLE):
         return fields
     record = lookup(device, fields, directory)
     if record is None:
         return fields
-    tuned = {**fields, "tile_n": record["tile_n"]}
+    tuned = {**fields, "tile_n": record["tile_n"], "cluster_m": record.get("cluster_m", 1)}
     if fields["schedule"] == lib.MFA_SCHEDULE_AUTO:
         tuned["schedule"] = _SCHEDULE_VALUES[record["schedule"]]
     return tuned
@@ -133,6 +142,9 @@ def _problem_in(record):
         return f"trans {record['trans']!r}"
     if record["tile_n"] not in TILE_WIDTHS or isinstance(record["tile_n"], bool):
         return f"tile_n {record['tile_n']!r} is not one of {TILE_WIDTHS}"
+    cluster_m = record.get("cluster_m", 1)
+    if (record["tile_n"], cluster_m) not in TILES or isinstance(cluster_m, bool):
+        return f"cluster_m {cluster_m!r} with tile_n {record['tile_n']} is not one of the tiles {TILES}"
     if record["schedule"] not in SCHEDULES:
         return f"schedule {record['schedule']!r} is not one of {SCHEDULES}"
     return ""
