@@ -40,19 +40,14 @@ struct GemmVariant {
   int32_t trans_a, trans_b;
   int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128 or 256); the tile is MFA_SM90_BM rows
   int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
+  bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (swapped_problem) and
+                          // writes C transposed (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED)
 
   int in_bytes() const { return element_bytes(in_dtype); }
   bool hopper_tf32() const { return path == MFA_GEMM_PATH_HOPPER && in_dtype == MFA_DTYPE_F32; }
-  // The fp32-accurate NN variant runs as C^T = B^T A^T: tf32 wgmma reads K-major B only, and NN's B
-  // (K x N, N contiguous) would arrive N-major, to be transposed by the split warps into a fourth
-  // buffer a stage (64 KB stages, 3 of them: measured 89.5 TFLOPS at 4096^3 against NT's 103). As
-  // B^T A^T both operands arrive K-major (A's rows are K-contiguous): the NT-like kernel, 48 KB
-  // stages, 4 of them, the elementwise split. The epilogue then writes C transposed
-  // (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED). TN gains nothing from the swap (its A^T would
-  // become an N-major B), so only NN swaps.
-  bool swapped_tf32() const { return hopper_tf32() && !trans_a && !trans_b; }
-  int32_t kernel_trans_a() const { return swapped_tf32() ? 1 : trans_a; }
-  int32_t kernel_trans_b() const { return swapped_tf32() ? 1 : trans_b; }
+  // op(B)^T is B read with the other transpose, op(A)^T likewise.
+  int32_t kernel_trans_a() const { return swap_ab ? 1 - trans_b : trans_a; }
+  int32_t kernel_trans_b() const { return swap_ab ? 1 - trans_a : trans_b; }
 
   std::string key() const {
     static const char *math_names[] = {"f16mma", "bf16mma", "tf32x3", "ffma"};
@@ -60,7 +55,7 @@ struct GemmVariant {
                              : concat(".", MFA_SM90_BM, "x", tile_n, cluster_m > 1 ? concat(".cluster", cluster_m) : "");
     return concat("gemm.", path == MFA_GEMM_PATH_HOPPER ? "sm90" : "sm80", ".", math_names[math], ".",
                   dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n',
-                  tile, swapped_tf32() ? ".swap-ab" : "");
+                  tile, swap_ab ? ".swap-ab" : "");
   }
 
   std::string source() const {
@@ -70,7 +65,7 @@ struct GemmVariant {
                   "#define MFA_MATH ", math, "\n",
                   "#define MFA_TRANS_A ", kernel_trans_a(), "\n",
                   "#define MFA_TRANS_B ", kernel_trans_b(), "\n",
-                  swapped_tf32() ? "#define MFA_SM90_C_TRANSPOSED 1\n" : "",
+                  swap_ab ? "#define MFA_SM90_C_TRANSPOSED 1\n" : "",
                   path == MFA_GEMM_PATH_HOPPER && !hopper_tf32()
                       ? concat("#define MFA_SM90_BN ", tile_n, "\n#define MFA_SM90_CLUSTER_M ", cluster_m, "\n")
                       : "",
@@ -93,6 +88,34 @@ struct GemmVariant {
     return hopper_tf32() ? mfa_sm90_tf32_smem_bytes(kernel_trans_b()) : mfa_sm90_smem_bytes(tile_n);
   }
 };
+
+// Which Hopper problems run as C^T = op(B)^T op(A)^T.
+// - fp32-accurate NN: tf32 wgmma reads K-major B only, and NN's B (K x N, N contiguous) would arrive
+//   N-major, to be transposed by the split warps into a fourth buffer a stage (64 KB stages, 3 of them:
+//   measured 89.5 TFLOPS at 4096^3 against NT's 103). As B^T A^T both operands arrive K-major: the
+//   NT-like kernel, 48 KB stages, 4 of them. TN gains nothing (its A^T would become an N-major B).
+// - 16-bit problems of at most kThinRows rows and more columns (LLM decode and small-batch layers): in
+//   128-row tiles most of each tile's rows would be empty and few tiles would share out the weight
+//   matrix (16 x 4096 x 4096: 64 blocks, 20% of DRAM bandwidth, 0.45x cuBLAS, whose kernel there is a
+//   128 x 16 tile split along K). Transposed, the weight's columns fill the 128-row tiles, the rows a
+//   64-wide one, and Stream-K spreads the k steps of the few tiles over every SM (gemm_schedule.cpp).
+constexpr int64_t kThinRows = 64;
+
+bool swaps_ab(const mfa_gemm_descriptor &d) {
+  if (d.a_dtype == MFA_DTYPE_F32) return !d.trans_a && !d.trans_b;
+  return d.m <= kThinRows && d.n > kThinRows;
+}
+
+// The problem the kernel sees: C^T = op(B)^T op(A)^T when it swaps, m and n exchanged with the
+// transposes (and swapped_operands the tensors).
+mfa_gemm_descriptor kernel_problem(mfa_gemm_descriptor d, bool swap) {
+  if (!swap) return d;
+  std::swap(d.m, d.n);
+  const int32_t trans_a = d.trans_a;
+  d.trans_a = 1 - d.trans_b;
+  d.trans_b = 1 - trans_a;
+  return d;
+}
 
 int32_t math_for(int32_t in_dtype, int32_t precision) {
   if (in_dtype == MFA_DTYPE_F16) return MFA_MATH_F16_MMA;
@@ -336,10 +359,11 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
       d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
+    hopper.swap_ab = swaps_ab(d);
     if (hopper.hopper_tf32()) {
       hopper.tile_n = MFA_SM90_TF32_BN;
     } else {
-      const HopperTile tile = hopper_tile(d, sm_count, tuned);
+      const HopperTile tile = hopper_tile(kernel_problem(d, hopper.swap_ab), sm_count, tuned);
       hopper.tile_n = tile.tile_n;
       hopper.cluster_m = tile.cluster_m;
     }
@@ -403,7 +427,7 @@ struct mfa_gemm_pipeline {
   mfa_pipeline_info info;
   bool has_hopper = false;
   bool hopper_tf32 = false;             // the hopper kernel is gemm_sm90_tf32.cu's (fp32 inputs)
-  bool hopper_swapped = false;          // ... computing C^T = B^T A^T (GemmVariant::swapped_tf32)
+  bool hopper_swapped = false;          // ... computing C^T = op(B)^T op(A)^T (GemmVariant::swap_ab)
   unsigned hopper_shared_bytes = 0;     // its dynamic shared memory
   int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
   int32_t hopper_cluster_m = 1;         // ... and MFA_SM90_CLUSTER_M
@@ -427,7 +451,7 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
   if (variant.path == MFA_GEMM_PATH_HOPPER) {
     pipeline.has_hopper = true;
     pipeline.hopper_tf32 = variant.hopper_tf32();
-    pipeline.hopper_swapped = variant.swapped_tf32();
+    pipeline.hopper_swapped = variant.swap_ab;
     pipeline.hopper_shared_bytes = static_cast<unsigned>(variant.dynamic_shared_bytes());
     pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper_cluster_m = variant.cluster_m;
@@ -472,7 +496,7 @@ int resident_clusters(const mfa_gemm_pipeline &pipeline, int sm_count) {
 // The hopper kernel's schedule; Stream-K's workspace becomes the pipeline's. Problems with more tiles
 // than a launch can number keep a DP schedule they never use (encode takes the portable path).
 void plan_hopper(mfa_gemm_pipeline &pipeline, int sm_count) {
-  const mfa_gemm_descriptor &d = pipeline.descriptor;
+  const mfa_gemm_descriptor d = kernel_problem(pipeline.descriptor, pipeline.hopper_swapped);
   const HopperTile tile = tile_of(pipeline);
   if (hopper_tile_count(d, tile) > INT_MAX) return;
   int units = hopper_units(tile, sm_count);
@@ -599,16 +623,16 @@ bool store_c_by_tma(const mfa_gemm_descriptor &d, const GemmOperands &ops, Opera
   return true;
 }
 
-// The fp32-accurate kernel: a persistent grid over 128 x 128 tiles, data-parallel. The swapped NN
-// variant is given C^T = B^T A^T: m and n, the operands and their transposes exchanged (B^T is B read
-// M-major, A^T is A read K-major); C and the bias stay as they are (the epilogue transposes).
-void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, mfa_gemm_descriptor d, GemmOperands ops,
-                 int64_t tiles, int sm_count) {
-  if (pipeline.hopper_swapped) {
-    std::swap(d.m, d.n);
-    std::swap(ops.a, ops.b);
-    d.trans_a = d.trans_b = 1;
-  }
+// The operands of kernel_problem: a swapped kernel is given B as its A and A as its B; C and the bias
+// stay as they are (the epilogue transposes).
+GemmOperands kernel_operands(GemmOperands ops, bool swap) {
+  if (swap) std::swap(ops.a, ops.b);
+  return ops;
+}
+
+// The fp32-accurate kernel: a persistent grid over 128 x 128 tiles, data-parallel.
+void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, const mfa_gemm_descriptor &d,
+                 const GemmOperands &ops, int64_t tiles, int sm_count) {
   mfa_gemm_args args = kernel_args(d, ops);
   OperandMaps maps = operand_maps(d, ops, MFA_SM90_TF32_BN, 1);
   void *params[] = {&args, &maps.a, &maps.b};
@@ -616,39 +640,47 @@ void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, mfa_gemm_descr
                 pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernelEx(mfa_gemm_sm90_tf32)");
 }
 
+// The Hopper kernels, where the pipeline has one and the operands suit TMA; false otherwise.
+bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops, void *workspace) {
+  const mfa_gemm_descriptor d = kernel_problem(pipeline.descriptor, pipeline.hopper_swapped);
+  const GemmOperands kops = kernel_operands(ops, pipeline.hopper_swapped);
+  const int in_bytes = element_bytes(d.a_dtype);
+  const HopperTile tile = tile_of(pipeline);
+  if (!pipeline.has_hopper || d.k == 0 || !vector_loadable(ops.a, in_bytes) || !vector_loadable(ops.b, in_bytes) ||
+      hopper_tile_count(d, tile) > INT_MAX)
+    return false;
+  const int sm_count = std::max(pipeline.context->info().sm_count, 1);
+  if (pipeline.hopper_tf32) {
+    launch_tf32(pipeline, stream, d, kops, hopper_tile_count(d, tile), sm_count);
+    return true;
+  }
+  mfa_gemm_args args = kernel_args(d, kops);
+  OperandMaps maps = operand_maps(d, kops, tile.tile_n, tile.cluster_m);
+  args.c_by_tma = !pipeline.hopper_swapped && store_c_by_tma(d, kops, maps) ? 1 : 0;
+  // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
+  // allows no second) and no more clusters than the device holds (plan_hopper), so that all are
+  // resident at once, which Stream-K's waits rely on.
+  args.schedule = pipeline.hopper_schedule;
+  require(args.schedule.units * tile.cluster_m <= sm_count, MFA_STATUS_INTERNAL, "the hopper schedule has ",
+          args.schedule.units * tile.cluster_m, " blocks for ", pipeline.context->info().sm_count, " SMs");
+  if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
+  void *params[] = {&args, &maps.a, &maps.b, &maps.c};
+  launch_hopper(pipeline.hopper, static_cast<unsigned>(args.schedule.units * tile.cluster_m),
+                static_cast<unsigned>(tile.cluster_m), pipeline.hopper_shared_bytes, stream, params,
+                "cuLaunchKernelEx(mfa_gemm_sm90)");
+  return true;
+}
+
 void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands &ops, void *workspace) {
+  if (encode_hopper(pipeline, stream, ops, workspace)) return;
   const mfa_gemm_descriptor &d = pipeline.descriptor;
   mfa_gemm_args args = kernel_args(d, ops);
   const GemmVariant variant = variant_for(d, MFA_GEMM_PATH_PORTABLE);
   const bool vectorizable = vector_loadable(ops.a, variant.in_bytes()) && vector_loadable(ops.b, variant.in_bytes());
-  const unsigned batch = static_cast<unsigned>(d.batch);
-  const HopperTile tile = tile_of(pipeline);
-  const int64_t hopper_tiles = pipeline.has_hopper ? hopper_tile_count(d, tile) : 0;
-  if (pipeline.has_hopper && vectorizable && d.k > 0 && hopper_tiles <= INT_MAX) {
-    const int sm_count = std::max(pipeline.context->info().sm_count, 1);
-    if (pipeline.hopper_tf32) {
-      launch_tf32(pipeline, stream, d, ops, hopper_tiles, sm_count);
-      return;
-    }
-    OperandMaps maps = operand_maps(d, ops, tile.tile_n, tile.cluster_m);
-    args.c_by_tma = store_c_by_tma(d, ops, maps) ? 1 : 0;
-    // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
-    // allows no second) and no more clusters than the device holds (plan_hopper), so that all are
-    // resident at once, which Stream-K's waits rely on.
-    args.schedule = pipeline.hopper_schedule;
-    require(args.schedule.units * tile.cluster_m <= sm_count, MFA_STATUS_INTERNAL, "the hopper schedule has ",
-            args.schedule.units * tile.cluster_m, " blocks for ", pipeline.context->info().sm_count, " SMs");
-    if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
-    void *params[] = {&args, &maps.a, &maps.b, &maps.c};
-    launch_hopper(pipeline.hopper, static_cast<unsigned>(args.schedule.units * tile.cluster_m),
-                  static_cast<unsigned>(tile.cluster_m), pipeline.hopper_shared_bytes, stream, params,
-                  "cuLaunchKernelEx(mfa_gemm_sm90)");
-    return;
-  }
   void *params[] = {&args};
   launch(vectorizable ? pipeline.portable_vec : pipeline.portable_scalar, blocks(d.n, MFA_SM80_BN),
-         blocks(d.m, MFA_SM80_BM), batch, MFA_SM80_THREADS, variant.dynamic_shared_bytes(), stream, params,
-         vectorizable ? "cuLaunchKernel(mfa_gemm_sm80_vec)" : "cuLaunchKernel(mfa_gemm_sm80_scalar)");
+         blocks(d.m, MFA_SM80_BM), static_cast<unsigned>(d.batch), MFA_SM80_THREADS, variant.dynamic_shared_bytes(),
+         stream, params, vectorizable ? "cuLaunchKernel(mfa_gemm_sm80_vec)" : "cuLaunchKernel(mfa_gemm_sm80_scalar)");
 }
 
 // ----- every variant the library can generate, for `check` and the CPU tests -----
@@ -780,10 +812,11 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
                  "out_items is NULL with capacity ", capacity);
     mfa::HopperTile tuned = mfa::tuned_tile(descriptor);
     if (tile_n) tuned = {tile_n, tuned.cluster_m ? tuned.cluster_m : 1};
-    const mfa::HopperTile tile = mfa::hopper_tile(d, sm_count, tuned);
-    mfa::require(mfa::hopper_tile_count(d, tile) <= INT_MAX, MFA_STATUS_UNSUPPORTED,
+    const mfa_gemm_descriptor kd = mfa::kernel_problem(d, d.a_dtype != MFA_DTYPE_F32 && mfa::swaps_ab(d));
+    const mfa::HopperTile tile = mfa::hopper_tile(kd, sm_count, tuned);
+    mfa::require(mfa::hopper_tile_count(kd, tile) <= INT_MAX, MFA_STATUS_UNSUPPORTED,
                  "the descriptor has more than 2^31 - 1 tiles");
-    const mfa_gemm_schedule s = mfa::plan_hopper_schedule(d, tile, mfa::hopper_units(tile, sm_count));
+    const mfa_gemm_schedule s = mfa::plan_hopper_schedule(kd, tile, mfa::hopper_units(tile, sm_count));
     if (out_schedule) *out_schedule = mfa::schedule_kind(s);
     if (out_workspace_bytes) *out_workspace_bytes = mfa_gemm_workspace_bytes(s, tile.unit_rows(), tile.tile_n);
     int64_t count = 0;

@@ -6,11 +6,14 @@
 //   - DP when each block's Stream-K share would be under 24 k steps: measured on H100 (fp16), 1024^3
 //     (64 tiles of 16 steps, 7.8 a block) ran 133 TFLOPS Stream-K against 189 data-parallel, 768^3 65
 //     against 97, while 1536^3 (26 a block) gained, 311 against 281;
-//   - DP when the tiles do not fill one wave, unless the problem has few rows (M <= 64) and long tiles
-//     (>= 128 k steps): measured on H200 (fp16, `bench gemm --suite stream_k`), such sub-wave shapes ran
-//     Stream-K at 0.76-0.96x of DP with 64 k steps (M 16-512, K 4096) and with M >= 128 even at K 11008
-//     and 14336 (0.85-0.91x), but 1.27-1.61x with M <= 64 and K >= 11008, where DP leaves B's reads to
-//     a few SMs;
+//   - DP when the tiles do not fill one wave, unless the problem is thin: at most 64 rows or columns
+//     (cpp/gemm.cpp hands the kernel such problems with the few rows as columns). A thin problem is
+//     the reading of a weight matrix with little arithmetic on it; in DP a few SMs would read it all.
+//     Measured on H200 (`bench gemm --suite stream_k` prints both schedules), thin sub-wave shapes run
+//     Stream-K at 0.88-0.91x of DP with 64 k steps a tile (M 16-64, N 4096, K 4096: the fix-up of a
+//     tile split four ways costs more than the SMs it adds) and at 1.15-1.30x with K 11008 and 14336
+//     (transposed, 128 x 64 tiles; 128-row tiles had shown the same split, 0.76-0.96x against
+//     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up;
 //   - otherwise Stream-K: all tiles when there are at most two waves of them, else the hybrid: full
 //     waves DP and Stream-K for the tail wave plus one full wave, so every block gets about 1.x tiles of
 //     Stream-K work, enough that no partial segment is tiny.
@@ -28,23 +31,26 @@ namespace {
 
 int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
-constexpr int kMaxDpKSteps = 8;         // k steps a tile needs before Stream-K can pay for its fix-up
-constexpr int kMinBlockKSteps = 24;     // Stream-K k steps each block needs to pay for its fix-up
-constexpr int kMaxFewRows = 64;         // below a wave of tiles, Stream-K pays only for so few rows ...
-constexpr int kMinSubWaveKSteps = 128;  // ... and tiles this long
+constexpr int kMaxDpKSteps = 8;       // k steps a tile needs before Stream-K can pay for its fix-up
+constexpr int kMinBlockKSteps = 24;   // Stream-K k steps each block needs to pay for its fix-up
+constexpr int kMaxThin = 64;          // rows or columns of a thin problem, whose cost is reading B
+constexpr int kMinThinKSteps = 128;   // ... which Stream-K spreads out from tiles this long
+constexpr int kMinThinBlockKSteps = 8;
 
-// Whether a sub-wave problem (fewer tiles than SMs) gains from Stream-K (the measured rule above).
-bool sub_wave_gains(int64_t m, int k_iters) { return m <= kMaxFewRows && k_iters >= kMinSubWaveKSteps; }
+// Whether Stream-K's fix-up pays for the SMs it keeps busy (the rules above).
+bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms) {
+  const int64_t tail = tiles % sms;
+  if (tail == 0 || 2 * tail >= sms || k_iters <= kMaxDpKSteps) return false;
+  if (std::min(m, n) <= kMaxThin)
+    return k_iters >= kMinThinKSteps && sk_tiles * k_iters >= int64_t{kMinThinBlockKSteps} * sms;
+  return tiles >= sms && sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
+}
 
 // How many of the first tiles Stream-K takes (0: none).
-int64_t stream_k_tiles(int64_t m, int64_t tiles, int k_iters, int sms, int32_t requested) {
+int64_t stream_k_tiles(int64_t m, int64_t n, int64_t tiles, int k_iters, int sms, int32_t requested) {
   if (tiles == 0 || k_iters == 0 || requested == MFA_SCHEDULE_DATA_PARALLEL) return 0;
-  const int64_t tail = tiles % sms;
-  const int64_t sk_tiles = tiles <= 2 * int64_t{sms} ? tiles : sms + tail;
-  const bool worth_it = tail != 0 && 2 * tail < sms && k_iters > kMaxDpKSteps &&
-                        sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms &&
-                        (tiles >= sms || sub_wave_gains(m, k_iters));
-  return requested == MFA_SCHEDULE_AUTO && !worth_it ? 0 : sk_tiles;
+  const int64_t sk_tiles = tiles <= 2 * int64_t{sms} ? tiles : sms + tiles % sms;
+  return requested == MFA_SCHEDULE_AUTO && !stream_k_pays(m, n, tiles, sk_tiles, k_iters, sms) ? 0 : sk_tiles;
 }
 
 }  // namespace
@@ -54,7 +60,7 @@ mfa_gemm_schedule plan_gemm_schedule(int64_t m, int64_t n, int64_t k, int64_t ba
   const int tiles_m = ceil_div(m, tile_m), tiles_n = ceil_div(n, tile_n), k_iters = ceil_div(k, MFA_SM90_BK);
   const int64_t tiles = int64_t{tiles_m} * tiles_n * batch;
   const int sms = std::max(units, 1);  // the rules below speak of SMs: one unit runs where a block would
-  const int64_t sk_tiles = stream_k_tiles(m, tiles, k_iters, sms, requested);
+  const int64_t sk_tiles = stream_k_tiles(m, n, tiles, k_iters, sms, requested);
   // Stream-K: every SM, but no more units than iterations (each unit gets at least one). The hybrid's
   // DP region is then whole waves of `sms` tiles. DP: one unit per tile up to one per SM.
   const int64_t grid = sk_tiles > 0 ? std::min<int64_t>(sms, sk_tiles * k_iters) : std::clamp<int64_t>(tiles, 1, sms);

@@ -7,8 +7,9 @@
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
 // MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (64, 128 or 256: the
-// tile's width) and MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M). PTX ISA section
-// numbers below follow the PTX ISA 9.0 document.
+// tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a kernel
+// given C^T = op(B)^T op(A)^T, MFA_SM90_C_TRANSPOSED 1. PTX ISA section numbers below follow the PTX ISA
+// 9.0 document.
 #include "ptx_cluster.cuh"
 #include "ptx_sm90.cuh"
 #include "gemm_sm90_epilogue.cuh"  // mfa_sm90_epilogue
@@ -348,12 +349,13 @@ __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_
   }
 }
 
-// The epilogue of one tile for consumer warpgroup w.
+// The epilogue of one tile for consumer warpgroup w. A kernel that computes C^T (MFA_SM90_C_TRANSPOSED:
+// thin problems, cpp/gemm.cpp) writes it element by element: its chunks would be columns of C.
 __device__ __forceinline__ void mfa_sm90_finish_tile(const mfa_gemm_args &args, const mfa_tensor_map &map_c,
                                                      const mfa_sm90_tile &tile, int w, bool pairs,
                                                      mfa_sm90_staging &staging, float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
-  if (!args.c_by_tma) {
+  if (MFA_SM90_C_TRANSPOSED || !args.c_by_tma) {
     mfa_sm90_epilogue(args, tile, w, t, pairs, acc);
     return;
   }

@@ -11,8 +11,9 @@
 // but every choice that is uniform over the block (beta, bias type, activation) is made once per tile,
 // bias values are loaded once per column, and column pairs move as one access where C allows.
 //
-// MFA_SM90_C_TRANSPOSED 1 (gemm_sm90_tf32.cu's NN variant, which computes C^T = op(B)^T op(A)^T so that
-// both of its operands arrive K-major): the kernel's rows are C's columns and its columns C's rows, so
+// MFA_SM90_C_TRANSPOSED 1 (kernels given C^T = op(B)^T op(A)^T: gemm_sm90_tf32.cu's NN variant, so that
+// both of its operands arrive K-major, and gemm_sm90.cu's for thin problems, so that the weight's columns
+// fill the 128-row tiles): the kernel's rows are C's columns and its columns C's rows, so
 // element (row, col) of its tile is C[col][row] and the bias (one value per column of C) goes by row.
 // Neighbouring columns are then a row of C apart: no pair accesses.
 #pragma once

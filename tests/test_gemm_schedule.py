@@ -44,25 +44,33 @@ def _descriptor(**fields):
     return new_struct("mfa_gemm_descriptor", **fields)
 
 
-def expected_plan(m, tiles, k_iters, sm_count, requested):
-    """(kind, Stream-K tiles) by the rules of HOPPER_GEMM.md plus our measured sub-wave rule (cpp/gemm_schedule.cpp),
-    written independently of the library."""
+def expected_plan(m, n, tiles, k_iters, sm_count, requested):
+    """(kind, Stream-K tiles) by the rules of HOPPER_GEMM.md plus our measured rules for sub-wave and thin
+    problems (cpp/gemm_schedule.cpp), written independently of the library."""
     if requested == DP or tiles == 0 or k_iters == 0:
         return DP, 0
     tail = tiles % sm_count
     sk_tiles = tiles if tiles <= 2 * sm_count else sm_count + tail
-    small_share = sk_tiles * k_iters < 24 * sm_count  # under 24 Stream-K k steps a block
-    sub_wave_loses = tiles < sm_count and not (m <= 64 and k_iters >= 128)
-    if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or small_share or sub_wave_loses):
+    if min(m, n) <= 64:  # thin: Stream-K from 128 k steps a tile and 8 a block
+        loses = k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
+    else:  # a full wave at least, and 24 Stream-K k steps a block
+        loses = tiles < sm_count or sk_tiles * k_iters < 24 * sm_count
+    if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or loses):
         return DP, 0
     return SK, sk_tiles
 
 
+def kernel_shape(m, n):
+    """The kernel's (rows, columns): a 16-bit problem of at most 64 rows and more columns runs as C^T."""
+    return (n, m) if m <= 64 < n else (m, n)
+
+
 def check_schedule(m, n, k, batch, sm_count, tile_n, requested):
     kind, workspace, it = describe(m, n, k, batch=batch, sm_count=sm_count, tile_n=tile_n, schedule=requested)
+    m, n = kernel_shape(m, n)
     tiles = -(-m // BM) * -(-n // tile_n) * batch
     k_iters = -(-k // BK)
-    want_kind, sk_tiles = expected_plan(m, tiles, k_iters, sm_count, requested)
+    want_kind, sk_tiles = expected_plan(m, n, tiles, k_iters, sm_count, requested)
     where = f"m={m} n={n} k={k} batch={batch} sms={sm_count} tile_n={tile_n} requested={requested}"
     assert kind == want_kind, where
     block, tile, k_begin, k_end, partial, first = (it[name] for name in
@@ -164,12 +172,14 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
     (4096, 4096, 4096, 256, DP),   # 512 tiles: tail 116 >= 66
     (3072, 3072, 512, 256, DP),    # 8 k steps a tile: too few for the fix-up
     (128, 4096, 14336, 128, DP),   # 32 tiles of 224 k steps, but 128 rows: Stream-K measured 0.91x DP
-    (16, 4096, 14336, 256, SK),    # 16 tiles of 224 k steps and 16 rows: measured 1.6x DP
-    (16, 4096, 4096, 64, DP),      # 64 tiles of 64 k steps: measured 0.96x DP
+    (16, 4096, 14336, 256, SK),    # thin (runs as C^T): 32 tiles of 224 k steps
+    (16, 4096, 4096, 64, DP),      # thin: 32 tiles of 64 k steps, Stream-K measured 0.91x DP
+    (16, 1024, 11008, 64, SK),     # thin: 8 tiles of 172 k steps, 10.4 a block
+    (16, 256, 11008, 64, DP),      # thin: 2 tiles of 172 k steps, under 8 a block
     (3960, 4096, 4096, 256, DP),   # 31 x 16 = 496 tiles... tail 100 >= 66
     (1024, 1024, 1024, 128, DP),   # 64 tiles of 16 k steps: 7.8 a block, too little to pay the fix-up
     (1024, 1024, 1024, 64, DP),    # 128 tiles: the only wave is nearly full
-    (64, 4096, 14336, 64, SK),     # 64 tiles of 224 k steps on 132 SMs
+    (64, 4096, 14336, 64, SK),     # thin: 32 tiles of 224 k steps on 132 SMs
 ])
 def test_auto_follows_the_rules(m, n, k, tile_n, want):
     kind, _, _ = describe(m, n, k, sm_count=132, tile_n=tile_n)
@@ -249,7 +259,8 @@ def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n
                                   path="hopper", schedule="stream_k", tile_n=tile_n, cluster_m=cluster_m, context=ctx)
     with pipeline:
         assert pipeline.info["schedule"] == "stream_k" and pipeline.info["workspace_bytes"] > 0, pipeline.info
-        suffix = f".128x{tile_n}" + (f".cluster{cluster_m}" if cluster_m > 1 else "")
+        suffix = (f".128x{tile_n}" + (f".cluster{cluster_m}" if cluster_m > 1 else "")
+                  + (".swap-ab" if kernel_shape(m, n) != (m, n) else ""))
         assert pipeline.info["variant"].endswith(suffix), pipeline.info
         first = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
         second = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)

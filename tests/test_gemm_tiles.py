@@ -78,14 +78,31 @@ def test_every_tile_compiles_without_spills(tile_reports, variant):
     (2560, 2560, 2560, 1, (128, 1)),   # 200 wide tiles in 2 waves (512) against 400 by Stream-K (479)
     (1024, 1024, 1024, 1, (64, 1)),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
     (256, 256, 256, 1, (64, 1)),
-    (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape: 64 tiles by Stream-K
+    (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape, run as C^T: 32 tiles by Stream-K
+    (16, 14336, 4096, 1, (64, 1)),     # the same, 112 tiles
 ])
 def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)  # the suite may force one; the table is the subject
     monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
     reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper")
+    swapped = ".swap-ab" if m <= 64 < n else ""
     assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == \
-        ["gemm.sm90.f16mma.f16-f16.nn" + _tile_suffix(*tile)]
+        ["gemm.sm90.f16mma.f16-f16.nn" + _tile_suffix(*tile) + swapped]
+
+
+THIN_VARIANTS = [(dtype, out, trans) for dtype in DTYPES_16 for out in OUTPUTS for trans in TRANSPOSES]
+
+
+@pytest.mark.parametrize("dtype, out, trans", THIN_VARIANTS, ids=["-".join(v) for v in THIN_VARIANTS])
+def test_thin_problems_compile_as_c_transposed_without_spills(dtype, out, trans):
+    """At most 64 rows and more columns: the kernel is given C^T = op(B)^T op(A)^T, whose operands are read with
+    the other transposes, and writes C transposed."""
+    reports = mfa_c.compile_report(arch="sm_90a", m=16, n=4096, k=4096, dtype=dtype, out_dtype=out,
+                                   trans_a=trans[0] == "T", trans_b=trans[1] == "T", path="hopper")
+    check_reports(reports, "sm_90a")
+    hopper = [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"]
+    assert len(hopper) == 1 and hopper[0].endswith(".128x64.swap-ab"), hopper
+    assert f".{trans.lower()}." in hopper[0], hopper  # the key names the caller's transposes
 
 
 def test_a_cluster_asked_for_alone_gets_the_tables_width(monkeypatch):
