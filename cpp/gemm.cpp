@@ -38,7 +38,7 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
-  int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128 or 256); the tile is MFA_SM90_BM rows
+  int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128, 192 or 256); MFA_SM90_BM rows
   int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
   bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (swapped_problem) and
                           // writes C transposed (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED)
@@ -127,7 +127,9 @@ bool is_float_dtype(int32_t dtype) {
   return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
 }
 
-bool hopper_tile_width(int64_t tile_n) { return tile_n == 64 || tile_n == 128 || tile_n == 256; }
+bool hopper_tile_width(int64_t tile_n) { return tile_n == 64 || tile_n == 128 || tile_n == 192 || tile_n == 256; }
+// A pair of blocks splits B into halves of whole 64-column boxes.
+bool pairs_split(int64_t tile_n) { return tile_n % 128 == 0; }
 
 // The tuning chained to a descriptor (header.next), checked; all defaults when there is none.
 mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
@@ -138,11 +140,12 @@ mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
   std::memcpy(&tuning, chained, std::min<size_t>(chained->header.size, sizeof tuning));
   tuning.header.size = sizeof tuning;
   require(tuning.tile_n == 0 || hopper_tile_width(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT, "tuning->tile_n is ",
-          tuning.tile_n, " (must be 0, 64, 128 or 256)");
+          tuning.tile_n, " (must be 0, 64, 128, 192 or 256)");
   require(tuning.cluster_m >= 0 && tuning.cluster_m <= 2, MFA_STATUS_INVALID_ARGUMENT, "tuning->cluster_m is ",
           tuning.cluster_m, " (must be 0, 1 or 2)");
-  require(tuning.cluster_m != 2 || tuning.tile_n != 64, MFA_STATUS_INVALID_ARGUMENT,
-          "tuning->cluster_m is 2 with tile_n 64: a cluster splits B into halves of at least 64 columns");
+  require(tuning.cluster_m != 2 || tuning.tile_n == 0 || pairs_split(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT,
+          "tuning->cluster_m is 2 with tile_n ", tuning.tile_n,
+          ": a cluster splits B into halves of whole 64-column boxes (tile_n 128 or 256)");
   return tuning;
 }
 
@@ -242,38 +245,45 @@ unsigned blocks(int64_t extent, int tile) { return static_cast<unsigned>((extent
 constexpr int kReportSmCount = 132;
 
 // ----- the variant table of the 16-bit Hopper kernel: tile -> relative efficiency -----
-// Every row runs as many ring stages as fit in shared memory (mfa_sm90_stages: 4, 7, 9); the schedule of
-// each is planned per shape (gemm_schedule.cpp: data-parallel, or Stream-K for a tail wave) over its
+// Every row runs as many ring stages as fit in shared memory (mfa_sm90_stages: 4, 4, 6, 8); the schedule
+// of each is planned per shape (gemm_schedule.cpp: data-parallel, or Stream-K for a tail wave) over its
 // units (a block, or a cluster of two whose unit tile is 256 rows). A shape class is decided by its cost
 // under each row: the waves of unit tiles the units run (whole waves for data-parallel; tiles / units
-// plus kStreamKFixup for Stream-K, which balances them) times the tile's width over its efficiency, the
-// cheapest row winning and the earlier on a tie. So big problems (many waves either way) take the widest
-// tile, and where it leaves SMs idle a narrower one takes over: 2048^3 fills 128 of 132 SMs with 128 x 256
-// tiles in one wave (2.0) rather than run two waves of 128 x 128 (2.35); 1024^3 has 32 such tiles, 64 of
-// 128 x 128 and 128 of 128 x 64 (0.83). Clusters pay where there are whole waves of pairs: a problem of
-// one row of tiles would leave half of every pair idle (twice the waves).
+// times a fix-up factor for Stream-K, which balances them) times the tile's width over its efficiency,
+// the cheapest row winning and the earlier on a tie. So big problems (many waves either way) take the
+// widest tile, and where it leaves SMs idle a narrower one takes over: 2048^3 fills 128 of 132 SMs with
+// 128 x 256 tiles in one wave (256) rather than run two waves of 128 x 128 (269); 1536^3 takes one wave
+// of 96 128 x 192 tiles (204); 3072^3 three waves of them (613) against 128 x 256 by Stream-K (670).
+// Clusters pay where there are whole waves of pairs: a problem of one row of tiles would leave half of
+// every pair idle (twice the waves).
+// Measured on H200 (fp16 NN, `tune gemm --dry-run`, one run, TMA-store epilogue): relative to 128 x 256,
+// a wave of 128 x 192 tiles took 0.78x (3072^3: 719 against 558 TFLOPS, three waves each) to 0.81x
+// (1536^3, one wave) of the time, a wave of 128 x 128 0.50-0.53x (2560^3, 3072^3), of 128 x 64 0.42x of
+// 128 x 128's (1024^3).
 // `python -m mfa_c tune gemm` measures every row on a shape and stores the winner where this guesses wrong.
 struct HopperTileRow {
   int32_t tile_n, cluster_m;
   double efficiency;  // MACs a second relative to 128 x 256 on a busy SM
 };
 constexpr HopperTileRow kHopperTileTable[] = {
-    // The reference; measured on H100 (fp16 NN, last run): 4096^3 653 TFLOPS, 8192^3 631.
     {256, 1, 1.0},
-    // Reasoned, to be measured: a third more L2-to-SM bytes per MAC ((128 + n) / 128n) and twice the
-    // epilogues of 128 x 256; the last run had 2048^3 at 503 TFLOPS in two waves of it.
-    {128, 1, 0.85},
-    // Reasoned, to be measured: twice the L2-to-SM bytes per MAC of 128 x 256, and m64n64k16 reads 128
-    // bytes of shared memory a clock, the SM's whole bandwidth.
+    {192, 1, 0.94},
+    {128, 1, 0.95},
     {64, 1, 0.6},
     // Pairs sharing B: a third less L2-to-SM traffic a MAC, but no faster where measured (H200, fp16 NN,
     // one run: 4096^3 615 against 667 TFLOPS, 8192^3 660 against 641, 3072^3 630 against 601; each
     // within the 5% the same kernel varies between runs). Rated a little below the single blocks, so
     // they win only where they need fewer waves; `tune gemm` measures them per shape.
     {256, 2, 0.98},
-    {128, 2, 0.84},
+    {128, 2, 0.93},
 };
-constexpr double kStreamKFixup = 1.05;  // reasoned, to be measured: partials out and back through L2
+// Stream-K's time against the balanced waves it stands for: the partials out and back through L2, the
+// waits, the short segments. Measured (H200, fp16 NN, against data-parallel in whole waves): where it
+// takes the tail wave plus one of many waves, 1.2 (2560^3 in 128 x 128 tiles: 582 against 530 TFLOPS;
+// 3072^3 in 128 x 256: 652 against 558); where it takes every tile of at most two waves, 1.7 (1536^3 in
+// 128 x 128: 377 against 355 in two waves).
+constexpr double kStreamKHybridFixup = 1.2;
+constexpr double kStreamKAllFixup = 1.7;
 
 int64_t hopper_tile_count(const mfa_gemm_descriptor &d, const HopperTile &tile) {
   return int64_t{blocks(d.m, tile.unit_rows())} * blocks(d.n, tile.tile_n) * d.batch;
@@ -291,8 +301,9 @@ double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, 
   const HopperTile tile{row.tile_n, row.cluster_m};
   const int units = hopper_units(tile, sm_count);
   const mfa_gemm_schedule s = plan_hopper_schedule(d, tile, units);
+  const double fixup = s.sk_tiles == s.tiles ? kStreamKAllFixup : kStreamKHybridFixup;
   const double waves =
-      s.sk_tiles > 0 ? kStreamKFixup * s.tiles / units : static_cast<double>((s.tiles + units - 1) / units);
+      s.sk_tiles > 0 ? fixup * s.tiles / units : static_cast<double>((s.tiles + units - 1) / units);
   return waves * row.tile_n / row.efficiency;
 }
 
@@ -315,14 +326,14 @@ HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wan
   return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
 }
 
-// MFA_SM90_TILE_N (64, 128 or 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on problems of any
+// MFA_SM90_TILE_N (64, 128, 192 or 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on problems of any
 // size, for testing; zeros where unset.
 HopperTile forced_tile() {
   HopperTile forced;
   if (const char *text = std::getenv("MFA_SM90_TILE_N")) {
     const std::string value(text);
-    require(value == "64" || value == "128" || value == "256", MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"",
-            value, "\" (must be 64, 128 or 256)");
+    require(value == "64" || value == "128" || value == "192" || value == "256", MFA_STATUS_INVALID_ARGUMENT,
+            "MFA_SM90_TILE_N is \"", value, "\" (must be 64, 128, 192 or 256)");
     forced.tile_n = std::stoi(value);
   }
   if (const char *text = std::getenv("MFA_SM90_CLUSTER_M")) {
@@ -336,13 +347,13 @@ HopperTile forced_tile() {
 
 // The hopper tile for a problem on a device of `sm_count` SMs: what the caller's tuning (`tuned`, from
 // mfa_gemm_tuning) fixes, else what the environment forces (forced_tile), the table choosing the rest.
-// A cluster needs 128 columns or more: a forced pair falls back to single blocks on 64-wide tiles. A
+// A forced pair falls back to single blocks on tiles that do not split (64 and 192 wide). A
 // descriptor with an empty output launches nothing; it names the large tile, so that `check` and the
 // compile tests build the kernel that large problems run.
 HopperTile hopper_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile tuned) {
   const HopperTile forced = forced_tile();
   HopperTile wanted{tuned.tile_n ? tuned.tile_n : forced.tile_n, tuned.cluster_m ? tuned.cluster_m : forced.cluster_m};
-  if (wanted.tile_n == 64 && wanted.cluster_m == 2) wanted.cluster_m = 1;
+  if (wanted.tile_n && !pairs_split(wanted.tile_n) && wanted.cluster_m == 2) wanted.cluster_m = 1;
   if (d.m == 0 || d.n == 0) return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
   return table_tile(d, sm_count, wanted);
 }
@@ -806,7 +817,7 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
     mfa::require(tile_n == 0 || mfa::hopper_tile_width(tile_n), MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
-                 " (must be 0, 64, 128 or 256)");
+                 " (must be 0, 64, 128, 192 or 256)");
     mfa::require_arg(out_count, "out_count");
     mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
                  "out_items is NULL with capacity ", capacity);

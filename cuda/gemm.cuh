@@ -205,7 +205,7 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 
 // ----- sm_90a kernel: TMA boxes, wgmma tile, ring depth -----
 // A block computes BM x BN tiles with two consumer warpgroups (64 rows each) and one producer
-// warpgroup. BN is the variant's choice (64, 128 or 256): a generated source defines MFA_SM90_BN, the host
+// warpgroup. BN is the variant's choice (64, 128, 192 or 256): a generated source defines MFA_SM90_BN, the host
 // passes it to the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the
 // contiguous dimension.
 #define MFA_SM90_BM 128
@@ -217,7 +217,8 @@ MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) { return (MFA_SM90_BM
 // The epilogue's staging: two 8 KB buffers (64 rows of one 128-byte swizzle span) per consumer warpgroup.
 #define MFA_SM90_STAGING_BYTES (2 * 2 * 8192)
 // As many stages as fit beside the staging buffers, 1 KB of alignment slack and two 8-byte mbarriers a
-// stage: 4 of 48 KB for 128 x 256, 6 of 32 KB for 128 x 128, 8 of 24 KB for 128 x 64.
+// stage: 4 of 48 KB for 128 x 256, 4 of 40 KB for 128 x 192, 6 of 32 KB for 128 x 128, 8 of 24 KB for
+// 128 x 64.
 MFA_HOST_DEVICE constexpr int mfa_sm90_stages(int bn) {
   return (MFA_SM90_SMEM_LIMIT - 1024 - MFA_SM90_STAGING_BYTES) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
 }

@@ -6,7 +6,7 @@
 // pulls (128 + BN / 2) x 64 elements from L2 a stage instead of (128 + BN) x 64.
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (64, 128 or 256: the
+// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (64, 128, 192 or 256: the
 // tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a kernel
 // given C^T = op(B)^T op(A)^T, MFA_SM90_C_TRANSPOSED 1. PTX ISA section numbers below follow the PTX ISA
 // 9.0 document.
@@ -20,11 +20,12 @@
 // The k loop steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
 static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
               "the descriptors and boxes below are worked out for 128-row tiles and a 64-wide k step");
-static_assert(MFA_SM90_BN == 64 || MFA_SM90_BN == 128 || MFA_SM90_BN == 256, "wgmma n is 64, 128 or 256");
+static_assert(MFA_SM90_BN == 64 || MFA_SM90_BN == 128 || MFA_SM90_BN == 192 || MFA_SM90_BN == 256,
+              "wgmma n is 64, 128, 192 or 256");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F16 || MFA_IN_DTYPE == MFA_GEMM_BF16, "16-bit inputs only");
-static_assert(MFA_SM90_CLUSTER_M == 1 || (MFA_SM90_CLUSTER_M == 2 && MFA_SM90_BN >= 128),
-              "pairs of blocks split B into halves of at least one 64-wide box");
+static_assert(MFA_SM90_CLUSTER_M == 1 || (MFA_SM90_CLUSTER_M == 2 && MFA_SM90_BN % 128 == 0),
+              "pairs of blocks split B into halves of whole 64-wide boxes");
 
 constexpr int kSm90Stages = mfa_sm90_stages(MFA_SM90_BN);
 constexpr int kSm90Acc = MFA_SM90_BN / 2;                          // accumulators a consumer thread holds
@@ -193,8 +194,6 @@ using mfa_sm90_ring_pos = mfa_ring_pos<kSm90Stages>;
 // block may exit only after both are done (which frees every stage in both blocks).
 __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, const mfa_gemm_args &args,
                                                  const mfa_tensor_map &map_a, const mfa_tensor_map &map_b) {
-  mfa_tma_prefetch_map(&map_a);
-  mfa_tma_prefetch_map(&map_b);
   mfa_sm90_ring_pos pos;
   const int unit = mfa_sm90_unit(), rank = mfa_sm90_rank();
   const int items = mfa_gemm_work_count(args.schedule, unit);
@@ -424,7 +423,13 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
               const __grid_constant__ mfa_tensor_map map_b, const __grid_constant__ mfa_tensor_map map_c) {
   extern __shared__ unsigned char mfa_sm90_smem[];  // aligned up to 1024 bytes by mfa_sm90_ring_at
   const mfa_sm90_ring ring = mfa_sm90_ring_at(mfa_sm90_smem);
-  if (threadIdx.x == 0) mfa_sm90_ring_init(ring);
+  if (threadIdx.x == 0) {
+    mfa_sm90_ring_init(ring);
+    // The maps are parameters, not the previous kernel's output: fetched ahead of the dependency wait.
+    mfa_tma_prefetch_map(&map_a);
+    mfa_tma_prefetch_map(&map_b);
+    mfa_tma_prefetch_map(&map_c);
+  }
   if (kSm90Cluster > 1) {  // the other block's barriers are initialised before anything signals them
     mfa_cluster_arrive();
     mfa_cluster_wait();

@@ -229,6 +229,15 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
   MFA_ACC8(d, i), MFA_ACC8(d, i + 8), MFA_ACC8(d, i + 16), MFA_ACC8(d, i + 24), MFA_ACC8(d, i + 32), \
       MFA_ACC8(d, i + 40), MFA_ACC8(d, i + 48), MFA_ACC8(d, i + 56)
 
+// "{%0, .., %95}": the 96 accumulators of an m64n192 wgmma, as its destination list.
+#define MFA_WGMMA_D96                                                                    \
+  " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"              \
+  "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"    \
+  "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"    \
+  "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"    \
+  "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"    \
+  "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
+
 // {%0 .. %63}: the accumulator list of m64n128k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
 #define MFA_WGMMA_M64N128K16(SHAPE_TYPE)                                                    \
   asm volatile(                                                                             \
@@ -240,6 +249,16 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
       "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"  \
       " %64, %65, p, 1, 1, %67, %68;\n}\n"                                                        \
       : MFA_ACC64(d, 0)                                                                     \
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                  \
+      : "memory")
+// {%0 .. %95}: the accumulator list of m64n192k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
+#define MFA_WGMMA_M64N192K16(SHAPE_TYPE)                                                    \
+  asm volatile(                                                                             \
+      "{\n .reg .pred p;\n setp.ne.b32 p, %98, 0;\n"                                        \
+      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
+      MFA_WGMMA_D96 ","                                                         \
+      " %96, %97, p, 1, 1, %99, %100;\n}\n"                                                \
+      : MFA_ACC64(d, 0), MFA_ACC8(d, 64), MFA_ACC8(d, 72), MFA_ACC8(d, 80), MFA_ACC8(d, 88) \
       : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                  \
       : "memory")
 // {%0 .. %127}: the accumulator list of m64n256k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
@@ -260,24 +279,28 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
       : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                                  \
       : "memory")
 
-// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) for N = 128 or 256, A and B read from shared
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) for N = 128, 192 or 256, A and B read from shared
 // memory through descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is
 // N-major (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major. The
 // scale-a and scale-b immediates are 1 (no negation).
 template <int N, int IN_DTYPE, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void mfa_wgmma_m64nNk16_f32(float (&d)[N / 2], unsigned long long desc_a,
                                                        unsigned long long desc_b, int scale_d) {
-  static_assert(N == 128 || N == 256, "wgmma shapes used here: m64n128k16, m64n256k16");
+  static_assert(N == 128 || N == 192 || N == 256, "wgmma shapes used here: m64n128k16, m64n192k16, m64n256k16");
   static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
   if constexpr (N == 128) {
     if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N128K16("m64n128k16.f32.f16.f16");
     else MFA_WGMMA_M64N128K16("m64n128k16.f32.bf16.bf16");
+  } else if constexpr (N == 192) {
+    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N192K16("m64n192k16.f32.f16.f16");
+    else MFA_WGMMA_M64N192K16("m64n192k16.f32.bf16.bf16");
   } else {
     if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N256K16("m64n256k16.f32.f16.f16");
     else MFA_WGMMA_M64N256K16("m64n256k16.f32.bf16.bf16");
   }
 }
 #undef MFA_WGMMA_M64N128K16
+#undef MFA_WGMMA_M64N192K16
 #undef MFA_WGMMA_M64N256K16
 #undef MFA_ACC64
 #undef MFA_ACC8
@@ -390,12 +413,7 @@ __device__ __forceinline__ unsigned mfa_pack_f32x2(float lo, float hi) {
 #define MFA_ATT_WGMMA_RS_N192(SHAPE_TYPE)                                                            \
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %101, 0;\n"                                       \
                " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
-               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
-               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"   \
-               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"   \
-               "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95},"  \
+               MFA_WGMMA_D96 ","                                                                     \
                " {%96, %97, %98, %99}, %100, p, 1, 1, %102;\n}\n"                                    \
                : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),   \
                  MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56), \

@@ -234,7 +234,7 @@ typedef struct mfa_gemm_descriptor {
 
 typedef struct mfa_gemm_tuning {
   mfa_struct_header header;
-  int32_t tile_n;    /* 16-bit inputs on the Hopper path: the tile's width, 64, 128 or 256 (rows: 128);
+  int32_t tile_n;    /* 16-bit inputs on the Hopper path: the tile's width, 64, 128, 192 or 256 (rows: 128);
                       * 0: the library's choice. Other inputs and paths accept 0 only. */
   int32_t cluster_m; /* 16-bit inputs on the Hopper path: blocks of a thread-block cluster, stacked along
                       * M, that share each B tile by TMA multicast: 1, or 2 with tile_n 128 or 256;
@@ -280,7 +280,7 @@ MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, cons
                                      const mfa_tensor *c, const mfa_tensor *bias);
 
 /* How the Hopper kernel's persistent units share out the work of a descriptor (m, n, k, batch and
- * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (64, 128 or 256; 0: the
+ * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (64, 128, 192 or 256; 0: the
  * descriptor's chained mfa_gemm_tuning, else the library's own choice for that device): the
  * MFA_SCHEDULE_* chosen, the workspace it needs, and every unit's work items, unit by unit in the order
  * each unit runs them. A unit is a block, or, where the tuning (or the library) chooses cluster_m 2, a

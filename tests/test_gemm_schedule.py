@@ -150,7 +150,7 @@ def shapes():
 
 
 @pytest.mark.parametrize("requested", [AUTO, SK, DP], ids=["auto", "stream_k", "data_parallel"])
-@pytest.mark.parametrize("tile_n", [64, 128, 256])
+@pytest.mark.parametrize("tile_n", [64, 128, 192, 256])
 @pytest.mark.parametrize("m, n, k, batch", shapes())
 def test_every_k_step_of_every_tile_is_computed_once(m, n, k, batch, tile_n, requested):
     for sm_count in SM_COUNTS:
@@ -241,7 +241,7 @@ def _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta):
     return c
 
 
-@pytest.mark.parametrize("tile_n, cluster_m", [(64, 1), (128, 1), (256, 1), (128, 2), (256, 2)])
+@pytest.mark.parametrize("tile_n, cluster_m", [(64, 1), (128, 1), (192, 1), (256, 1), (128, 2), (256, 2)])
 @pytest.mark.parametrize("m, n, k, batch, trans, out_dtype, alpha, beta, with_bias, activation", GPU_CASES)
 def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n, k, batch, trans, out_dtype,
                                                        alpha, beta, with_bias, activation, tile_n, cluster_m):

@@ -1,5 +1,5 @@
-"""The Hopper GEMM's tiles (128 x 64, 128 x 128, 128 x 256, the two wider ones also in clusters of two
-blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct that forces one, and the
+"""The Hopper GEMM's tiles (128 x 64, 128 x 128, 128 x 192, 128 x 256, the 128 and 256 wide ones also in
+clusters of two blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct that forces one, and the
 tuning records `python -m mfa_c tune gemm` stores.
 
 CPU: every tile compiles for sm_90a (every 16-bit input, output and transpose) without spills; the table
@@ -67,15 +67,16 @@ def test_every_tile_compiles_without_spills(tile_reports, variant):
 
 
 @pytest.mark.parametrize("m, n, k, batch, tile", [
-    # cost = waves x tile width / efficiency (cpp/gemm.cpp); 132 SMs. Pairs (cluster 2) rate a little
-    # below single blocks and need no fewer waves at any of these shapes.
+    # cost = waves x tile width / efficiency, Stream-K's waves times its fix-up factor (cpp/gemm.cpp); 132
+    # SMs. Pairs (cluster 2) rate a little below single blocks and need no fewer waves at these shapes.
     (8192, 8192, 8192, 1, (256, 1)),   # 2048 tiles of 128 x 256: 16 waves
-    (4096, 4096, 4096, 1, (256, 1)),   # 512: 4 waves (256 x 4 = 1024 against 8 x 128 / 0.85 = 1205)
-    (2048, 2048, 2048, 1, (256, 1)),   # 128 tiles: one wave, against two of 128 x 128
-    (2560, 2560, 1024, 1, (256, 1)),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 in 4 (602)
+    (4096, 4096, 4096, 1, (256, 1)),   # 512: 4 waves (1024 against 8 x 128 / 0.95 = 1078)
+    (2048, 2048, 2048, 1, (256, 1)),   # 128 tiles: one wave, against two of 128 x 128 (269)
+    (2560, 2560, 1024, 1, (256, 1)),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 by Stream-K (515)
     (1024, 1024, 1024, 3, (256, 1)),   # batches count: 96 tiles, one wave
-    (1536, 1536, 1536, 1, (128, 1)),   # 72 wide tiles (one wave: 256) against 144 by Stream-K (172)
-    (2560, 2560, 2560, 1, (128, 1)),   # 200 wide tiles in 2 waves (512) against 400 by Stream-K (479)
+    (1536, 1536, 1536, 1, (192, 1)),   # 96 tiles of 128 x 192, one wave (204), against 144 by Stream-K (250)
+    (3072, 3072, 3072, 1, (192, 1)),   # 384 of them in 3 waves (613) against 288 of 128 x 256 (670)
+    (2560, 2560, 2560, 1, (128, 1)),   # 400 tiles by Stream-K (490) against 200 wide ones in 2 waves (512)
     (1024, 1024, 1024, 1, (64, 1)),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
     (256, 256, 256, 1, (64, 1)),
     (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape, run as C^T: 32 tiles by Stream-K
@@ -139,6 +140,7 @@ def _tuned_descriptor(tuning_fields, **fields):
     (dict(cluster_m=3), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 3"),
     (dict(cluster_m=-1), {}, "INVALID_ARGUMENT", "tuning->cluster_m is -1"),
     (dict(tile_n=64, cluster_m=2), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 2 with tile_n 64"),
+    (dict(tile_n=192, cluster_m=2), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 2 with tile_n 192"),
     (dict(tile_n=64), dict(a_dtype=lib.MFA_DTYPE_F32, b_dtype=lib.MFA_DTYPE_F32, c_dtype=lib.MFA_DTYPE_F32),
      "UNSUPPORTED", "tuning->tile_n 64"),
     (dict(cluster_m=2), dict(a_dtype=lib.MFA_DTYPE_F32, b_dtype=lib.MFA_DTYPE_F32, c_dtype=lib.MFA_DTYPE_F32),

@@ -20,11 +20,11 @@ from ._ffi import lib, text
 
 FILE_NAME = "gemm-tuning.json"
 FORMAT_VERSION = 1
-TILE_WIDTHS = (64, 128, 256)
+TILE_WIDTHS = (64, 128, 192, 256)
 CLUSTER_SIZES = (1, 2)
 # The Hopper tiles a tuning run measures: every width alone, and the widths a cluster can split in pairs.
 TILES = tuple((tile_n, cluster_m) for tile_n in TILE_WIDTHS for cluster_m in CLUSTER_SIZES
-              if cluster_m == 1 or tile_n >= 128)
+              if cluster_m == 1 or tile_n % 128 == 0)
 SCHEDULES = ("auto", "data_parallel", "stream_k")
 _KEY_FIELDS = ("device", "m", "n", "k", "batch", "dtype", "out_dtype", "trans")
 _DTYPE_NAMES = {lib.MFA_DTYPE_F16: "float16", lib.MFA_DTYPE_BF16: "bfloat16", lib.MFA_DTYPE_F32: "float32"}
