@@ -5,10 +5,12 @@
 // (s a sigmoid near 1) or 1 - tanh^2 for large ones; a result near zero then lost its relative accuracy.
 // So the tanh GELU and SiLU use logistic forms (0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))), the erf GELU's
 // derivative erfc (1 + erf(-v) = erfc(v); its forward: see there), and the derivatives take sigmoid(-z) =
-// 1 / (1 + exp(z)) instead of 1 - sigmoid(z). The forward uses expf and an IEEE division: with __expf
-// and __fdividef a tanh GELU deep in its tail (x = -6.4, GELU -1.8e-12) came out 7.6e-5 off, beyond
-// fp32's tolerance, where the fp32 evaluation of its argument alone costs 4.5e-6. The derivatives of SiLU
-// and the tanh GELU keep the fast forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
+// 1 / (1 + exp(z)) instead of 1 - sigmoid(z). The forward uses expf: with __expf a tanh GELU deep in
+// its tail (x = -6.4, GELU -1.8e-12, an exponent of 28.9) came out 7.6e-5 off, beyond fp32's tolerance,
+// where the fp32 evaluation of its argument alone costs 4.5e-6. It divides with __fdividef (2 ulp, no
+// IEEE slow path: an IEEE division made group norm's SiLU forward 1.5x slower than none; a divisor
+// beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU and the tanh GELU keep the fast
+// forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
 #pragma once
 
 #define MFA_ACT_NONE 0
@@ -26,11 +28,11 @@
 __device__ __forceinline__ float mfa_activate(float x, int activation) {
   switch (activation) {
     case MFA_ACT_RELU: return fmaxf(x, 0.0f);
-    case MFA_ACT_GELU_TANH: return x / (1.0f + expf(-MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x)));
+    case MFA_ACT_GELU_TANH: return __fdividef(x, 1.0f + expf(-MFA_GELU_TANH_K2 * (x + MFA_GELU_TANH_A * x * x * x)));
     // 1 + erf cancels for x < -1, but only relative to a result below 0.08 |x|: the absolute error
     // stays at fp32 rounding. erfcf's larger register footprint spilled the fp32 Hopper GEMM's epilogue.
     case MFA_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * MFA_SQRT_HALF));
-    case MFA_ACT_SILU: return x / (1.0f + expf(-x));
+    case MFA_ACT_SILU: return __fdividef(x, 1.0f + expf(-x));
     default: return x;
   }
 }

@@ -492,7 +492,8 @@ def torch_reference(torch, a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0
     activations = {
         "none": lambda x: x,
         "relu": lambda x: torch.clamp_min(x, 0.0),
-        "gelu_tanh": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+        # 0.5 (1 + tanh(u)) = sigmoid(2u): without the cancellation that zeroes float64's tail below x = -6
+        "gelu_tanh": lambda x: x * torch.sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)),
         "gelu_erf": lambda x: 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0))),
         "silu": lambda x: x * torch.sigmoid(x),
     }
@@ -605,6 +606,27 @@ def test_single_element_with_every_epilogue_term(ctx, torch_cuda, rng, dtype, ou
         # a result near zero may round to a subnormal of the output type: its own rounding is allowed
         rounding = rel_error(reference.to(out.dtype), reference)
         assert rel_error(out, reference) <= tolerance(dtype, "default", out_dtype) + 2 * rounding, (trial, terms)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation, xs", [
+    # results down to ~1e-33, normal fp32 numbers; -6.4 once came out 7.6e-5 off (a fast exponential)
+    ("gelu_tanh", (-9.0, -8.0, -6.3984375, -2.0, 0.5, 3.0)),
+    ("silu", (-75.0, -40.0, -20.0, -10.0, 0.5, 20.0)),
+])
+def test_activations_keep_fp32_accuracy_in_their_tails(ctx, torch_cuda, activation, xs, path):
+    """act(x) for exact fp16 pre-activations x (a = x, b = 1) into fp32: relative error within fp32's
+    tolerance where the result is a tiny fraction of x (no cancellation, no fast-exponential error)."""
+    skip_unless_hopper_applies(ctx, path)
+    torch = torch_cuda
+    a = torch.tensor(xs, dtype=torch.float16, device="cuda").reshape(-1, 1)
+    b = torch.ones((1, 8), dtype=torch.float16, device="cuda")
+    c = torch.full((len(xs), 8), math.nan, dtype=torch.float32, device="cuda")
+    mfa_c.gemm(a, b, c=c, activation=activation, path=path)
+    torch.cuda.synchronize()
+    reference = torch_reference(torch, a, b, activation=activation)
+    error = ((c.double() - reference).abs() / reference.abs()).max().item()
+    assert error <= tolerance("float16", "default", "float32"), (activation, error)
 
 
 @pytest.mark.parametrize("m, n, k, dtype, precision, path", size_params())
