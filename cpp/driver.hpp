@@ -122,4 +122,34 @@ const DriverApi &driver();
 // Throws Error(MFA_STATUS_DEVICE_ERROR, or OUT_OF_MEMORY) naming the call and the driver's message.
 void check_cuda(CUresult result, const char *call);
 
+// A launch of a 1-D grid with programmatic stream serialization, in clusters of `cluster` blocks (1: a
+// plain grid, no cluster scheduling). The kernel may start before the previous grid in its stream ends,
+// so it must wait on griddepcontrol before touching memory (ptx_cluster.cuh). The config points into the
+// object's own attributes (the cluster shape first), so it is not copied.
+struct DependentLaunch {
+  CUlaunchAttribute attributes[2] = {};
+  CUlaunchConfig config{};
+
+  DependentLaunch(unsigned grid, unsigned threads, unsigned cluster, unsigned shared_bytes, void *stream) {
+    attributes[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attributes[0].value.cluster_dim = {cluster, 1, 1};
+    attributes[1].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attributes[1].value.programmatic_stream_serialization_allowed = 1;
+    config.gridDimX = grid;
+    config.gridDimY = config.gridDimZ = 1;
+    config.blockDimX = threads;
+    config.blockDimY = config.blockDimZ = 1;
+    config.sharedMemBytes = shared_bytes;
+    config.hStream = static_cast<CUstream>(stream);
+    config.attrs = cluster > 1 ? attributes : attributes + 1;
+    config.numAttrs = cluster > 1 ? 2 : 1;
+  }
+  DependentLaunch(const DependentLaunch &) = delete;
+  DependentLaunch &operator=(const DependentLaunch &) = delete;
+
+  void start(CUfunction function, void **params, const char *what) const {
+    check_cuda(driver().cuLaunchKernelEx(&config, function, params, nullptr), what);
+  }
+};
+
 }  // namespace mfa

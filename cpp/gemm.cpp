@@ -5,9 +5,10 @@
 //
 //   path       kernels in its module              launched when
 //   hopper     mfa_gemm_sm90 (TMA + wgmma)        sm_90a, 16-bit inputs, TMA-legal addresses/strides, k > 0
-//              128 x 64, 128 x 128 or 128 x 256 tiles, alone or in clusters of two sharing B (the
-//              variant table below, or a chained mfa_gemm_tuning); data-parallel or Stream-K, planned
-//              at pipeline creation (gemm_schedule.cpp)
+//              128 x 64, 128 x 128, 128 x 192 or 128 x 256 tiles, the 128 and 256 wide ones also in
+//              clusters of two sharing B (the variant table below, or a chained mfa_gemm_tuning);
+//              data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp); thin
+//              problems run as C^T = op(B)^T op(A)^T (swaps_ab)
 //              mfa_gemm_sm90_tf32 (3xTF32)        sm_90a, fp32 inputs, ACCURATE precision; NN runs as B^T A^T
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
@@ -40,7 +41,7 @@ struct GemmVariant {
   int32_t trans_a, trans_b;
   int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128, 192 or 256); MFA_SM90_BM rows
   int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
-  bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (swapped_problem) and
+  bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (kernel_problem) and
                           // writes C transposed (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED)
 
   int in_bytes() const { return element_bytes(in_dtype); }
@@ -107,7 +108,7 @@ bool swaps_ab(const mfa_gemm_descriptor &d) {
 }
 
 // The problem the kernel sees: C^T = op(B)^T op(A)^T when it swaps, m and n exchanged with the
-// transposes (and swapped_operands the tensors).
+// transposes (and kernel_operands the tensors).
 mfa_gemm_descriptor kernel_problem(mfa_gemm_descriptor d, bool swap) {
   if (!swap) return d;
   std::swap(d.m, d.n);
@@ -485,19 +486,12 @@ HopperTile tile_of(const mfa_gemm_pipeline &pipeline) { return {pipeline.hopper_
 // How many clusters of the hopper kernel the device holds at once (the driver knows how the SMs group);
 // every unit must be resident together, since Stream-K units wait on each other.
 int resident_clusters(const mfa_gemm_pipeline &pipeline, int sm_count) {
-  CUlaunchAttribute cluster{};
-  cluster.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  cluster.value.cluster_dim = {static_cast<unsigned>(pipeline.hopper_cluster_m), 1, 1};
-  CUlaunchConfig config{};
-  config.gridDimX = static_cast<unsigned>(hopper_units(tile_of(pipeline), sm_count) * pipeline.hopper_cluster_m);
-  config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = MFA_SM90_THREADS;
-  config.blockDimY = config.blockDimZ = 1;
-  config.sharedMemBytes = pipeline.hopper_shared_bytes;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
+  const unsigned cluster = static_cast<unsigned>(pipeline.hopper_cluster_m);
+  DependentLaunch launch(static_cast<unsigned>(hopper_units(tile_of(pipeline), sm_count)) * cluster,
+                         MFA_SM90_THREADS, cluster, pipeline.hopper_shared_bytes, nullptr);
+  launch.config.numAttrs = 1;  // the cluster shape alone: the query launches nothing
   int clusters = 0;
-  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.hopper, &config),
+  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.hopper, &launch.config),
              "cuOccupancyMaxActiveClusters(mfa_gemm_sm90)");
   require(clusters >= 1, MFA_STATUS_UNSUPPORTED, "the device runs no cluster of ", pipeline.hopper_cluster_m,
           " blocks of the hopper GEMM kernel");
@@ -570,28 +564,6 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
-// A Hopper kernel's launch: a 1-D grid of `grid` blocks in clusters of `cluster`, with programmatic
-// stream serialization (the kernels wait on griddepcontrol before touching memory): its set-up overlaps
-// the previous kernel's end, which the many small GEMMs of a layer or command list feel.
-void launch_hopper(CUfunction function, unsigned grid, unsigned cluster, unsigned shared_bytes, void *stream,
-                   void **params, const char *what) {
-  CUlaunchAttribute attributes[2] = {};
-  attributes[0].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-  attributes[0].value.programmatic_stream_serialization_allowed = 1;
-  attributes[1].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  attributes[1].value.cluster_dim = {cluster, 1, 1};
-  CUlaunchConfig config{};
-  config.gridDimX = grid;
-  config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = MFA_SM90_THREADS;
-  config.blockDimY = config.blockDimZ = 1;
-  config.sharedMemBytes = shared_bytes;
-  config.hStream = static_cast<CUstream>(stream);
-  config.attrs = attributes;
-  config.numAttrs = cluster > 1 ? 2 : 1;
-  check_cuda(driver().cuLaunchKernelEx(&config, function, params, nullptr), what);
-}
-
 // Stream-K's workspace: the flags start at zero in every launch (a memset node ahead of the kernel, so
 // the workspace is plain scratch memory between encodes and a replayed command list resets them too);
 // the partial slots need no initialisation (each is written before its flag rises).
@@ -647,8 +619,9 @@ void launch_tf32(const mfa_gemm_pipeline &pipeline, void *stream, const mfa_gemm
   mfa_gemm_args args = kernel_args(d, ops);
   OperandMaps maps = operand_maps(d, ops, MFA_SM90_TF32_BN, 1);
   void *params[] = {&args, &maps.a, &maps.b};
-  launch_hopper(pipeline.hopper, static_cast<unsigned>(std::min<int64_t>(tiles, sm_count)), 1,
-                pipeline.hopper_shared_bytes, stream, params, "cuLaunchKernelEx(mfa_gemm_sm90_tf32)");
+  DependentLaunch(static_cast<unsigned>(std::min<int64_t>(tiles, sm_count)), MFA_SM90_THREADS, 1,
+                  pipeline.hopper_shared_bytes, stream)
+      .start(pipeline.hopper, params, "cuLaunchKernelEx(mfa_gemm_sm90_tf32)");
 }
 
 // The Hopper kernels, where the pipeline has one and the operands suit TMA; false otherwise.
@@ -676,9 +649,11 @@ bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOp
           args.schedule.units * tile.cluster_m, " blocks for ", pipeline.context->info().sm_count, " SMs");
   if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
   void *params[] = {&args, &maps.a, &maps.b, &maps.c};
-  launch_hopper(pipeline.hopper, static_cast<unsigned>(args.schedule.units * tile.cluster_m),
-                static_cast<unsigned>(tile.cluster_m), pipeline.hopper_shared_bytes, stream, params,
-                "cuLaunchKernelEx(mfa_gemm_sm90)");
+  // The kernels wait on griddepcontrol before touching memory: their set-up overlaps the previous
+  // kernel's end, which the many small GEMMs of a layer or command list feel (0.4-0.5 us a call, H200).
+  DependentLaunch(static_cast<unsigned>(args.schedule.units * tile.cluster_m), MFA_SM90_THREADS,
+                  static_cast<unsigned>(tile.cluster_m), pipeline.hopper_shared_bytes, stream)
+      .start(pipeline.hopper, params, "cuLaunchKernelEx(mfa_gemm_sm90)");
   return true;
 }
 

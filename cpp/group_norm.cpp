@@ -504,30 +504,14 @@ void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOper
   // The kernel waits for the previous grid in the stream itself (griddepcontrol), so it may be scheduled
   // before that grid ends: measured (H200) on the smallest diffusion shapes, whose one-pass kernels last a
   // few us, 4.6 -> 4.0 us a call for 2x320x16x16 (graph of 64).
-  CUlaunchAttribute attributes[2] = {};
-  attributes[0].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-  attributes[0].value.programmatic_stream_serialization_allowed = 1;
-  attributes[1].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-  attributes[1].value.cluster_dim = {static_cast<unsigned>(cluster), 1, 1};
-  CUlaunchConfig config{};
-  config.gridDimX = static_cast<unsigned>(d.n * d.groups * cluster);
-  config.gridDimY = config.gridDimZ = 1;
-  config.blockDimX = static_cast<unsigned>(onepass_threads(args.slice_units));
-  config.blockDimY = config.blockDimZ = 1;
-  config.sharedMemBytes = static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit));
-  config.hStream = static_cast<CUstream>(stream);
-  config.attrs = attributes;
-  config.numAttrs = cluster > 1 ? 2 : 1;  // a lone block launches as a plain grid (no cluster scheduling)
   void *params[] = {&args};
-  check_cuda(driver().cuLaunchKernelEx(&config, pipeline.functions[onepass_entry(unit)], params, nullptr),
-             "cuLaunchKernelEx(mfa_gn_onepass)");
+  DependentLaunch(static_cast<unsigned>(d.n * d.groups * cluster),
+                  static_cast<unsigned>(onepass_threads(args.slice_units)), static_cast<unsigned>(cluster),
+                  static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit)), stream)
+      .start(pipeline.functions[onepass_entry(unit)], params, "cuLaunchKernelEx(mfa_gn_onepass)");
   if (d.pass != MFA_PASS_BACKWARD || !ops.dweight) return;
-  config.gridDimX = static_cast<unsigned>(ceil_div(d.c, MFA_GN_THREADS));
-  config.blockDimX = MFA_GN_THREADS;
-  config.sharedMemBytes = 0;
-  config.numAttrs = 1;  // programmatic serialization, no cluster
-  check_cuda(driver().cuLaunchKernelEx(&config, pipeline.functions[kParamGrads], params, nullptr),
-             "cuLaunchKernelEx(mfa_gn_param_grads)");
+  DependentLaunch(static_cast<unsigned>(ceil_div(d.c, MFA_GN_THREADS)), MFA_GN_THREADS, 1, 0, stream)
+      .start(pipeline.functions[kParamGrads], params, "cuLaunchKernelEx(mfa_gn_param_grads)");
 }
 
 void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNormOperands &ops, void *workspace) {

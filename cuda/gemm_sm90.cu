@@ -391,11 +391,11 @@ __device__ __forceinline__ void mfa_sm90_store_partial(const mfa_gemm_args &args
 __device__ __forceinline__ void mfa_sm90_add_partials(const mfa_gemm_args &args, int first, int w,
                                                       float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
-  const int block_step = kSm90Cluster, last = blockIdx.x - block_step, first_block = first * block_step + mfa_sm90_rank();
+  const int last = blockIdx.x - kSm90Cluster, first_block = first * kSm90Cluster + mfa_sm90_rank();
   if (t == 0)
-    for (int block = last; block >= first_block; block -= block_step) mfa_flag_acquire(args.flags + 2 * block + w);
+    for (int block = last; block >= first_block; block -= kSm90Cluster) mfa_flag_acquire(args.flags + 2 * block + w);
   mfa_named_barrier_sync(1 + w, 128);
-  for (int block = last; block >= first_block; block -= block_step) {
+  for (int block = last; block >= first_block; block -= kSm90Cluster) {
     const float4 *half = mfa_sm90_partial_half(args, block, w);
 #pragma unroll
     for (int q = 0; q < kSm90Acc / 4; ++q) {
@@ -428,7 +428,7 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
     // The maps are parameters, not the previous kernel's output: fetched ahead of the dependency wait.
     mfa_tma_prefetch_map(&map_a);
     mfa_tma_prefetch_map(&map_b);
-    mfa_tma_prefetch_map(&map_c);
+    if (args.c_by_tma) mfa_tma_prefetch_map(&map_c);  // otherwise the host passes an empty map
   }
   if (kSm90Cluster > 1) {  // the other block's barriers are initialised before anything signals them
     mfa_cluster_arrive();
