@@ -16,7 +16,7 @@
 //   mfa_gn_apply_scalar    grid-stride over elements
 //
 // Statistics: per thread, then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a
-// cluster) and channels, always in the same order. Per thread, 16-bit inputs take shifted sums of
+// cluster) and channels, always in the same order; the 16-bit one pass adds its shifted sums instead. Per thread, 16-bit inputs take shifted sums of
 // x' - p (sum and sum of squares), fp32 inputs Welford (split path) or two passes over shared memory
 // (one pass), for their tighter tolerance. Never E[x^2] - E[x]^2 about zero: inputs with a large mean
 // keep their variance.
@@ -34,6 +34,8 @@
 #else
 #define MFA_GN_VEC 8
 #endif
+// 16-bit inputs and outputs: shifted sums, folded scale and shift, fast activations (see below).
+constexpr bool kSixteenBit = MFA_GN_DTYPE != MFA_GN_F32;
 
 // ----- elements: VEC consecutive elements at base[index] as fp32 -----
 
@@ -121,12 +123,20 @@ __device__ __forceinline__ void mfa_gn_store(void *base, long long index, const 
   mfa_gn_store_packet<VEC>(base, index, mfa_gn_pack<VEC>(v));
 }
 
-// weight / bias / dweight / dbias: [c] of a run-time dtype (0: absent, read as `absent`).
-__device__ __forceinline__ float mfa_gn_param(const void *p, int dtype, long long c, float absent) {
+// weight / bias / dweight / dbias: [c] of a run-time dtype (0: absent, read as `absent`). The raw bits
+// and their value apart, so that a load can be issued well before its value is needed.
+__device__ __forceinline__ unsigned mfa_gn_param_bits(const void *p, int dtype, long long c) {
+  if (p == nullptr) return 0;
+  if (dtype == MFA_GN_F32) return static_cast<const unsigned *>(p)[c];
+  return static_cast<const unsigned short *>(p)[c];
+}
+__device__ __forceinline__ float mfa_gn_param_value(unsigned bits, const void *p, int dtype, float absent) {
   if (p == nullptr) return absent;
-  if (dtype == MFA_GN_F32) return static_cast<const float *>(p)[c];
-  const unsigned short bits = static_cast<const unsigned short *>(p)[c];
+  if (dtype == MFA_GN_F32) return __uint_as_float(bits);
   return dtype == MFA_GN_F16 ? mfa_f16_to_f32(bits) : mfa_bf16_to_f32(bits);
+}
+__device__ __forceinline__ float mfa_gn_param(const void *p, int dtype, long long c, float absent) {
+  return mfa_gn_param_value(mfa_gn_param_bits(p, dtype, c), p, dtype, absent);
 }
 __device__ __forceinline__ void mfa_gn_param_store(void *p, int dtype, long long c, float value) {
   if (dtype == MFA_GN_F32) static_cast<float *>(p)[c] = value;
@@ -135,10 +145,23 @@ __device__ __forceinline__ void mfa_gn_param_store(void *p, int dtype, long long
 
 // ----- the fused activation and its derivative: activation.cuh's, at the variant's constant -----
 
-__device__ __forceinline__ float mfa_gn_activate(float x) { return mfa_activate(x, MFA_GN_ACTIVATION); }
+__device__ __forceinline__ float mfa_gn_activate(float x) { return mfa_activate(x, MFA_GN_ACTIVATION, kSixteenBit); }
 __device__ __forceinline__ float mfa_gn_activate_grad(float x) { return mfa_activate_grad(x, MFA_GN_ACTIVATION); }
 
 // ----- what a pass accumulates -----
+
+// Sums merged by addition: the backward's (sum dy^ xhat, sum dy^) and the 16-bit forward one pass's
+// (sum d, sum d^2) of d = x' - p (the count is the group's size).
+struct mfa_gn_pair {
+  float a, b;
+};
+__device__ __forceinline__ mfa_gn_pair mfa_gn_merge(mfa_gn_pair x, mfa_gn_pair y) { return {x.a + y.a, x.b + y.b}; }
+__device__ __forceinline__ mfa_gn_pair mfa_gn_shfl_down(mfa_gn_pair x, int offset) {
+  return {__shfl_down_sync(0xffffffffu, x.a, offset), __shfl_down_sync(0xffffffffu, x.b, offset)};
+}
+__device__ __forceinline__ mfa_gn_pair mfa_gn_shfl(mfa_gn_pair x, int lane) {
+  return {__shfl_sync(0xffffffffu, x.a, lane), __shfl_sync(0xffffffffu, x.b, lane)};
+}
 
 #if MFA_GN_PASS == MFA_GN_FORWARD
 // Moments of x' = x (+ residual): count, mean, and M2 = sum (x' - mean)^2.
@@ -174,19 +197,35 @@ __device__ __forceinline__ float mfa_gn_input(float x, float residual, bool has_
   return has_residual ? mfa_gn_round(x + residual) : x;
 }
 
-// x' at element e of (n, group), counted channel-major: channel e / spatial, position e % spatial.
-__device__ __forceinline__ float mfa_gn_group_element(const mfa_gn_args &args, long long n, long long group,
-                                                      long long e) {
+// x' at element e of (n, group), counted channel-major: channel e / spatial, position e % spatial. Its
+// raw bits (x and residual: loads issued, values unused) and their value apart, as parameters.
+struct mfa_gn_element_bits {
+  unsigned x, residual;
+};
+__device__ __forceinline__ unsigned mfa_gn_bits_at(const void *base, long long index) {
+  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) return static_cast<const unsigned *>(base)[index];
+  else return static_cast<const unsigned short *>(base)[index];
+}
+__device__ __forceinline__ float mfa_gn_value_of_bits(unsigned bits) {
+  if constexpr (MFA_GN_DTYPE == MFA_GN_F32) return __uint_as_float(bits);
+  else return mfa_gn_from_bits(static_cast<unsigned short>(bits));
+}
+__device__ __forceinline__ mfa_gn_element_bits mfa_gn_group_element_bits(const mfa_gn_args &args, long long n,
+                                                                         long long group, long long e) {
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
   const long long index = (n * args.c + group * args.cpg) * args.spatial + e;
 #else
   const long long j = mfa_gn_div(e, args.div_spatial), position = e - j * args.spatial;
   const long long index = (n * args.spatial + position) * args.c + group * args.cpg + j;
 #endif
-  float x[1], residual[1] = {0.0f};
-  mfa_gn_load<1>(args.x, index, x);
-  if (args.residual) mfa_gn_load<1>(args.residual, index, residual);
-  return mfa_gn_input(x[0], residual[0], args.residual != nullptr);
+  return {mfa_gn_bits_at(args.x, index), args.residual ? mfa_gn_bits_at(args.residual, index) : 0u};
+}
+__device__ __forceinline__ float mfa_gn_element_value(const mfa_gn_args &args, const mfa_gn_element_bits &bits) {
+  return mfa_gn_input(mfa_gn_value_of_bits(bits.x), mfa_gn_value_of_bits(bits.residual), args.residual != nullptr);
+}
+__device__ __forceinline__ float mfa_gn_group_element(const mfa_gn_args &args, long long n, long long group,
+                                                      long long e) {
+  return mfa_gn_element_value(args, mfa_gn_group_element_bits(args, n, group, e));
 }
 
 // The pivot of (n, group): the median of x' at the group's first, middle and last elements (candidates
@@ -248,8 +287,6 @@ __device__ __forceinline__ void mfa_gn_store_partial(float *partial, const mfa_g
 // Welford (a division each) and per-element statistics and parameter loads made the split path
 // issue-bound at 22-30% of the copy bandwidth; a second pass over shared memory cost the issue-bound
 // one-pass kernel time.
-constexpr bool kSixteenBit = MFA_GN_DTYPE != MFA_GN_F32;
-
 struct mfa_gn_sums {
   float count, sum, squares;
 };
@@ -266,21 +303,12 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_moments_of(const mfa_gn_sums &sums)
 
 #else  // backward
 // Sums over a channel's elements: a = dy^ * xhat, b = dy^ (dy^: dy through the activation's derivative).
-struct mfa_gn_acc {
-  float a, b;
-};
+typedef mfa_gn_pair mfa_gn_acc;
 struct mfa_gn_channel {
   float mean, rstd, weight, bias;
 };
 
 __device__ __forceinline__ mfa_gn_acc mfa_gn_zero() { return {0.0f, 0.0f}; }
-__device__ __forceinline__ mfa_gn_acc mfa_gn_merge(mfa_gn_acc x, mfa_gn_acc y) { return {x.a + y.a, x.b + y.b}; }
-__device__ __forceinline__ mfa_gn_acc mfa_gn_shfl_down(mfa_gn_acc x, int offset) {
-  return {__shfl_down_sync(0xffffffffu, x.a, offset), __shfl_down_sync(0xffffffffu, x.b, offset)};
-}
-__device__ __forceinline__ mfa_gn_acc mfa_gn_shfl(mfa_gn_acc x, int lane) {
-  return {__shfl_sync(0xffffffffu, x.a, lane), __shfl_sync(0xffffffffu, x.b, lane)};
-}
 
 __device__ __forceinline__ mfa_gn_channel mfa_gn_channel_of(const mfa_gn_args &args, long long n, long long c) {
   const long long group = n * args.groups + mfa_gn_div(c, args.div_cpg);
@@ -318,7 +346,8 @@ __device__ __forceinline__ void mfa_gn_store_partial(float *partial, const mfa_g
 #endif
 
 // Lane 0 receives the merge of the warp's 32 accumulators (a fixed tree: deterministic).
-__device__ __forceinline__ mfa_gn_acc mfa_gn_warp_merge(mfa_gn_acc acc) {
+template <class Acc>
+__device__ __forceinline__ Acc mfa_gn_warp_merge(Acc acc) {
   for (int offset = 16; offset > 0; offset >>= 1) acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
   return acc;
 }
@@ -793,35 +822,67 @@ __device__ __forceinline__ void mfa_gn_stage(const mfa_gn_args &args, const mfa_
 }
 
 // The group's weight and bias as fp32 (table[0, cpg) and table[cpg, 2 cpg)) and the scalars: forward the
-// three pivot candidates of mfa_gn_pivot, backward the group's mean and rstd.
-__device__ __forceinline__ void mfa_gn_stage_table(const mfa_gn_args &args, const mfa_gn_slice &s, float *table,
-                                                   float *scalars) {
-  for (long long j = threadIdx.x; j < args.cpg; j += blockDim.x) {
+// three pivot candidates of mfa_gn_pivot, backward the group's mean and rstd. Each thread loads its entry
+// (channel threadIdx.x, scalar threadIdx.x) before the slice's copies are issued and stores it after, so
+// that these scattered loads do not queue behind the slice (H200, fp16 2x1280x16x16 forward: 4.6 -> 4.2 us).
+struct mfa_gn_table_entry {
+  unsigned weight, bias;
+#if MFA_GN_PASS == MFA_GN_FORWARD
+  mfa_gn_element_bits pivot_candidate;
+#else
+  float statistic;  // mean, rstd
+#endif
+};
+
+__device__ __forceinline__ mfa_gn_table_entry mfa_gn_table_load(const mfa_gn_args &args, const mfa_gn_slice &s) {
+  mfa_gn_table_entry entry = {};
+  const long long c = s.group * args.cpg + threadIdx.x;
+  if (threadIdx.x < args.cpg) {
+    entry.weight = mfa_gn_param_bits(args.weight, args.weight_dtype, c);
+    entry.bias = mfa_gn_param_bits(args.bias, args.weight_dtype, c);
+  }
+#if MFA_GN_PASS == MFA_GN_FORWARD
+  if (threadIdx.x < 3)
+    entry.pivot_candidate = mfa_gn_group_element_bits(
+        args, s.n, s.group, mfa_gn_pivot_position(args.cpg * args.spatial - 1, threadIdx.x));
+#else
+  if (threadIdx.x < 2) entry.statistic = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
+#endif
+  return entry;
+}
+
+__device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                   const mfa_gn_table_entry &entry, float *table, float *scalars) {
+  if (threadIdx.x < args.cpg) {
+    table[threadIdx.x] = mfa_gn_param_value(entry.weight, args.weight, args.weight_dtype, 1.0f);
+    table[args.cpg + threadIdx.x] = mfa_gn_param_value(entry.bias, args.bias, args.weight_dtype, 0.0f);
+  }
+  for (long long j = threadIdx.x + blockDim.x; j < args.cpg; j += blockDim.x) {  // groups wider than the block
     table[j] = mfa_gn_param(args.weight, args.weight_dtype, s.group * args.cpg + j, 1.0f);
     table[args.cpg + j] = mfa_gn_param(args.bias, args.weight_dtype, s.group * args.cpg + j, 0.0f);
   }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-  if (threadIdx.x < 3)
-    scalars[threadIdx.x] = mfa_gn_group_element(args, s.n, s.group,
-                                                mfa_gn_pivot_position(args.cpg * args.spatial - 1, threadIdx.x));
+  if (threadIdx.x < 3) scalars[threadIdx.x] = mfa_gn_element_value(args, entry.pivot_candidate);
 #else
-  if (threadIdx.x < 2) scalars[threadIdx.x] = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
+  if (threadIdx.x < 2) scalars[threadIdx.x] = entry.statistic;
 #endif
 }
 
-// The merge of every thread's accumulator over the whole cluster (forward: moments, backward: sums): the
+// The merge of every thread's accumulator over the whole cluster (fp32 forward: moments; 16-bit forward and
+// backward: sums): the
 // warps' fixed shuffle trees, the warps in order, then the blocks in rank order, read by every block
 // through distributed shared memory, so that every thread of every block returns the same bits.
-__device__ __forceinline__ mfa_gn_acc mfa_gn_cluster_merge(mfa_gn_acc acc, unsigned blocks) {
-  constexpr int FIELDS = sizeof(mfa_gn_acc) / sizeof(float);
-  __shared__ mfa_gn_acc warp_acc[MFA_GN_WARPS];
-  __shared__ mfa_gn_acc block_acc, cluster_acc;
+template <class Acc>
+__device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, unsigned blocks) {
+  constexpr int FIELDS = sizeof(Acc) / sizeof(float);
+  __shared__ Acc warp_acc[MFA_GN_WARPS];
+  __shared__ Acc block_acc, cluster_acc;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   acc = mfa_gn_warp_merge(acc);
   if (lane == 0) warp_acc[warp] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
-    mfa_gn_acc total = warp_acc[0];
+    Acc total = warp_acc[0];
     for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) total = mfa_gn_merge(total, warp_acc[w]);
     block_acc = cluster_acc = total;
   }
@@ -832,14 +893,14 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_cluster_merge(mfa_gn_acc acc, unsig
   mfa_cluster_arrive();  // releases block_acc to the cluster
   mfa_cluster_wait();
   if (warp == 0) {
-    mfa_gn_acc mine = mfa_gn_zero();
+    Acc mine = {};
     if (lane < static_cast<int>(blocks)) {  // lane k reads block k: the remote latencies overlap
       const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc), lane);
       float *fields = reinterpret_cast<float *>(&mine);
 #pragma unroll
       for (int i = 0; i < FIELDS; ++i) fields[i] = mfa_cluster_load_f32(remote + 4 * i);
     }
-    mfa_gn_acc total = mfa_gn_zero();
+    Acc total = {};
     for (unsigned rank = 0; rank < blocks; ++rank) total = mfa_gn_merge(total, mfa_gn_shfl(mine, rank));
     if (lane == 0) cluster_acc = total;
   }
@@ -877,6 +938,34 @@ __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const
 }
 
 #if MFA_GN_PASS == MFA_GN_FORWARD
+// The group's moments of x' - p from every thread's sums over the cluster. 16-bit: the shifted sums
+// themselves, added (M2 = sum d^2 - (sum d)^2 / M at the end, M the group's size: Chan's merge at every
+// step of the trees, a division each, cost ~150 instructions a thread, against ~40 elementwise ones per
+// 8-element unit). fp32: each thread's M2 about its own mean by a second pass over shared memory, then
+// Chan's merge.
+template <int U>
+__device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                           const mfa_gn_elem *xs, const mfa_gn_sums &sums,
+                                                           float pivot) {
+  if constexpr (kSixteenBit) {
+    const mfa_gn_pair total = mfa_gn_cluster_merge(mfa_gn_pair{sums.sum, sums.squares}, s.blocks);
+    const float count = static_cast<float>(args.cpg * args.spatial);
+    const float mean = total.a / count;
+    return {count, mean, fmaxf(total.b - total.a * mean, 0.0f)};
+  } else {
+    mfa_gn_acc acc = mfa_gn_moments_of(sums);
+    const float center = pivot + acc.mean;  // its rounding moves M2 by a negligible (error)^2 * count
+    acc.m2 = 0.0f;
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+      float v[U];
+      mfa_gn_unit_floats<U>(xs, u, v);
+#pragma unroll
+      for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
+    }
+    return mfa_gn_cluster_merge(acc, s.blocks);
+  }
+}
+
 // One (n, group) from its staged slices: statistics, cluster merge, y.
 template <int U>
 __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
@@ -908,18 +997,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       else sums.sum += v[k] - pivot;
     }
   }
-  mfa_gn_acc acc = mfa_gn_moments_of(sums);
-  if constexpr (!kSixteenBit) {
-    const float center = pivot + acc.mean;  // its rounding moves M2 by a negligible (error)^2 * count
-    acc.m2 = 0.0f;
-    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-      float v[U];
-      mfa_gn_unit_floats<U>(xs, u, v);
-#pragma unroll
-      for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
-    }
-  }
-  const mfa_gn_acc moments = mfa_gn_cluster_merge(acc, s.blocks);
+  const mfa_gn_acc moments = mfa_gn_group_moments<U>(args, s, xs, sums, pivot);
   const float mean_p = moments.mean;
   const float rstd = 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps);
 
@@ -957,9 +1035,19 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 // element type (as an unfused autograd's activation backward would store it) and kept in place of dy:
 // the activation's derivative three times over made SiLU's backward 2-4x slower than none.
 
+// The slice's (sum dy^ xhat, sum dy^) of group channel j, for mfa_gn_param_grads.
+__device__ __forceinline__ void mfa_gn_store_channel_partial(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                             long long j, float a, float b) {
+  float *partial = args.partials + ((s.n * args.c + s.group * args.cpg + j) * args.tiles + s.rank) * 2;
+  partial[0] = a;
+  partial[1] = b;
+}
+
 // A warp per column of the group: (sum dy^ xhat, sum dy^) over the slice's elements of each channel, 0
-// where it has none. NCHW: a column is a channel, a run of units; NHWC: a column is U channels, every
-// row_units-th unit, each unit read once for its U channels.
+// where it has none. NCHW: a column is a channel, a run of units, and only the few columns the slice
+// touches take a warp (a warp's shuffle tree per column of the group cost the diffusion shapes' backward
+// more than its elementwise work); NHWC: a column is U channels, every row_units-th unit, each unit read
+// once for its U channels.
 template <int U>
 __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                         const mfa_gn_elem *xs, const mfa_gn_elem *dy_hats,
@@ -969,7 +1057,14 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
   // 32-bit: a group on this path holds < 2^31 units
   const int columns = static_cast<int>(args.cpg / CHANNELS), row_units = static_cast<int>(args.row_units);
   const int first = static_cast<int>(s.first);
-  for (int column = threadIdx.x >> 5; column < columns; column += blockDim.x >> 5) {
+  int touched_begin = 0, touched_end = columns;
+#if MFA_GN_LAYOUT == MFA_GN_NCHW
+  touched_begin = s.units > 0 ? first / row_units : columns;
+  touched_end = s.units > 0 ? (first + s.units - 1) / row_units + 1 : columns;
+  for (int column = threadIdx.x; column < columns; column += blockDim.x)
+    if (column < touched_begin || column >= touched_end) mfa_gn_store_channel_partial(args, s, column, 0.0f, 0.0f);
+#endif
+  for (int column = touched_begin + (threadIdx.x >> 5); column < touched_end; column += blockDim.x >> 5) {
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
     const int begin = max(0, column * row_units - first), end = min(s.units, (column + 1) * row_units - first);
     const int step = 1;
@@ -994,12 +1089,7 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
         a[i] += __shfl_down_sync(0xffffffffu, a[i], offset);
         b[i] += __shfl_down_sync(0xffffffffu, b[i], offset);
       }
-      if (lane == 0) {
-        const long long c = s.group * args.cpg + static_cast<long long>(column) * CHANNELS + i;
-        float *partial = args.partials + ((s.n * args.c + c) * args.tiles + s.rank) * 2;
-        partial[0] = a[i];
-        partial[1] = b[i];
-      }
+      if (lane == 0) mfa_gn_store_channel_partial(args, s, static_cast<long long>(column) * CHANNELS + i, a[i], b[i]);
     }
   }
 }
@@ -1052,7 +1142,10 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 #endif
 
 // A cluster per (n, group). (A persistent grid staging item i + 1 while computing item i measured slower
-// on the 128 MB NCHW tensor, 128 us against 92: half the blocks an SM, each cluster in lockstep per item.)
+// on the 128 MB NCHW tensor, 128 us against 92: half the blocks an SM, each cluster in lockstep per item.
+// A cooperative grid holding one sample at a time, every block a contiguous chunk of it (full-line copies
+// in NHWC too) and the group sums merged through global partials and arrival counts, spent 16-20 us a
+// sample in its two grid barriers: 330 us for the 128 MB tensors, H200.)
 template <int U>
 __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   // Launched with programmatic stream serialization: the block may be resident before the previous grid
@@ -1064,8 +1157,9 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   const mfa_gn_slice s = mfa_gn_slice_of<U>(args, blockIdx.x / blocks, mfa_cluster_rank(), blocks);
   const mfa_gn_buffer buffer = mfa_gn_buffer_of(args);
   float *table = reinterpret_cast<float *>(mfa_gn_shared + args.streams * args.slice_bytes);
+  const mfa_gn_table_entry entry = mfa_gn_table_load(args, s);
   mfa_gn_stage_item<U>(args, s, buffer);
-  mfa_gn_stage_table(args, s, table, scalars);
+  mfa_gn_table_store(args, s, entry, table, scalars);
   mfa_cp_async_wait<0>();
   __syncthreads();
   mfa_gn_item<U>(args, s, buffer, table, scalars);
