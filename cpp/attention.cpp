@@ -1,6 +1,7 @@
 // attention.cpp: the attention forward's host side. A descriptor is validated and names one variant
 // per path, "attention.sm80.bf16.d128x128.causal.softcap": the facts that change the kernel's code
-// (element type, both head dimensions, the mask kind, soft-capping). LSE, varlen and split-KV are
+// (element type, both head dimensions, the mask kind, soft-capping; on the portable path ".decode", the
+// one-warp block of at most 16 query rows, decode_rows). LSE, varlen and split-KV are
 // run-time facts of the same kernels (a pointer present or not). The generated source is the variant
 // macros, cuda/attention.cuh, then the path's kernel file:
 //
@@ -110,11 +111,12 @@ struct AttentionVariant {
   int32_t path;  // PORTABLE or HOPPER (never AUTO)
   int32_t dtype, d_qk, d_v, mask;
   bool softcap;
+  bool decode;  // portable: the one-warp block (decode_rows)
 
   std::string key() const {
     const char *mask_name = mask == MFA_ATTN_MASK_CAUSAL ? ".causal" : mask == MFA_ATTN_MASK_WINDOW ? ".window" : "";
     return concat("attention.", path == MFA_ATTENTION_PATH_HOPPER ? "sm90" : "sm80", ".", dtype_name(dtype), ".d",
-                  d_qk, "x", d_v, mask_name, softcap ? ".softcap" : "");
+                  d_qk, "x", d_v, mask_name, softcap ? ".softcap" : "", decode ? ".decode" : "");
   }
 
   std::string source() const {
@@ -124,6 +126,7 @@ struct AttentionVariant {
                   "#define MFA_ATTN_D_V ", d_v, "\n",
                   "#define MFA_ATTN_MASK ", mask, "\n",
                   "#define MFA_ATTN_SOFTCAP ", softcap ? 1 : 0, "\n",
+                  "#define MFA_ATTN_SM80_DECODE ", decode ? 1 : 0, "\n",
                   "#include \"attention.cuh\"\n",
                   "#include \"ptx.cuh\"\n",
                   "#include \"", path == MFA_ATTENTION_PATH_HOPPER ? kHopperKernelFile : kPortableKernelFile, "\"\n");
@@ -135,22 +138,22 @@ struct AttentionVariant {
   }
 };
 
+bool decode_rows(const mfa_attention_descriptor &d);
+
 AttentionVariant variant_for(const mfa_attention_descriptor &d, int32_t path) {
   return {path, d.dtype, static_cast<int32_t>(d.head_dim_qk), static_cast<int32_t>(d.head_dim_v), mask_of(d),
-          d.softcap > 0.0f};
+          d.softcap > 0.0f, path == MFA_ATTENTION_PATH_PORTABLE && decode_rows(d)};
 }
 
 KernelSource source_of(const AttentionVariant &variant, const std::string &arch) {
   return {variant.key(), variant.source(), arch};
 }
 
-int portable_smem_bytes(const mfa_attention_descriptor &d) {
-  return mfa_attn_sm80_smem_bytes(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v));
-}
-
 // ----- the plan: path and split-KV -----
 
 bool is_hopper_arch(const std::string &arch) { return arch == "sm_90a"; }
+
+constexpr int64_t kSmemPerSm = 228 * 1024;  // sm_90's shared memory an SM (1 KB of it reserved a block)
 
 struct Plan {
   int32_t path = MFA_ATTENTION_PATH_PORTABLE;
@@ -165,21 +168,48 @@ bool packs_gqa(const mfa_attention_descriptor &d) {
   return d.heads_q > d.heads_kv && d.seq_q < MFA_ATTN_SM80_BLOCK_M;
 }
 
-int64_t query_blocks(const mfa_attention_descriptor &d) {
-  return ceil_div(d.seq_q * (packs_gqa(d) ? d.heads_q / d.heads_kv : 1), MFA_ATTN_SM80_BLOCK_M);
+// The query rows of one (batch, head or head group) block column: queries, times the group when packed.
+int64_t packed_rows(const mfa_attention_descriptor &d) {
+  return d.seq_q * (packs_gqa(d) ? d.heads_q / d.heads_kv : 1);
 }
+
+// Decode: every head group's rows fit one warp's 16, so the portable kernel runs its one-warp variant.
+bool decode_rows(const mfa_attention_descriptor &d) { return packed_rows(d) <= MFA_ATTN_SM80_DECODE_BLOCK_M; }
+
+int portable_block_m(const mfa_attention_descriptor &d) {
+  return decode_rows(d) ? MFA_ATTN_SM80_DECODE_BLOCK_M : MFA_ATTN_SM80_BLOCK_M;
+}
+
+int portable_smem_bytes(const mfa_attention_descriptor &d) {
+  return mfa_attn_sm80_smem_bytes(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), portable_block_m(d));
+}
+
+int64_t query_blocks(const mfa_attention_descriptor &d) { return ceil_div(packed_rows(d), portable_block_m(d)); }
 
 int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.heads_kv : d.heads_q; }
 
-// Splits when the unsplit grid has fewer blocks than SMs (to about two blocks per SM), every split still
-// gets at least 4 key blocks (below that the partials' traffic costs more than the parallelism buys).
+// Splits when the unsplit grid has fewer blocks than SMs (to the blocks an SM holds: two, or for the
+// one-warp decode blocks as many as their shared memory allows, at most four), every split still getting
+// at least 4 key blocks (below that the partials' traffic costs more than the parallelism buys), except
+// that one-warp blocks split to two an SM even below that (H200, bf16 decode, 4096 keys, batch 1: 16
+// splits of 4 key blocks 19.7 us, 64 of 1 14.4 us; 16384 keys: 64 splits 22.1 us, 128 26.9 us).
+// One-warp blocks split even where the grid fills the SMs, to about 16 blocks an SM (several waves of the
+// three an SM holds: more K/V loads in flight, an even tail): bf16 decode of batch 64 (256 blocks), 8
+// splits took 1.00-1.19x the K/V read floor, 1 split 1.22-1.33x.
 int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   const int64_t blocks = d.batch * grid_heads(d) * query_blocks(d);
   const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
-  if (blocks == 0 || blocks >= sm_count) return 1;
-  // Whole waves of two resident blocks per SM: one block more than that waits for a second wave.
-  const int64_t wanted = int64_t{sm_count} * 2 / blocks;
-  return static_cast<int>(std::clamp<int64_t>(std::min(wanted, key_blocks / 4), 1, 128));
+  const bool decode = decode_rows(d);
+  if (blocks == 0) return 1;
+  if (blocks >= sm_count)
+    return decode ? static_cast<int>(std::clamp<int64_t>(16 * int64_t{sm_count} / blocks, 1,
+                                                         std::clamp<int64_t>(key_blocks / 4, 1, 128)))
+                  : 1;
+  const int64_t per_sm = decode ? std::clamp<int64_t>(kSmemPerSm / (portable_smem_bytes(d) + 1024), 1, 4) : 2;
+  // Whole waves of resident blocks: one block more than that waits for a second wave.
+  int64_t splits = std::min(int64_t{sm_count} * per_sm / blocks, key_blocks / 4);
+  if (decode) splits = std::max(splits, std::min(int64_t{sm_count} * 2 / blocks, key_blocks));
+  return static_cast<int>(std::clamp<int64_t>(splits, 1, 128));
 }
 
 Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm_count) {
@@ -408,7 +438,8 @@ void load(mfa_attention_pipeline &pipeline, const AttentionVariant &variant, con
   } else {
     const unsigned blocks_x = static_cast<unsigned>(query_blocks(d));
     const unsigned blocks_z = static_cast<unsigned>(d.batch * pipeline.plan.splits);
-    pipeline.shape = {{blocks_x, static_cast<unsigned>(grid_heads(d)), blocks_z}, MFA_ATTN_SM80_THREADS,
+    const unsigned threads = decode_rows(d) ? MFA_ATTN_SM80_DECODE_THREADS : MFA_ATTN_SM80_THREADS;
+    pipeline.shape = {{blocks_x, static_cast<unsigned>(grid_heads(d)), blocks_z}, threads,
                       static_cast<size_t>(portable_smem_bytes(d))};
     pipeline.kernel = context.function(*lookup.kernel, kPortableEntry);
     pipeline.combine = context.function(*lookup.kernel, kCombineEntry);
@@ -469,7 +500,7 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     const int64_t rows = d.batch * d.heads_q * d.seq_q;
     const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
     const unsigned blocks =
-        static_cast<unsigned>(std::clamp<int64_t>(ceil_div(rows, MFA_ATTN_COMBINE_THREADS / 32), 1, cap));
+        static_cast<unsigned>(std::clamp<int64_t>(rows, 1, cap));  // a block per row
     launch(pipeline.combine, {{blocks, 1, 1}, MFA_ATTN_COMBINE_THREADS, 0}, stream, args,
            "cuLaunchKernel(mfa_attention_combine)");
   }
@@ -499,6 +530,9 @@ std::vector<mfa_attention_descriptor> all_variant_descriptors() {
             d.path = path;
             d.splits = 1;
             if (path == MFA_ATTENTION_PATH_HOPPER && !hopper_supports(d, &why)) continue;
+            all.push_back(d);
+            if (path != MFA_ATTENTION_PATH_PORTABLE) continue;
+            d.seq_q = 1;  // the decode variant
             all.push_back(d);
           }
   return all;

@@ -23,6 +23,7 @@
 //   MFA_ATTN_MASK     MFA_ATTN_MASK_NONE, _CAUSAL (window (-1, 0): compile-time bounds) or _WINDOW
 //                     (bounds from args.window_left / window_right, either may be -1)
 //   MFA_ATTN_SOFTCAP  0 or 1 (args.softcap > 0)
+//   MFA_ATTN_SM80_DECODE  0 or 1 (portable path: the one-warp block of at most 16 query rows)
 // LSE (args.lse non-null), varlen (args.cu_seqlens_q non-null), split-KV (args.splits > 1, portable
 // path only) and GQA packing (args.pack_gqa, portable path only) are run-time facts of the same kernels.
 #define MFA_ATTN_MASK_NONE 0
@@ -30,10 +31,14 @@
 #define MFA_ATTN_MASK_WINDOW 2
 
 // The portable (sm_80) kernel's tile table, the one source of truth for the host and the kernel:
-// 4 warps, 16 query rows each. Key blocks of 64, or 32 when a head dimension passes 128: the O
-// accumulator (d_v / 2 floats a thread) then leaves room for the score tile without spilling.
+// 4 warps, 16 query rows each; the decode variant (MFA_ATTN_SM80_DECODE 1: at most 16 packed query rows
+// a head group) one warp, so that a split's key blocks are not multiplied by three idle warps' rows and
+// four times the blocks share the keys out. Key blocks of 64, or 32 when a head dimension passes 128: the
+// O accumulator (d_v / 2 floats a thread) then leaves room for the score tile without spilling.
 #define MFA_ATTN_SM80_THREADS 128
 #define MFA_ATTN_SM80_BLOCK_M 64
+#define MFA_ATTN_SM80_DECODE_THREADS 32
+#define MFA_ATTN_SM80_DECODE_BLOCK_M 16
 #define MFA_ATTN_SM80_PAD 8  // elements each shared row is padded by: ldmatrix rows then avoid bank conflicts
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_round16(int d) { return (d + 15) / 16 * 16; }
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_block_n(int d_qk, int d_v) {
@@ -41,15 +46,15 @@ MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_block_n(int d_qk, int d_v) {
 }
 // Dynamic shared memory: the Q tile and two stages of K and V tiles (at most 101 KB: d 256; two blocks
 // fit an SM of sm_90).
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_smem_bytes(int d_qk, int d_v) {
-  return 2 * ((MFA_ATTN_SM80_BLOCK_M + 2 * mfa_attn_sm80_block_n(d_qk, d_v)) * (mfa_attn_round16(d_qk) + MFA_ATTN_SM80_PAD) +
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_smem_bytes(int d_qk, int d_v, int block_m) {
+  return 2 * ((block_m + 2 * mfa_attn_sm80_block_n(d_qk, d_v)) * (mfa_attn_round16(d_qk) + MFA_ATTN_SM80_PAD) +
               2 * mfa_attn_sm80_block_n(d_qk, d_v) * (mfa_attn_round16(d_v) + MFA_ATTN_SM80_PAD));
 }
 // Masked scores and the LSE of rows that see no key (2^-inf = 0 in the softmax).
 #define MFA_ATTN_NEG_INF __int_as_float(0xff800000u)
 
-// The split-KV combine kernel: one warp per query row.
-#define MFA_ATTN_COMBINE_THREADS 128
+// The split-KV combine kernel: one block per query row.
+#define MFA_ATTN_COMBINE_THREADS 256
 
 // A tensor map as the driver's cuTensorMapEncodeTiled fills it (CUtensorMap: 128 opaque bytes, 64-byte
 // aligned); only the Hopper path reads these, the host leaves them zero otherwise.

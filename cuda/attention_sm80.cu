@@ -1,10 +1,10 @@
 // attention_sm80.cu: the portable FlashAttention-2 forward (cp.async + ldmatrix + mma.sync; sm_80 and
 // later, Hopper included), and the split-KV combine (attention_combine.cu, included at the end).
 //
-// One block owns BLOCK_M = 64 query rows of one (batch, head), 16 per warp, and walks the key blocks its
-// mask leaves visible (split-KV: its split's share of them). With args.pack_gqa (decode under GQA) the
-// rows are (query, head) pairs of the heads sharing one key/value head, so each K/V block is read once
-// for all of them. Per key block:
+// One block owns BLOCK_M = 64 query rows (16 in the decode variant) of one (batch, head), 16 per warp,
+// and walks the key blocks its mask leaves visible (split-KV: its split's share of them). With
+// args.pack_gqa (decode under GQA) the rows are (query, head) pairs of the heads sharing one key/value
+// head, so each K/V block is read once for all of them. Per key block:
 //   S = Q K^T          Q from shared memory, K block j in shared memory (mma.sync m16n8k16, fp32 sums)
 //   online softmax     exp2 domain: scores scaled by scale * log2(e); the running row max m and sum l;
 //                      O is rescaled by 2^(m_old - m_new); masks only on blocks that cross a boundary
@@ -21,7 +21,11 @@ static_assert(MFA_ATTN_D_QK % 8 == 0 && MFA_ATTN_D_QK >= 8 && MFA_ATTN_D_QK <= 2
 static_assert(MFA_ATTN_D_V % 8 == 0 && MFA_ATTN_D_V >= 8 && MFA_ATTN_D_V <= 256, "d_v: multiple of 8, <= 256");
 
 // ----- the variant -----
+#if MFA_ATTN_SM80_DECODE
+constexpr int THREADS = MFA_ATTN_SM80_DECODE_THREADS, BLOCK_M = MFA_ATTN_SM80_DECODE_BLOCK_M;
+#else
 constexpr int THREADS = MFA_ATTN_SM80_THREADS, BLOCK_M = MFA_ATTN_SM80_BLOCK_M;
+#endif
 constexpr int BLOCK_N = mfa_attn_sm80_block_n(MFA_ATTN_D_QK, MFA_ATTN_D_V);
 // Head dimensions padded to the mma's k = 16 (the padding is zero-filled on load, so it adds nothing).
 constexpr int DQK = mfa_attn_round16(MFA_ATTN_D_QK), DV = mfa_attn_round16(MFA_ATTN_D_V);
@@ -31,7 +35,7 @@ constexpr bool kMasked = MFA_ATTN_MASK != MFA_ATTN_MASK_NONE;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 static_assert(THREADS / 32 * 16 == BLOCK_M, "one warp per 16 query rows");
 static_assert(2 * (BLOCK_M * LD_QK + 2 * BLOCK_N * LD_QK + 2 * BLOCK_N * LD_V) ==
-                  mfa_attn_sm80_smem_bytes(MFA_ATTN_D_QK, MFA_ATTN_D_V), "attention.cuh disagrees");
+                  mfa_attn_sm80_smem_bytes(MFA_ATTN_D_QK, MFA_ATTN_D_V, BLOCK_M), "attention.cuh disagrees");
 
 typedef unsigned short Elem;  // fp16 / bf16 bits
 
@@ -316,7 +320,7 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
 
 }  // namespace mfa_attn_sm80
 
-extern "C" __global__ void __launch_bounds__(MFA_ATTN_SM80_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(mfa_attn_sm80::THREADS, 1)
     mfa_attention_sm80(const __grid_constant__ mfa_attn_args args) {
   mfa_attn_sm80::attention_block(args);
 }

@@ -161,9 +161,11 @@ VARIANTS = attention_variants()
 
 
 def test_variant_enumeration_covers_the_options():
-    keys = {(v["path"], v["dtype"], v["head_dim_qk"], v["head_dim_v"], v["window"], v["softcap"]) for v in VARIANTS}
+    keys = {(v["path"], v["dtype"], v["head_dim_qk"], v["head_dim_v"], v["window"], v["softcap"], v["seq_q"])
+            for v in VARIANTS}
     assert len(keys) == len(VARIANTS)
     portable = [v for v in VARIANTS if v["path"] == "portable"]
+    assert {v["seq_q"] for v in portable} == {1, 128}  # the one-warp decode variant beside the 4-warp one
     assert {v["head_dim_qk"] for v in portable} >= {32, 64, 80, 96, 128, 160, 192, 256}
     assert any(v["head_dim_qk"] != v["head_dim_v"] for v in portable)
     assert {v["window"] for v in portable} == {(-1, -1), (-1, 0), (64, 0)}
@@ -203,6 +205,7 @@ def test_every_variant_compiles_without_spills(all_reports):
         assert ("causal" in key) == (variant["window"] == (-1, 0)), key
         assert ("window" in key) == (variant["window"] == (64, 0)), key
         assert ("softcap" in key) == (variant["softcap"] > 0), key
+        assert ("decode" in key) == (variant["seq_q"] == 1), key
 
 
 def test_hopper_variants_exist_for_the_benchmark_head_dims():

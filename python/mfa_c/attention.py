@@ -125,8 +125,8 @@ def attention_reference(q, k, v, *, causal=False, scale=None, window=None, softc
 def attention_variants():
     """One dict per variant the library generates: AttentionPipeline keywords (sizes aside)."""
     return [{"dtype": _DTYPE_NAMES[d.dtype], "head_dim_qk": d.head_dim_qk, "head_dim_v": d.head_dim_v,
-             "window": (d.window_left, d.window_right), "softcap": float(d.softcap), "path": _PATH_NAMES[d.path]}
-            for d in variant_descriptors("attention")]
+             "window": (d.window_left, d.window_right), "softcap": float(d.softcap), "path": _PATH_NAMES[d.path],
+             "seq_q": d.seq_q} for d in variant_descriptors("attention")]
 
 
 def attention_compile_report(arch="sm_90a", *, batch=1, seq_q=128, seq_k=128, heads_q=1, heads_kv=1, head_dim_qk=64,
