@@ -501,8 +501,15 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
     const unsigned blocks =
         static_cast<unsigned>(std::clamp<int64_t>(rows, 1, cap));  // a block per row
-    launch(pipeline.combine, {{blocks, 1, 1}, MFA_ATTN_COMBINE_THREADS, 0}, stream, args,
-           "cuLaunchKernel(mfa_attention_combine)");
+    if (pipeline.context->compute_capability() < 90) {
+      launch(pipeline.combine, {{blocks, 1, 1}, MFA_ATTN_COMBINE_THREADS, 0}, stream, args,
+             "cuLaunchKernel(mfa_attention_combine)");
+      return;
+    }
+    // sm_90+: scheduled while the attention grid runs (its launch latency hidden), waiting on griddepcontrol
+    void *params[] = {&args};
+    DependentLaunch(blocks, MFA_ATTN_COMBINE_THREADS, 1, 0, stream)
+        .start(pipeline.combine, params, "cuLaunchKernelEx(mfa_attention_combine)");
   }
 }
 

@@ -97,6 +97,9 @@ __device__ __forceinline__ void combine_row(const mfa_attn_args &args, long long
 
 extern "C" __global__ void __launch_bounds__(MFA_ATTN_COMBINE_THREADS)
     mfa_attention_combine(const __grid_constant__ mfa_attn_args args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  mfa_grid_dependency_wait();  // launched dependent on the attention grid (sm_90+): its partials, complete
+#endif
   const long long rows = static_cast<long long>(args.batch) * args.heads_q * args.seq_q;
   __shared__ mfa_attn_combine::Shared shared;
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) mfa_attn_combine::combine_row(args, row, rows, shared);

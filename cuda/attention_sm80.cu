@@ -320,8 +320,15 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
 
 }  // namespace mfa_attn_sm80
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include "ptx_cluster.cuh"  // programmatic dependent launch of the split-KV combine
+#endif
+
 extern "C" __global__ void __launch_bounds__(mfa_attn_sm80::THREADS, 1)
     mfa_attention_sm80(const __grid_constant__ mfa_attn_args args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  mfa_grid_launch_dependents();  // the combine may be scheduled now; it waits for this grid's partials
+#endif
   mfa_attn_sm80::attention_block(args);
 }
 
