@@ -188,23 +188,25 @@ int64_t query_blocks(const mfa_attention_descriptor &d) { return ceil_div(packed
 
 int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.heads_kv : d.heads_q; }
 
-// Splits when the unsplit grid has fewer blocks than SMs (to the blocks an SM holds: two, or for the
-// one-warp decode blocks as many as their shared memory allows, at most four), every split still getting
-// at least 4 key blocks (below that the partials' traffic costs more than the parallelism buys), except
-// that one-warp blocks split to two an SM even below that (H200, bf16 decode, 4096 keys, batch 1: 16
-// splits of 4 key blocks 19.7 us, 64 of 1 14.4 us; 16384 keys: 64 splits 22.1 us, 128 26.9 us).
-// One-warp blocks split even where the grid fills the SMs, to about 16 blocks an SM (several waves of the
-// three an SM holds: more K/V loads in flight, an even tail): bf16 decode of batch 64 (256 blocks), 8
-// splits took 1.00-1.19x the K/V read floor, 1 split 1.22-1.33x.
+// Splits when the unsplit grid has fewer blocks than SMs, to the blocks an SM holds (two; the one-warp
+// decode blocks as many as their shared memory allows, at most four), every split still getting at least
+// 4 key blocks (below that the partials' traffic costs more than the parallelism buys). One-warp blocks
+// also split:
+// - to two an SM even below 4 key blocks a split (H200, bf16 decode, 4096 keys, batch 1: 16 splits of 4
+//   key blocks 19.7 us, 64 of 1 14.4 us; 16384 keys: 64 splits 22.1 us, 128 26.9 us);
+// - where the grid already fills the SMs, to about 16 blocks an SM (several waves of the three an SM
+//   holds: more K/V loads in flight, an even tail; batch 64, 256 blocks: 8 splits took 1.00-1.19x the
+//   K/V read floor, 1 split 1.22-1.33x).
 int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   const int64_t blocks = d.batch * grid_heads(d) * query_blocks(d);
   const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
   const bool decode = decode_rows(d);
   if (blocks == 0) return 1;
-  if (blocks >= sm_count)
-    return decode ? static_cast<int>(std::clamp<int64_t>(16 * int64_t{sm_count} / blocks, 1,
-                                                         std::clamp<int64_t>(key_blocks / 4, 1, 128)))
-                  : 1;
+  if (blocks >= sm_count) {
+    if (!decode) return 1;
+    const int64_t most = std::clamp<int64_t>(key_blocks / 4, 1, 128);
+    return static_cast<int>(std::clamp<int64_t>(16 * int64_t{sm_count} / blocks, 1, most));
+  }
   const int64_t per_sm = decode ? std::clamp<int64_t>(kSmemPerSm / (portable_smem_bytes(d) + 1024), 1, 4) : 2;
   // Whole waves of resident blocks: one block more than that waits for a second wave.
   int64_t splits = std::min(int64_t{sm_count} * per_sm / blocks, key_blocks / 4);
@@ -438,7 +440,7 @@ void load(mfa_attention_pipeline &pipeline, const AttentionVariant &variant, con
   } else {
     const unsigned blocks_x = static_cast<unsigned>(query_blocks(d));
     const unsigned blocks_z = static_cast<unsigned>(d.batch * pipeline.plan.splits);
-    const unsigned threads = decode_rows(d) ? MFA_ATTN_SM80_DECODE_THREADS : MFA_ATTN_SM80_THREADS;
+    const unsigned threads = variant.decode ? MFA_ATTN_SM80_DECODE_THREADS : MFA_ATTN_SM80_THREADS;
     pipeline.shape = {{blocks_x, static_cast<unsigned>(grid_heads(d)), blocks_z}, threads,
                       static_cast<size_t>(portable_smem_bytes(d))};
     pipeline.kernel = context.function(*lookup.kernel, kPortableEntry);

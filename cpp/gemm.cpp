@@ -225,6 +225,8 @@ struct HopperTile {
   int32_t tile_n = 0;     // 0: not chosen
   int32_t cluster_m = 0;  // 0: not chosen
   int unit_rows() const { return MFA_SM90_BM * cluster_m; }
+  // The fields still unchosen at their defaults: the widest tile, single blocks.
+  HopperTile or_defaults() const { return {tile_n ? tile_n : 256, cluster_m ? cluster_m : 1}; }
 };
 
 // The tile the caller's chained tuning asks for (zeros: the library's choice); the descriptor passed
@@ -324,7 +326,7 @@ HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wan
     }
   }
   if (best) return {best->tile_n, best->cluster_m};
-  return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
+  return wanted.or_defaults();
 }
 
 // MFA_SM90_TILE_N (64, 128, 192 or 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on problems of any
@@ -355,7 +357,7 @@ HopperTile hopper_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile tu
   const HopperTile forced = forced_tile();
   HopperTile wanted{tuned.tile_n ? tuned.tile_n : forced.tile_n, tuned.cluster_m ? tuned.cluster_m : forced.cluster_m};
   if (wanted.tile_n && !pairs_split(wanted.tile_n) && wanted.cluster_m == 2) wanted.cluster_m = 1;
-  if (d.m == 0 || d.n == 0) return {wanted.tile_n ? wanted.tile_n : 256, wanted.cluster_m ? wanted.cluster_m : 1};
+  if (d.m == 0 || d.n == 0) return wanted.or_defaults();
   return table_tile(d, sm_count, wanted);
 }
 

@@ -7,9 +7,9 @@
 // derivative erfc (1 + erf(-v) = erfc(v); its forward: see there), and the derivatives take sigmoid(-z) =
 // 1 / (1 + exp(z)) instead of 1 - sigmoid(z). The forward uses expf for fp32 outputs (mfa_exp): with
 // __expf a tanh GELU deep in its tail (x = -6.4, GELU -1.8e-12, an exponent of 28.9) came out 7.6e-5
-// off, beyond fp32's tolerance, where the fp32 evaluation of its argument alone costs 4.5e-6. It divides with __fdividef (2 ulp, no
-// IEEE slow path: an IEEE division made group norm's SiLU forward 1.5x slower than none; a divisor
-// beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU and the tanh GELU keep the fast
+// off, beyond fp32's tolerance, where the fp32 evaluation of its argument alone costs 4.5e-6. It
+// divides with __fdividef (2 ulp, no IEEE slow path: an IEEE division made group norm's SiLU forward
+// 1.5x slower than none; a divisor beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU and the tanh GELU keep the fast
 // forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
 #pragma once
 
@@ -20,6 +20,7 @@
 #define MFA_ACT_SILU 4
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#include "ptx.cuh"  // mfa_exp2_approx
 #define MFA_GELU_TANH_K2 1.5957691216057308f   // 2 sqrt(2 / pi)
 #define MFA_GELU_TANH_A 0.044715f
 #define MFA_SQRT_HALF 0.7071067811865476f      // 1 / sqrt(2)
@@ -30,10 +31,7 @@
 // rounds away there. Measured (H200, group norm's 128 MB fp16 forward): SiLU took 1.17x the time of
 // none with expf, 1.01x with this.
 __device__ __forceinline__ float mfa_exp(float x, bool fast) {
-  if (!fast) return expf(x);
-  float result;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(x * 1.4426950408889634f));
-  return result;
+  return fast ? mfa_exp2_approx(x * 1.4426950408889634f) : expf(x);
 }
 
 __device__ __forceinline__ float mfa_activate(float x, int activation, bool fast = false) {

@@ -16,9 +16,9 @@
 //   mfa_gn_apply_scalar    grid-stride over elements
 //
 // Statistics: per thread, then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a
-// cluster) and channels, always in the same order; the 16-bit one pass adds its shifted sums instead. Per thread, 16-bit inputs take shifted sums of
-// x' - p (sum and sum of squares), fp32 inputs Welford (split path) or two passes over shared memory
-// (one pass), for their tighter tolerance. Never E[x^2] - E[x]^2 about zero: inputs with a large mean
+// cluster) and channels, always in the same order; the 16-bit one pass adds its shifted sums instead.
+// Per thread, 16-bit inputs take shifted sums of x' - p (sum and sum of squares), fp32 inputs Welford
+// (split path) or two passes over shared memory (one pass), for their tighter tolerance. Never E[x^2] - E[x]^2 about zero: inputs with a large mean
 // keep their variance.
 // Pivot: the statistics are those of x' - p, p the median of x' at the group's first, middle and last
 // elements (an exact value of the element type that no single outlier can be). For x' near p (the case
@@ -229,8 +229,8 @@ __device__ __forceinline__ float mfa_gn_group_element(const mfa_gn_args &args, l
 }
 
 // The pivot of (n, group): the median of x' at the group's first, middle and last elements (candidates
-// 0, 1, 2 of the group's `last` + 1), a value of the group that no single outlier can be (shifted sums lose precision as the
-// pivot's distance from the mean, in standard deviations, squared).
+// 0, 1, 2 of the group's `last` + 1), a value of the group that no single outlier can be (shifted sums
+// lose precision as the pivot's distance from the mean, in standard deviations, squared).
 __device__ __forceinline__ long long mfa_gn_pivot_position(long long last, int candidate) {
   return candidate == 0 ? 0 : candidate == 1 ? last / 2 : last;
 }
@@ -868,10 +868,10 @@ __device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, cons
 #endif
 }
 
-// The merge of every thread's accumulator over the whole cluster (fp32 forward: moments; 16-bit forward and
-// backward: sums): the
-// warps' fixed shuffle trees, the warps in order, then the blocks in rank order, read by every block
-// through distributed shared memory, so that every thread of every block returns the same bits.
+// The merge of every thread's accumulator over the whole cluster (fp32 forward: moments; 16-bit forward
+// and backward: sums): the warps' fixed shuffle trees, the warps in order, then the blocks in rank order,
+// read by every block through distributed shared memory, so that every thread of every block returns
+// the same bits.
 template <class Acc>
 __device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, unsigned blocks) {
   constexpr int FIELDS = sizeof(Acc) / sizeof(float);
@@ -976,7 +976,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 
   // 1. x' = x + residual (rounded as the caller's own sum would be; kept, and written to x_sum), and the
   // moments of this thread's x' - p (kSixteenBit: shifted sums; fp32: its mean, then the squares about
-  // it), merged over the cluster as Chan et al.
+  // it), merged over the cluster (mfa_gn_group_moments).
   mfa_gn_sums sums = {0.0f, 0.0f, 0.0f};
   for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
     float v[U];
@@ -990,7 +990,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       mfa_gn_unit_store<U>(xs + u * U, summed);
       if (args.x_sum) mfa_gn_unit_store<U>(mfa_gn_group_of(args.x_sum, s) + mfa_gn_unit_offset<U>(args, s, u), summed);
     }
-    sums.count += U;
+    if constexpr (!kSixteenBit) sums.count += U;  // 16-bit: the group's size, once
 #pragma unroll
     for (int k = 0; k < U; ++k) {
       if constexpr (kSixteenBit) mfa_gn_sum_add(sums, v[k] - pivot);
