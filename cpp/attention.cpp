@@ -35,6 +35,13 @@ static_assert(MFA_ATTN_F16 == MFA_DTYPE_F16 && MFA_ATTN_BF16 == MFA_DTYPE_BF16, 
 
 namespace mfa {
 namespace attention {
+
+int32_t mask_of(const mfa_attention_descriptor &d) {
+  if (d.window_left < 0 && d.window_right < 0) return MFA_ATTN_MASK_NONE;
+  if (d.window_left < 0 && d.window_right == 0) return MFA_ATTN_MASK_CAUSAL;
+  return MFA_ATTN_MASK_WINDOW;
+}
+
 namespace {
 
 constexpr int kMaxHeadDim = 256;
@@ -97,12 +104,6 @@ mfa_attention_descriptor validate_descriptor(const mfa_attention_descriptor *des
 
 float scale_of(const mfa_attention_descriptor &d) {
   return d.scale != 0.0f ? d.scale : 1.0f / std::sqrt(static_cast<float>(d.head_dim_qk));
-}
-
-int32_t mask_of(const mfa_attention_descriptor &d) {
-  if (d.window_left < 0 && d.window_right < 0) return MFA_ATTN_MASK_NONE;
-  if (d.window_left < 0 && d.window_right == 0) return MFA_ATTN_MASK_CAUSAL;
-  return MFA_ATTN_MASK_WINDOW;
 }
 
 // ----- the variant -----

@@ -16,6 +16,9 @@ struct LaunchShape {
   size_t shared_bytes;  // dynamic shared memory
 };
 
+// The mask kind of a (validated) descriptor's window: MFA_ATTN_MASK_NONE, _CAUSAL or _WINDOW.
+int32_t mask_of(const mfa_attention_descriptor &descriptor);
+
 // Whether the Hopper kernel serves this (validated) descriptor; if not, `why` says what it lacks.
 bool hopper_supports(const mfa_attention_descriptor &descriptor, std::string *why);
 

@@ -21,6 +21,10 @@ constexpr unsigned long long kTmaStrideLimit = 1ull << 40;
 // more; the portable kernel serves those.
 bool head_dim_supported(int64_t d) { return d >= 64 && d <= 256 && d % 8 == 0; }
 
+mfa_attn_sm90_shape sm90_shape_of(const mfa_attention_descriptor &d) {
+  return {static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), d.softcap > 0.0f, mask_of(d)};
+}
+
 // Callers may pass no `why` (they only ask whether); a refusal explains itself when they do.
 bool refuse(std::string *why, std::string reason) {
   if (why) *why = std::move(reason);
@@ -100,7 +104,7 @@ bool hopper_supports(const mfa_attention_descriptor &d, std::string *why) {
     return refuse(why, concat("the Hopper path takes head dimensions of 64 to 256 (multiples of 8); got head_dim_qk ",
                               d.head_dim_qk, ", head_dim_v ", d.head_dim_v));
   }
-  if (mfa_attn_sm90_stages(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), d.softcap > 0.0f) < 2) {
+  if (mfa_attn_sm90_stages(sm90_shape_of(d)) < 2) {
     return refuse(why, concat("head_dim_qk ", d.head_dim_qk, " with head_dim_v ", d.head_dim_v,
                               " leaves no room for two K/V stages in shared memory"));
   }
@@ -124,13 +128,11 @@ bool hopper_supports(const mfa_attention_descriptor &d, std::string *why) {
 // heaviest causal tiles first (attention_sm90.cu). Measured on an H200 (bf16, 16k tokens, d128): 592 to
 // 608 TFLOPS non-causal; a persistent scheduler would save each tile's prologue (a few percent).
 LaunchShape hopper_launch_shape(const mfa_attention_descriptor &d, int /*sm_count*/) {
-  const int d_qk = static_cast<int>(d.head_dim_qk), d_v = static_cast<int>(d.head_dim_v);
-  const bool softcap = d.softcap > 0.0f;
-  const int64_t block_m = mfa_attn_sm90_block_m(d_qk, d_v, softcap);
+  const mfa_attn_sm90_shape shape = sm90_shape_of(d);
+  const int64_t block_m = mfa_attn_sm90_block_m(shape);
   const int64_t tiles = std::max<int64_t>(1, (d.seq_q + block_m - 1) / block_m);
   return {{static_cast<unsigned>(tiles), static_cast<unsigned>(d.heads_q), static_cast<unsigned>(d.batch)},
-          static_cast<unsigned>(mfa_attn_sm90_threads(d_qk, d_v, softcap)),
-          static_cast<size_t>(mfa_attn_sm90_smem_bytes(d_qk, d_v, softcap))};
+          static_cast<unsigned>(mfa_attn_sm90_threads(shape)), static_cast<size_t>(mfa_attn_sm90_smem_bytes(shape))};
 }
 
 // Varlen maps run over the packed tokens with a batch extent of 1 (sequence b starts at token
@@ -140,7 +142,7 @@ bool hopper_encode_tensor_maps(const DriverApi &driver, const mfa_attention_desc
                                long long total_k, mfa_attn_args &args, std::string *why) {
   const bool varlen = d.varlen != 0;
   const int64_t batch = varlen ? 1 : d.batch;
-  const int block_n = mfa_attn_sm90_block_n(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v));
+  const int block_n = mfa_attn_sm90_block_n(sm90_shape_of(d));
   const TmaView q = make_view(args.q, d.head_dim_qk, total_q, d.heads_q, batch, args.q_seq_stride, args.q_head_stride,
                               args.q_batch_stride);
   const TmaView k = make_view(args.k, d.head_dim_qk, total_k, d.heads_kv, batch, args.k_seq_stride, args.k_head_stride,

@@ -103,7 +103,9 @@ struct mfa_attn_args {
 //     cuDNN 473). Soft-capping's extra live values spill at 160 registers, so it keeps two;
 //   otherwise two consumers (128 rows) of 240 registers, key blocks of 128, or 80 once a padded dimension
 //     passes 128: the O accumulator (d_v / 2 floats a thread) plus the score tile, its 16-bit copy P and the
-//     next block's scores then fit without spilling.
+//     next block's scores then fit without spilling. Unmasked, two consumers with dims up to 128 take key
+//     blocks of 176 (FlashAttention-3's choice; two stages fit): bf16 d128 seq 8192 581 -> 615 TFLOPS
+//     on an H200, same process. Masked variants keep 128, whose diagonal blocks waste less.
 // The ring holds as many K/V stages (up to 4) as fit beside Q in the 227 KB a block may use.
 // Variant macros read: MFA_ATTN_DTYPE, MFA_ATTN_D_QK, MFA_ATTN_D_V, MFA_ATTN_MASK, MFA_ATTN_SOFTCAP.
 // The Hopper kernel computes whole rows (no split-KV): it expects args.splits == 1 and ignores
@@ -115,39 +117,47 @@ struct mfa_attn_args {
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_pad(int d) {
   return (d + MFA_ATTN_SM90_BOX - 1) / MFA_ATTN_SM90_BOX * MFA_ATTN_SM90_BOX;
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_consumers(int d_qk, int d_v, bool softcap) {
-  return (mfa_attn_sm90_pad(d_qk) <= 64 && mfa_attn_sm90_pad(d_v) <= 64 && !softcap) ? 3 : 2;
+// The facts of a variant that its Hopper tile depends on.
+struct mfa_attn_sm90_shape {
+  int d_qk, d_v;
+  bool softcap;
+  int mask;  // MFA_ATTN_MASK_*
+};
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_consumers(mfa_attn_sm90_shape s) {
+  return (mfa_attn_sm90_pad(s.d_qk) <= 64 && mfa_attn_sm90_pad(s.d_v) <= 64 && !s.softcap) ? 3 : 2;
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_threads(int d_qk, int d_v, bool softcap) {
-  return 128 * (1 + mfa_attn_sm90_consumers(d_qk, d_v, softcap));
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_threads(mfa_attn_sm90_shape s) {
+  return 128 * (1 + mfa_attn_sm90_consumers(s));
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_block_m(int d_qk, int d_v, bool softcap) {
-  return MFA_ATTN_SM90_ROWS * mfa_attn_sm90_consumers(d_qk, d_v, softcap);
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_block_m(mfa_attn_sm90_shape s) {
+  return MFA_ATTN_SM90_ROWS * mfa_attn_sm90_consumers(s);
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_block_n(int d_qk, int d_v) {
-  return (mfa_attn_sm90_pad(d_qk) > 128 || mfa_attn_sm90_pad(d_v) > 128) ? 80 : 128;
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_block_n(mfa_attn_sm90_shape s) {
+  return (mfa_attn_sm90_pad(s.d_qk) > 128 || mfa_attn_sm90_pad(s.d_v) > 128)             ? 80
+         : s.mask == MFA_ATTN_MASK_NONE && mfa_attn_sm90_consumers(s) == 2 && !s.softcap ? 176
+                                                                                          : 128;
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_q_bytes(int d_qk, int d_v, bool softcap) {
-  return mfa_attn_sm90_block_m(d_qk, d_v, softcap) * mfa_attn_sm90_pad(d_qk) * 2;
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_q_bytes(mfa_attn_sm90_shape s) {
+  return mfa_attn_sm90_block_m(s) * mfa_attn_sm90_pad(s.d_qk) * 2;
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_k_bytes(int d_qk, int d_v) {
-  return mfa_attn_sm90_block_n(d_qk, d_v) * mfa_attn_sm90_pad(d_qk) * 2;
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_k_bytes(mfa_attn_sm90_shape s) {
+  return mfa_attn_sm90_block_n(s) * mfa_attn_sm90_pad(s.d_qk) * 2;
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_v_bytes(int d_qk, int d_v) {
-  return mfa_attn_sm90_block_n(d_qk, d_v) * mfa_attn_sm90_pad(d_v) * 2;
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_v_bytes(mfa_attn_sm90_shape s) {
+  return mfa_attn_sm90_block_n(s) * mfa_attn_sm90_pad(s.d_v) * 2;
 }
 // Shared memory besides the tiles: 1 KB to align the swizzled regions, the mbarriers (Q's, then
 // full/empty of K and of V per stage: 8 bytes each).
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_overhead(int stages) { return 1024 + 8 * (1 + 4 * stages); }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_smem_for(int d_qk, int d_v, bool softcap, int stages) {
-  return mfa_attn_sm90_q_bytes(d_qk, d_v, softcap) +
-         stages * (mfa_attn_sm90_k_bytes(d_qk, d_v) + mfa_attn_sm90_v_bytes(d_qk, d_v)) + mfa_attn_sm90_overhead(stages);
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_smem_for(mfa_attn_sm90_shape s, int stages) {
+  return mfa_attn_sm90_q_bytes(s) + stages * (mfa_attn_sm90_k_bytes(s) + mfa_attn_sm90_v_bytes(s)) +
+         mfa_attn_sm90_overhead(stages);
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_stages(int d_qk, int d_v, bool softcap) {
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_stages(mfa_attn_sm90_shape s) {
   int stages = MFA_ATTN_SM90_MAX_STAGES;
-  while (stages > 0 && mfa_attn_sm90_smem_for(d_qk, d_v, softcap, stages) > MFA_ATTN_SM90_SMEM_LIMIT) --stages;
+  while (stages > 0 && mfa_attn_sm90_smem_for(s, stages) > MFA_ATTN_SM90_SMEM_LIMIT) --stages;
   return stages;  // < 2: no overlap of loads and math; hopper_supports refuses such shapes
 }
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_smem_bytes(int d_qk, int d_v, bool softcap) {
-  return mfa_attn_sm90_smem_for(d_qk, d_v, softcap, mfa_attn_sm90_stages(d_qk, d_v, softcap));
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_smem_bytes(mfa_attn_sm90_shape s) {
+  return mfa_attn_sm90_smem_for(s, mfa_attn_sm90_stages(s));
 }

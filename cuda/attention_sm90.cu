@@ -14,15 +14,16 @@ namespace mfa_attn_sm90 {
 // ----- the tile (attention.cuh's Hopper table) -----
 constexpr int kDQk = MFA_ATTN_D_QK;
 constexpr int kDV = MFA_ATTN_D_V;
+constexpr bool kSoftcap = MFA_ATTN_SOFTCAP != 0;
+constexpr mfa_attn_sm90_shape kShape = {kDQk, kDV, kSoftcap, MFA_ATTN_MASK};
 constexpr int kDVPad = mfa_attn_sm90_pad(kDV);                 // N of the P V wgmma
 constexpr int kBoxesQk = mfa_attn_sm90_pad(kDQk) / MFA_ATTN_SM90_BOX;
 constexpr int kBoxesV = kDVPad / MFA_ATTN_SM90_BOX;
-constexpr int kBlockN = mfa_attn_sm90_block_n(kDQk, kDV);      // keys per block: N of S, k of P V
-constexpr bool kSoftcap = MFA_ATTN_SOFTCAP != 0;
-constexpr int kStages = mfa_attn_sm90_stages(kDQk, kDV, kSoftcap);
-constexpr int kConsumers = mfa_attn_sm90_consumers(kDQk, kDV, kSoftcap);
-constexpr int kThreads = mfa_attn_sm90_threads(kDQk, kDV, kSoftcap);
-constexpr int kBlockM = mfa_attn_sm90_block_m(kDQk, kDV, kSoftcap);  // query rows of a block
+constexpr int kBlockN = mfa_attn_sm90_block_n(kShape);         // keys per block: N of S, k of P V
+constexpr int kStages = mfa_attn_sm90_stages(kShape);
+constexpr int kConsumers = mfa_attn_sm90_consumers(kShape);
+constexpr int kThreads = mfa_attn_sm90_threads(kShape);
+constexpr int kBlockM = mfa_attn_sm90_block_m(kShape);         // query rows of a block
 constexpr int kRows = MFA_ATTN_SM90_ROWS;                      // query rows of one consumer warpgroup
 constexpr int kSAcc = kBlockN / 2;                             // score floats a consumer thread holds
 constexpr int kOAcc = kDVPad / 2;                              // output floats a consumer thread holds
@@ -47,9 +48,9 @@ static_assert(kThreads == 128 * (1 + kConsumers) && kBlockM == kRows * kConsumer
 static_assert(MFA_ATTN_DTYPE == MFA_ATTN_F16 || MFA_ATTN_DTYPE == MFA_ATTN_BF16, "16-bit inputs only");
 static_assert(kStages >= 2, "the ring needs two stages for loads to overlap the math");
 static_assert(kBlockN % 16 == 0 && kKVBoxBytes % kSwizzleAtomBytes == 0, "whole k16 slices, 1 KB aligned boxes");
-static_assert(mfa_attn_sm90_q_bytes(kDQk, kDV, kSoftcap) == kConsumers * kQConsumerBytes,
+static_assert(mfa_attn_sm90_q_bytes(kShape) == kConsumers * kQConsumerBytes,
               "Q size agrees with attention.cuh");
-static_assert(mfa_attn_sm90_k_bytes(kDQk, kDV) == kKBytes && mfa_attn_sm90_v_bytes(kDQk, kDV) == kVBytes,
+static_assert(mfa_attn_sm90_k_bytes(kShape) == kKBytes && mfa_attn_sm90_v_bytes(kShape) == kVBytes,
               "K/V stage sizes agree with attention.cuh");
 
 // ----- shared memory: Q, the K/V ring, the mbarriers -----
@@ -95,18 +96,29 @@ __device__ __forceinline__ void init_barriers(const smem_layout &smem) {
 using ring_pos = mfa_ring_pos<kStages>;
 
 // ----- wgmma operands in shared memory (descriptors, 9.7.15.5.1.2) -----
+// A slice's descriptor is its region's plus the slice's byte offset in 16-byte units: the start address
+// is the descriptor's lowest field and shared addresses stay below 2^18, so the sum never carries into the
+// next field. One 64-bit add a wgmma instead of rebuilding every field: the rebuilt descriptors took
+// ~90 uniform-datapath instructions of the d64 loop's ~470.
+__device__ __forceinline__ unsigned long long desc_at(unsigned long long region_desc, unsigned offset_bytes) {
+  return region_desc + (offset_bytes >> 4);
+}
 // Q and K are K-major (a row = one token, head dims contiguous): the canonical 128B-swizzle K-major
 // layout with SBO = 1024 (8 rows to the next 8) and LBO unused (encoded 16). k16 slice s of the head
 // dimension lies in box s / 4, 32 bytes per slice into each row.
-__device__ __forceinline__ unsigned long long k_major_desc(unsigned region, unsigned box_bytes, int slice) {
-  return mfa_wgmma_desc_sw128(region + (slice / 4) * box_bytes + (slice % 4) * 32, 16, kSwizzleAtomBytes);
+__device__ __forceinline__ unsigned long long k_major_desc(unsigned region) {
+  return mfa_wgmma_desc_sw128(region, 16, kSwizzleAtomBytes);
+}
+__device__ __forceinline__ constexpr unsigned k_major_slice(unsigned box_bytes, int slice) {
+  return (slice / 4) * box_bytes + (slice % 4) * 32;
 }
 // V is the B operand of P V with N = head dims contiguous: MN-major (imm-trans-b = 1). The canonical
 // layout's LBO steps from one 64-wide N chunk to the next (a box: kKVBoxBytes), SBO from 8 k (tokens)
 // to the next 8 (1024 bytes). k16 slice s (16 tokens) starts 16 rows = 2048 bytes in.
-__device__ __forceinline__ unsigned long long v_desc(unsigned region, int slice) {
-  return mfa_wgmma_desc_sw128(region + slice * 16 * kRowBytes, kKVBoxBytes, kSwizzleAtomBytes);
+__device__ __forceinline__ unsigned long long v_desc(unsigned region) {
+  return mfa_wgmma_desc_sw128(region, kKVBoxBytes, kSwizzleAtomBytes);
 }
+__device__ __forceinline__ constexpr unsigned v_slice(int slice) { return slice * 16 * kRowBytes; }
 
 // ----- where a block is: its sequence, its tokens, its range of key blocks -----
 struct tile {
@@ -200,19 +212,21 @@ __device__ __forceinline__ void release(unsigned empty_bar) {
 
 // S = Q K^T for this consumer's 64 rows and one key block: one k16 wgmma per 16 head dims.
 __device__ __forceinline__ void issue_scores(float (&s)[kSAcc], unsigned q_region, unsigned k_region) {
+  const unsigned long long q = k_major_desc(q_region), k = k_major_desc(k_region);
 #pragma unroll
   for (int slice = 0; slice < kBoxesQk * 4; ++slice)
-    mfa_wgmma_ss_k_major<kBlockN, MFA_ATTN_DTYPE>(s, k_major_desc(q_region, kQBoxBytes, slice),
-                                                  k_major_desc(k_region, kKVBoxBytes, slice), slice > 0);
+    mfa_wgmma_ss_k_major<kBlockN, MFA_ATTN_DTYPE>(s, desc_at(q, k_major_slice(kQBoxBytes, slice)),
+                                                  desc_at(k, k_major_slice(kKVBoxBytes, slice)), slice > 0);
   mfa_wgmma_commit_group();
 }
 
 // O += P V: P from registers (p[4i .. 4i+3] is the k16 A fragment of keys 16i .. 16i+15), V MN-major.
 __device__ __forceinline__ void issue_pv(float (&o)[kOAcc], const unsigned (&p)[kPRegs], unsigned v_region) {
+  const unsigned long long v = v_desc(v_region);
 #pragma unroll
   for (int slice = 0; slice < kBlockN / 16; ++slice) {
     const unsigned a[4] = {p[4 * slice], p[4 * slice + 1], p[4 * slice + 2], p[4 * slice + 3]};
-    mfa_wgmma_rs<kDVPad, MFA_ATTN_DTYPE, 1>(o, a, v_desc(v_region, slice), 1);
+    mfa_wgmma_rs<kDVPad, MFA_ATTN_DTYPE, 1>(o, a, desc_at(v, v_slice(slice)), 1);
   }
   mfa_wgmma_commit_group();
 }
@@ -262,10 +276,14 @@ __device__ __forceinline__ score_transform score_transform_of(const mfa_attn_arg
 #endif
 }
 
-// Soft-capping (before the mask, as the contract says) and the mask: -inf where key col0 + column is
-// past the sequence or outside row's window. `row` is the query index of the thread's first row.
-__device__ __forceinline__ void transform_and_mask(float (&s)[kSAcc], const score_transform &f, bool masked,
-                                                   int row, int col0, int len_k, int off, const window &w) {
+// Soft-capping (before the mask, as the contract says) and, when MASKED, the mask: -inf where key col0 +
+// column is past the sequence or outside row's window. `row` is the query index of the thread's first row.
+// MASKED is a template argument so that blocks without a mask carry none of its compares: with a run-time
+// flag ptxas if-converted the mask into every block (an ISETP, a LOP3 and two FSEL an element pair: a
+// quarter of the d64 loop's instructions).
+template <bool MASKED>
+__device__ __forceinline__ void transform_and_mask(float (&s)[kSAcc], const score_transform &f, int row, int col0,
+                                                   int len_k, int off, const window &w) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int j = 0; j < kBlockN / 8; ++j)
@@ -277,7 +295,7 @@ __device__ __forceinline__ void transform_and_mask(float (&s)[kSAcc], const scor
 #if MFA_ATTN_SOFTCAP
         x = 1.0f - __fdividef(2.0f, mfa_exp2_approx(x * f.pre) + 1.0f);
 #endif
-        if (masked) {
+        if constexpr (MASKED) {
           const int col = col0 + 8 * j + 2 * (lane % 4) + e;
           const int i = row + 8 * r;
           const bool visible = col < len_k && (w.left < 0 || col >= i + off - w.left) &&
@@ -285,7 +303,7 @@ __device__ __forceinline__ void transform_and_mask(float (&s)[kSAcc], const scor
           if (!visible) x = MFA_ATTN_NEG_INF;
         }
       }
-  (void)f;
+  (void)f, (void)row, (void)col0, (void)len_k, (void)off, (void)w, (void)lane;
 }
 
 // Online softmax over one block: new row maxima (quad shuffles), s turned into P = exp2(y * mult -
@@ -366,13 +384,22 @@ __device__ __forceinline__ void store_rows(const mfa_attn_args &args, const tile
   }
 }
 
-// Whether block n needs the element mask: it reaches past the sequence's keys or crosses a window
-// bound for some row of the tile. Interior blocks skip the mask's compares.
-__device__ __forceinline__ bool needs_mask(const tile &t, int n, const window &w) {
+// The key blocks of a tile that need no element mask: [begin, end). Blocks above it reach
+// past the sequence's keys or the window's right bound for some row of the tile, blocks below it cross the
+// window's left bound.
+struct unmasked_range {
+  int begin, end;
+};
+__device__ __forceinline__ int floor_div(int a, int b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
+__device__ __forceinline__ unmasked_range unmasked_range_of(const tile &t, const window &w) {
   const int off = t.len_k - t.len_q;
   const int m_last = min(t.m0 + kBlockM, t.len_q) - 1;
-  return (n + 1) * kBlockN > t.len_k || (w.right >= 0 && (n + 1) * kBlockN - 1 > t.m0 + off + w.right) ||
-         (w.left >= 0 && n * kBlockN < m_last + off - w.left);
+  // Block n is unmasked when (n + 1) * kBlockN <= len_k, (n + 1) * kBlockN - 1 <= m0 + off + right and
+  // n * kBlockN >= m_last + off - left.
+  int end = t.len_k / kBlockN;
+  if (w.right >= 0) end = min(end, floor_div(t.m0 + off + w.right + 1, kBlockN));
+  const int begin = w.left >= 0 ? -floor_div(-(m_last + off - w.left), kBlockN) : 0;
+  return {begin, end};
 }
 
 // ----- consumer main loop (FA3 algorithm 2 with ping-pong) -----
@@ -382,55 +409,67 @@ __device__ __forceinline__ bool needs_mask(const tile &t, int n, const window &w
 // that product retired. The first block has no P V before it and the last P V none after it.
 // (Rescaling O inside the turn, between the two issues, as FA3 does, measured 3-4% slower here at d128
 // non-causal on an H200.)
-__device__ __forceinline__ void consume(const smem_layout &smem, const mfa_attn_args &args, const tile &t, int w) {
-  const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-  const int row = t.m0 + w * kRows + warp * 16 + lane / 4;  // query index of this thread's first row
-  const int off = t.len_k - t.len_q;
-  const window win = window_of(args);
-  const score_transform f = score_transform_of(args);
-  const unsigned q_region = smem.q(w);
-
+struct consumer {
+  const smem_layout &smem;
+  const mfa_attn_args &args;
+  const tile &t;
+  int w;                    // this consumer warpgroup
+  int row;                  // query index of this thread's first row
+  window win;
+  score_transform f;
   float o[kOAcc];
-#pragma unroll
-  for (int i = 0; i < kOAcc; ++i) o[i] = 0.0f;
-  row_state st = {{MFA_ATTN_NEG_INF, MFA_ATTN_NEG_INF}, {0.0f, 0.0f}};
-  unsigned p[kPRegs];
+  row_state st;
+  unsigned p[kPRegs];       // P of the block whose V is at v_pos
   float rescale[2];
-  ring_pos pos;
+  ring_pos pos, v_pos;      // the next K/V stage; the stage whose V multiplies p
 
-  mfa_mbar_wait(smem.q_full(), 0);
-  {  // the first (last-indexed) block: S only
+  __device__ consumer(const smem_layout &smem, const mfa_attn_args &args, const tile &t, int w)
+      : smem(smem), args(args), t(t), w(w),
+        row(t.m0 + w * kRows + (threadIdx.x % 128) / 32 * 16 + threadIdx.x % 32 / 4),
+        win(window_of(args)), f(score_transform_of(args)), st{{MFA_ATTN_NEG_INF, MFA_ATTN_NEG_INF}, {0.0f, 0.0f}} {
+#pragma unroll
+    for (int i = 0; i < kOAcc; ++i) o[i] = 0.0f;
+  }
+
+  // Scores of block n (retired, in s) to P: soft-capping, the mask when MASKED, the online softmax.
+  template <bool MASKED>
+  __device__ __forceinline__ void softmax(float (&s)[kSAcc], int n) {
+    transform_and_mask<MASKED>(s, f, row, n * kBlockN, t.len_k, t.len_k - t.len_q, win);
+    online_softmax(s, st, f.mult, rescale);
+  }
+
+  // The first (last-indexed) block: S only. It holds the diagonal or the sequence's end, so it is masked.
+  __device__ __forceinline__ void first_block() {
     float s[kSAcc];
-    const int n = t.n_end - 1;
     wait_turn(w);
     mfa_mbar_wait(smem.k_full(pos.stage), pos.phase);
     mfa_wgmma_fence();
-    issue_scores(s, q_region, smem.k(pos.stage));
+    issue_scores(s, smem.q(w), smem.k(pos.stage));
     pass_turn(w);
     mfa_wgmma_wait_group<0>();
     fence_all(s);
     release(smem.k_empty(pos.stage));
-    transform_and_mask(s, f, needs_mask(t, n, win), row, n * kBlockN, t.len_k, off, win);
-    online_softmax(s, st, f.mult, rescale);
+    softmax<true>(s, t.n_end - 1);
     scores_to_p(s, p);
+    v_pos = pos;
+    pos.advance();
   }
-  ring_pos v_pos = pos;  // the stage whose V multiplies the P in registers
-  pos.advance();
-  for (int n = t.n_end - 2; n >= t.n_begin; --n) {
+
+  template <bool MASKED>
+  __device__ __forceinline__ void step(int n) {
     float s[kSAcc];
     wait_turn(w);
     mfa_mbar_wait(smem.k_full(pos.stage), pos.phase);
     fence_all(o);
     mfa_wgmma_fence();
-    issue_scores(s, q_region, smem.k(pos.stage));
+    issue_scores(s, smem.q(w), smem.k(pos.stage));
     mfa_mbar_wait(smem.v_full(v_pos.stage), v_pos.phase);
     issue_pv(o, p, smem.v(v_pos.stage));
     pass_turn(w);
     mfa_wgmma_wait_group<1>();  // S_n retired; P V may still run
     fence_all(s);
     release(smem.k_empty(pos.stage));
-    transform_and_mask(s, f, needs_mask(t, n, win), row, n * kBlockN, t.len_k, off, win);
-    online_softmax(s, st, f.mult, rescale);
+    softmax<MASKED>(s, n);
     mfa_wgmma_wait_group<0>();  // P V retired: O and P are free to change
     fence_all(o);
     fence_all(p);
@@ -440,18 +479,42 @@ __device__ __forceinline__ void consume(const smem_layout &smem, const mfa_attn_
     v_pos = pos;
     pos.advance();
   }
-  wait_turn(w);
-  mfa_mbar_wait(smem.v_full(v_pos.stage), v_pos.phase);
-  fence_all(o);
-  mfa_wgmma_fence();
-  issue_pv(o, p, smem.v(v_pos.stage));
-  pass_turn(w);
-  mfa_wgmma_wait_group<0>();
-  fence_all(o);
-  fence_all(p);
-  release(smem.v_empty(v_pos.stage));
-  store_rows(args, t, row, o, st, f.mult);
-}
+
+  // The last P V, then O and the LSE out.
+  __device__ __forceinline__ void finish() {
+    wait_turn(w);
+    mfa_mbar_wait(smem.v_full(v_pos.stage), v_pos.phase);
+    fence_all(o);
+    mfa_wgmma_fence();
+    issue_pv(o, p, smem.v(v_pos.stage));
+    pass_turn(w);
+    mfa_wgmma_wait_group<0>();
+    fence_all(o);
+    fence_all(p);
+    release(smem.v_empty(v_pos.stage));
+    store_rows(args, t, row, o, st, f.mult);
+  }
+
+  // The unmasked blocks run in a loop of their own, so that only the blocks that need it carry the mask
+  // (a causal tile's diagonal, the sequence's last block). One masked step in the code, not one above and
+  // one below the unmasked range: a third copy of the step spilled registers. The variants with the most
+  // live values (run-time window bounds, soft-capping) keep a single, masked step: a second copy spilled
+  // there (d64 window, d256 causal soft-capped).
+  __device__ __forceinline__ void run() {
+    mfa_mbar_wait(smem.q_full(), 0);
+    first_block();
+    constexpr bool kSplit = MFA_ATTN_MASK != MFA_ATTN_MASK_WINDOW && !kSoftcap;
+    const unmasked_range unmasked = unmasked_range_of(t, win);
+    for (int n = t.n_end - 2; n >= t.n_begin; --n) {
+      if (kSplit && n >= unmasked.begin && n < unmasked.end) {
+        for (; n >= max(unmasked.begin, t.n_begin); --n) step<false>(n);
+        if (n < t.n_begin) break;
+      }
+      step<true>(n);
+    }
+    finish();
+  }
+};
 
 // A tile without a visible key (a window, an empty key sequence): O = 0, LSE = -inf, nothing loaded.
 __device__ __forceinline__ void store_empty(const mfa_attn_args &args, const tile &t, int w) {
@@ -490,6 +553,6 @@ extern "C" __global__ void __launch_bounds__(mfa_attn_sm90::kThreads, 1)
     mfa_setmaxnreg_inc<kConsumerRegisters>();
     const int w = warpgroup - 1;
     if (w == kConsumers - 1) pass_turn(w);  // consumer 0 issues first
-    consume(smem, args, t, w);
+    consumer(smem, args, t, w).run();
   }
 }

@@ -389,6 +389,21 @@ __device__ __forceinline__ unsigned mfa_pack_f32x2(float lo, float hi) {
                  MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56) \
                : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                             \
                : "memory")
+#define MFA_ATT_WGMMA_SS_N176(SHAPE_TYPE)                                                           \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %90, 0;\n"                                       \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                     \
+               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
+               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
+               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
+               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63," \
+               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79," \
+               "  %80, %81, %82, %83, %84, %85, %86, %87}," \
+               " %88, %89, p, 1, 1, 0, 0;\n}\n" \
+               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),  \
+                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56), \
+                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80) \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d) \
+               : "memory")
 #define MFA_ATT_WGMMA_RS_N64(SHAPE_TYPE)                                                             \
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"                                        \
                " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
@@ -441,7 +456,7 @@ __device__ __forceinline__ unsigned mfa_pack_f32x2(float lo, float hi) {
 
 // D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0), both operands from shared memory and K-major
 // (rows of 16 k contiguous in a 128B-swizzled layout; 9.7.15.5.1.2); IN_DTYPE 1 = f16, 2 = bf16.
-// N = 80 and 128: attention's score tile S = Q K^T (N = the key block).
+// N = 80, 128 and 176: attention's score tile S = Q K^T (N = the key block).
 template <int N, int IN_DTYPE>
 __device__ __forceinline__ void mfa_wgmma_ss_k_major(float (&d)[N / 2], unsigned long long desc_a,
                                                      unsigned long long desc_b, int scale_d) {
@@ -452,8 +467,11 @@ __device__ __forceinline__ void mfa_wgmma_ss_k_major(float (&d)[N / 2], unsigned
   } else if constexpr (N == 128) {
     if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.f16.f16");
     else MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.bf16.bf16");
+  } else if constexpr (N == 176) {
+    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N176("m64n176k16.f32.f16.f16");
+    else MFA_ATT_WGMMA_SS_N176("m64n176k16.f32.bf16.bf16");
   } else {
-    static_assert(N == 80 || N == 128, "score-tile shapes: m64n80k16, m64n128k16");
+    static_assert(N == 80 || N == 128 || N == 176, "score-tile shapes: m64n80k16, m64n128k16, m64n176k16");
   }
 }
 
@@ -484,6 +502,7 @@ __device__ __forceinline__ void mfa_wgmma_rs(float (&d)[N / 2], const unsigned (
 }
 #undef MFA_ATT_WGMMA_SS_N80
 #undef MFA_ATT_WGMMA_SS_N128
+#undef MFA_ATT_WGMMA_SS_N176
 #undef MFA_ATT_WGMMA_RS_N64
 #undef MFA_ATT_WGMMA_RS_N128
 #undef MFA_ATT_WGMMA_RS_N192
