@@ -125,8 +125,11 @@ bool hopper_supports(const mfa_attention_descriptor &d, std::string *why) {
 // One block per query tile (128 or 192 rows, attention.cuh) of one head of one sequence (varlen: of the
 // longest sequence; the blocks past a shorter one's end exit at once). Not persistent: at one block per
 // SM, the hardware's block scheduler already backfills SMs as tiles finish, and the kernel hands out the
-// heaviest causal tiles first (attention_sm90.cu). Measured on an H200 (bf16, 16k tokens, d128): 592 to
-// 608 TFLOPS non-causal; a persistent scheduler would save each tile's prologue (a few percent).
+// heaviest causal tiles first (attention_sm90.cu). A persistent grid that overlapped each tile's Q and
+// first K/V loads with the previous tile's end, on a static schedule (units of two query tiles, i and
+// tiles_m - 1 - i, equal work under a causal mask, round robin), measured slower on an H200 (bf16, 16k
+// tokens, seq 16384: d64 549 -> 502 TFLOPS, d128 707 -> 687; faster only at seq 512): units of two tiles
+// double the last wave's waste, and a static schedule cannot move work off a slower SM.
 LaunchShape hopper_launch_shape(const mfa_attention_descriptor &d, int /*sm_count*/) {
   const mfa_attn_sm90_shape shape = sm90_shape_of(d);
   const int64_t block_m = mfa_attn_sm90_block_m(shape);
