@@ -81,7 +81,8 @@ struct GemmVariant {
 
   std::vector<const char *> entries() const {
     if (path == MFA_GEMM_PATH_PORTABLE) return {"mfa_gemm_sm80_vec", "mfa_gemm_sm80_scalar"};
-    return {hopper_tf32() ? "mfa_gemm_sm90_tf32" : "mfa_gemm_sm90"};
+    if (hopper_tf32()) return {"mfa_gemm_sm90_tf32"};
+    return {"mfa_gemm_sm90", "mfa_gemm_sm90_clear_flags"};
   }
 
   int dynamic_shared_bytes() const {
@@ -446,7 +447,7 @@ struct mfa_gemm_pipeline {
   int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
   int32_t hopper_cluster_m = 1;         // ... and MFA_SM90_CLUSTER_M
   mfa_gemm_schedule hopper_schedule{};  // its units (blocks or clusters) and work, for the context's device
-  mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
+  mfa::CUfunction hopper = nullptr, hopper_clear_flags = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
 };
 
 namespace mfa {
@@ -470,6 +471,7 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
     pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper_cluster_m = variant.cluster_m;
     pipeline.hopper = functions[0];
+    if (functions.size() > 1) pipeline.hopper_clear_flags = functions[1];
   } else {
     pipeline.portable_vec = functions[0];
     pipeline.portable_scalar = functions[1];
@@ -566,9 +568,9 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
-// Stream-K's workspace: the flags start at zero in every launch (a memset node ahead of the kernel, so
-// the workspace is plain scratch memory between encodes and a replayed command list resets them too);
-// the partial slots need no initialisation (each is written before its flag rises).
+// Stream-K's workspace: the flags start at zero in every launch (mfa_gemm_sm90_clear_flags runs ahead of
+// the kernel, so the workspace is plain scratch memory between encodes and a replayed command list resets
+// them too); the partial slots need no initialisation (each is written before its flag rises).
 void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *workspace, mfa_gemm_args &args) {
   const mfa_gemm_schedule &schedule = pipeline.hopper_schedule;
   const int unit_rows = tile_of(pipeline).unit_rows();
@@ -577,9 +579,10 @@ void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *wor
   char *base = static_cast<char *>(workspace);
   args.flags = reinterpret_cast<int *>(base);
   args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule, unit_rows));
-  check_cuda(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(base), 0, mfa_gemm_flag_count(schedule, unit_rows),
-                                       static_cast<CUstream>(stream)),
-             "cuMemsetD32Async(Stream-K flags)");
+  int count = static_cast<int>(mfa_gemm_flag_count(schedule, unit_rows));
+  void *params[] = {&args.flags, &count};
+  DependentLaunch(1, 256, 1, 0, stream).start(pipeline.hopper_clear_flags, params,
+                                              "cuLaunchKernelEx(mfa_gemm_sm90_clear_flags)");
 }
 
 struct OperandMaps {
