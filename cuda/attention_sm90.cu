@@ -215,8 +215,8 @@ __device__ __forceinline__ void issue_scores(float (&s)[kSAcc], unsigned q_regio
   const unsigned long long q = k_major_desc(q_region), k = k_major_desc(k_region);
 #pragma unroll
   for (int slice = 0; slice < kBoxesQk * 4; ++slice)
-    mfa_wgmma_ss_k_major<kBlockN, MFA_ATTN_DTYPE>(s, desc_at(q, k_major_slice(kQBoxBytes, slice)),
-                                                  desc_at(k, k_major_slice(kKVBoxBytes, slice)), slice > 0);
+    mfa_wgmma_ss<kBlockN, MFA_ATTN_DTYPE, 0, 0>(s, desc_at(q, k_major_slice(kQBoxBytes, slice)),
+                                                desc_at(k, k_major_slice(kKVBoxBytes, slice)), slice > 0);
   mfa_wgmma_commit_group();
 }
 

@@ -233,24 +233,14 @@ __device__ __forceinline__ void mfa_sm90_release(const mfa_sm90_ring &ring, int 
   for (int r = 0; r < kSm90Cluster; ++r) mfa_mbar_arrive_cluster(mfa_cluster_map(ring.empty(stage), r));
 }
 
-// One m64nBNk16 wgmma of this variant's operands (a template, so that only the width in use is built).
-template <int BN>
-__device__ __forceinline__ void mfa_sm90_wgmma(float (&acc)[BN / 2], unsigned long long desc_a,
-                                               unsigned long long desc_b, int scale_d) {
-  if constexpr (BN == 64)
-    mfa_wgmma_m64n64k16_f32<MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(acc, desc_a, desc_b, scale_d);
-  else
-    mfa_wgmma_m64nNk16_f32<BN, MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(acc, desc_a, desc_b, scale_d);
-}
-
 // One stage's wgmma-group; the first (first_stage, slice 0) overwrites acc (scale-d = 0).
 __device__ __forceinline__ void mfa_sm90_mma_stage(const mfa_sm90_ring &ring, int stage, unsigned a_rows,
                                                    bool first_stage, float (&acc)[kSm90Acc]) {
   mfa_wgmma_fence();
 #pragma unroll
   for (int s = 0; s < kSm90Slices; ++s) {
-    mfa_sm90_wgmma<MFA_SM90_BN>(acc, mfa_sm90_a::desc(ring.a(stage) + a_rows, s), mfa_sm90_b::desc(ring.b(stage), s),
-                                !first_stage || s > 0);
+    mfa_wgmma_ss<MFA_SM90_BN, MFA_IN_DTYPE, kSm90TransA, kSm90TransB>(
+        acc, mfa_sm90_a::desc(ring.a(stage) + a_rows, s), mfa_sm90_b::desc(ring.b(stage), s), !first_stage || s > 0);
   }
   mfa_wgmma_commit_group();
 }

@@ -221,115 +221,148 @@ __device__ __forceinline__ void mfa_wgmma_wait_group() {
 // Pin an accumulator register in program order (no instruction moves its reads/writes across this).
 __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" : "+f"(reg) : : "memory"); }
 
-// The accumulator operands of one wgmma: N/2 f32 registers a thread, "+f" each, 8 per macro.
-#define MFA_ACC8(d, i)                                                                        \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+// ----- wgmma.mma_async: one m64nNk16 product, f32 accumulators, f16 or bf16 operands -----
+// The N/2 accumulators a thread holds are the asm's first operands (%0 ..); the PTX list (MFA_WGMMA_B<n>)
+// and the "+f" constraints (MFA_ACC<n>, passed by name so that the shape macros expand them last) of
+// every shape are built from runs of eight (MFA_WGMMA_R<i>: "%i, .., %i+7"; MFA_ACC8), so each is
+// spelled once. The operands after them are numbered from N/2 on, which the preprocessor cannot
+// count: each shape passes its numbers. The scale-a and scale-b immediates are 1 (no negation).
+#define MFA_WGMMA_R0 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define MFA_WGMMA_R8 "%8, %9, %10, %11, %12, %13, %14, %15"
+#define MFA_WGMMA_R16 "%16, %17, %18, %19, %20, %21, %22, %23"
+#define MFA_WGMMA_R24 "%24, %25, %26, %27, %28, %29, %30, %31"
+#define MFA_WGMMA_R32 "%32, %33, %34, %35, %36, %37, %38, %39"
+#define MFA_WGMMA_R40 "%40, %41, %42, %43, %44, %45, %46, %47"
+#define MFA_WGMMA_R48 "%48, %49, %50, %51, %52, %53, %54, %55"
+#define MFA_WGMMA_R56 "%56, %57, %58, %59, %60, %61, %62, %63"
+#define MFA_WGMMA_R64 "%64, %65, %66, %67, %68, %69, %70, %71"
+#define MFA_WGMMA_R72 "%72, %73, %74, %75, %76, %77, %78, %79"
+#define MFA_WGMMA_R80 "%80, %81, %82, %83, %84, %85, %86, %87"
+#define MFA_WGMMA_R88 "%88, %89, %90, %91, %92, %93, %94, %95"
+#define MFA_WGMMA_R96 "%96, %97, %98, %99, %100, %101, %102, %103"
+#define MFA_WGMMA_R104 "%104, %105, %106, %107, %108, %109, %110, %111"
+#define MFA_WGMMA_R112 "%112, %113, %114, %115, %116, %117, %118, %119"
+#define MFA_WGMMA_R120 "%120, %121, %122, %123, %124, %125, %126, %127"
+#define MFA_WGMMA_B32 MFA_WGMMA_R0 ", " MFA_WGMMA_R8 ", " MFA_WGMMA_R16 ", " MFA_WGMMA_R24
+#define MFA_WGMMA_B40 MFA_WGMMA_B32 ", " MFA_WGMMA_R32
+#define MFA_WGMMA_B64 MFA_WGMMA_B40 ", " MFA_WGMMA_R40 ", " MFA_WGMMA_R48 ", " MFA_WGMMA_R56
+#define MFA_WGMMA_B88 MFA_WGMMA_B64 ", " MFA_WGMMA_R64 ", " MFA_WGMMA_R72 ", " MFA_WGMMA_R80
+#define MFA_WGMMA_B96 MFA_WGMMA_B88 ", " MFA_WGMMA_R88
+#define MFA_WGMMA_B128 MFA_WGMMA_B96 ", " MFA_WGMMA_R96 ", " MFA_WGMMA_R104 ", " MFA_WGMMA_R112 ", " MFA_WGMMA_R120
+#define MFA_ACC8(d, i)                                                                                                \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),                         \
       "+f"(d[i + 6]), "+f"(d[i + 7])
-#define MFA_ACC64(d, i)                                                                             \
-  MFA_ACC8(d, i), MFA_ACC8(d, i + 8), MFA_ACC8(d, i + 16), MFA_ACC8(d, i + 24), MFA_ACC8(d, i + 32), \
-      MFA_ACC8(d, i + 40), MFA_ACC8(d, i + 48), MFA_ACC8(d, i + 56)
+#define MFA_ACC32(d) MFA_ACC8(d, 0), MFA_ACC8(d, 8), MFA_ACC8(d, 16), MFA_ACC8(d, 24)
+#define MFA_ACC40(d) MFA_ACC32(d), MFA_ACC8(d, 32)
+#define MFA_ACC64(d) MFA_ACC40(d), MFA_ACC8(d, 40), MFA_ACC8(d, 48), MFA_ACC8(d, 56)
+#define MFA_ACC88(d) MFA_ACC64(d), MFA_ACC8(d, 64), MFA_ACC8(d, 72), MFA_ACC8(d, 80)
+#define MFA_ACC96(d) MFA_ACC88(d), MFA_ACC8(d, 88)
+#define MFA_ACC128(d) MFA_ACC96(d), MFA_ACC8(d, 96), MFA_ACC8(d, 104), MFA_ACC8(d, 112), MFA_ACC8(d, 120)
 
-// "{%0, .., %95}": the 96 accumulators of an m64n192 wgmma, as its destination list.
-#define MFA_WGMMA_D96                                                                    \
-  " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"              \
-  "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"    \
-  "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"    \
-  "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"    \
-  "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"    \
-  "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}"
+// Both operands from shared memory: the accumulators, then desc-a, desc-b, scale-d (a predicate: 0
+// overwrites D), imm-trans-a, imm-trans-b at the numbers given.
+#define MFA_WGMMA_SS(SHAPE_TYPE, BODY, ACCS, DESC_A, DESC_B, SCALE_D, TRANS_A_, TRANS_B_)                             \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " SCALE_D ", 0;\n"                                                 \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                       \
+               " {" BODY "}, " DESC_A ", " DESC_B ", p, 1, 1, " TRANS_A_ ", " TRANS_B_ ";\n}\n"                       \
+               : ACCS(d)                                                                                              \
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                                   \
+               : "memory")
+// A from registers (a[0..3], the k16 fragment), B from shared memory: the accumulators, then the four A
+// registers, desc-b, scale-d, imm-trans-b at the numbers given.
+#define MFA_WGMMA_RS(SHAPE_TYPE, BODY, ACCS, A0, DESC_B, SCALE_D, TRANS_B_)                                           \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " SCALE_D ", 0;\n"                                                 \
+               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                       \
+               " {" BODY "}, " A0 ", " DESC_B ", p, 1, 1, " TRANS_B_ ";\n}\n"                                         \
+               : ACCS(d)                                                                                              \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B)                  \
+               : "memory")
+// The f16 or bf16 form of a shape ("m64nNk16").
+#define MFA_WGMMA_TYPED(FORM, SHAPE, ...)                                                                             \
+  do {                                                                                                                \
+    if constexpr (IN_DTYPE == 1) FORM(SHAPE ".f32.f16.f16", __VA_ARGS__);                                             \
+    else FORM(SHAPE ".f32.bf16.bf16", __VA_ARGS__);                                                                   \
+  } while (0)
 
-// {%0 .. %63}: the accumulator list of m64n128k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
-#define MFA_WGMMA_M64N128K16(SHAPE_TYPE)                                                    \
-  asm volatile(                                                                             \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                        \
-      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
-      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
-      "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
-      "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"  \
-      " %64, %65, p, 1, 1, %67, %68;\n}\n"                                                        \
-      : MFA_ACC64(d, 0)                                                                     \
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                  \
-      : "memory")
-// {%0 .. %95}: the accumulator list of m64n192k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
-#define MFA_WGMMA_M64N192K16(SHAPE_TYPE)                                                    \
-  asm volatile(                                                                             \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %98, 0;\n"                                        \
-      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-      MFA_WGMMA_D96 ","                                                         \
-      " %96, %97, p, 1, 1, %99, %100;\n}\n"                                                \
-      : MFA_ACC64(d, 0), MFA_ACC8(d, 64), MFA_ACC8(d, 72), MFA_ACC8(d, 80), MFA_ACC8(d, 88) \
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                  \
-      : "memory")
-// {%0 .. %127}: the accumulator list of m64n256k16; then desc-a, desc-b, scale-d, imm-trans-a, imm-trans-b.
-#define MFA_WGMMA_M64N256K16(SHAPE_TYPE)                                                                    \
-  asm volatile(                                                                                             \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n"                                                       \
-      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                      \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                             \
-      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"                   \
-      "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"                   \
-      "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"                   \
-      "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"                   \
-      "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"                   \
-      "  %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"       \
-      "  %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127},"  \
-      " %128, %129, p, 1, 1, %131, %132;\n}\n"                                                                    \
-      : MFA_ACC64(d, 0), MFA_ACC64(d, 64)                                                                   \
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                                  \
-      : "memory")
-
-// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) for N = 128, 192 or 256, A and B read from shared
-// memory through descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is
-// N-major (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major. The
-// scale-a and scale-b immediates are 1 (no negation).
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0), A and B read from shared memory through
+// descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is N-major
+// (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major.
+// N: the GEMM tile's width (64, 128, 192, 256; gemm_sm90.cu) and attention's score tile S = Q K^T (80,
+// 128, 176: the key block, attention_sm90.cu).
 template <int N, int IN_DTYPE, int TRANS_A, int TRANS_B>
-__device__ __forceinline__ void mfa_wgmma_m64nNk16_f32(float (&d)[N / 2], unsigned long long desc_a,
-                                                       unsigned long long desc_b, int scale_d) {
-  static_assert(N == 128 || N == 192 || N == 256, "wgmma shapes used here: m64n128k16, m64n192k16, m64n256k16");
+__device__ __forceinline__ void mfa_wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
+                                             int scale_d) {
   static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-  if constexpr (N == 128) {
-    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N128K16("m64n128k16.f32.f16.f16");
-    else MFA_WGMMA_M64N128K16("m64n128k16.f32.bf16.bf16");
-  } else if constexpr (N == 192) {
-    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N192K16("m64n192k16.f32.f16.f16");
-    else MFA_WGMMA_M64N192K16("m64n192k16.f32.bf16.bf16");
-  } else {
-    if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N256K16("m64n256k16.f32.f16.f16");
-    else MFA_WGMMA_M64N256K16("m64n256k16.f32.bf16.bf16");
-  }
+  if constexpr (N == 64)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n64k16", MFA_WGMMA_B32, MFA_ACC32, "%32", "%33", "%34", "%35", "%36");
+  else if constexpr (N == 80)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n80k16", MFA_WGMMA_B40, MFA_ACC40, "%40", "%41", "%42", "%43", "%44");
+  else if constexpr (N == 128)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n128k16", MFA_WGMMA_B64, MFA_ACC64, "%64", "%65", "%66", "%67", "%68");
+  else if constexpr (N == 176)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n176k16", MFA_WGMMA_B88, MFA_ACC88, "%88", "%89", "%90", "%91", "%92");
+  else if constexpr (N == 192)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n192k16", MFA_WGMMA_B96, MFA_ACC96, "%96", "%97", "%98", "%99", "%100");
+  else if constexpr (N == 256)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n256k16", MFA_WGMMA_B128, MFA_ACC128, "%128", "%129", "%130", "%131", "%132");
+  else
+    static_assert(N == 64, "shared-memory wgmma shapes: m64n{64,80,128,176,192,256}k16");
 }
-#undef MFA_WGMMA_M64N128K16
-#undef MFA_WGMMA_M64N192K16
-#undef MFA_WGMMA_M64N256K16
-#undef MFA_ACC64
-#undef MFA_ACC8
 
-// D(64x64, f32) += A(64x16) * B(16x64): m64n64k16, the narrow tile of the GEMM (gemm_sm90.cu, BN = 64),
-// which puts twice as many blocks on the SMs as m64n128 where 128-wide tiles leave SMs idle. Operands
-// and immediates as mfa_wgmma_m64nNk16_f32; {%0 .. %31} are the 32 accumulators a thread holds.
-#define MFA_WGMMA_M64N64K16(SHAPE_TYPE)                                                            \
-  asm volatile(                                                                                    \
-      "{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"                                               \
-      " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                             \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                    \
-      "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"         \
-      " %32, %33, p, 1, 1, %35, %36;\n}\n"                                                         \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),       \
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                         \
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B)                         \
-      : "memory")
-template <int IN_DTYPE, int TRANS_A, int TRANS_B>
-__device__ __forceinline__ void mfa_wgmma_m64n64k16_f32(float (&d)[32], unsigned long long desc_a,
-                                                        unsigned long long desc_b, int scale_d) {
+// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) with A from registers: a[0..3] hold the
+// 16-bit pairs of the k16 A fragment (9.7.15.5.1.1: thread t of warp q holds rows 16q + t/4 and
+// 16q + t/4 + 8, columns 2(t%4) + {0,1} and 8 + 2(t%4) + {0,1}, in the order a0 (row, col), a1 (row+8,
+// col), a2 (row, col+8), a3 (row+8, col+8)). B from shared memory, TRANS_B = 1: N-major.
+// N = 64 .. 256: attention's O += P V (N = the value head dimension, padded to 64).
+template <int N, int IN_DTYPE, int TRANS_B>
+__device__ __forceinline__ void mfa_wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long desc_b,
+                                             int scale_d) {
   static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-  if constexpr (IN_DTYPE == 1) MFA_WGMMA_M64N64K16("m64n64k16.f32.f16.f16");
-  else MFA_WGMMA_M64N64K16("m64n64k16.f32.bf16.bf16");
+  if constexpr (N == 64)
+    MFA_WGMMA_TYPED(MFA_WGMMA_RS, "m64n64k16", MFA_WGMMA_B32, MFA_ACC32, "{%32, %33, %34, %35}", "%36", "%37", "%38");
+  else if constexpr (N == 128)
+    MFA_WGMMA_TYPED(MFA_WGMMA_RS, "m64n128k16", MFA_WGMMA_B64, MFA_ACC64, "{%64, %65, %66, %67}", "%68", "%69", "%70");
+  else if constexpr (N == 192)
+    MFA_WGMMA_TYPED(MFA_WGMMA_RS, "m64n192k16", MFA_WGMMA_B96, MFA_ACC96, "{%96, %97, %98, %99}", "%100", "%101",
+                    "%102");
+  else if constexpr (N == 256)
+    MFA_WGMMA_TYPED(MFA_WGMMA_RS, "m64n256k16", MFA_WGMMA_B128, MFA_ACC128, "{%128, %129, %130, %131}", "%132", "%133",
+                    "%134");
+  else
+    static_assert(N == 64, "register-A wgmma shapes: m64n{64,128,192,256}k16");
 }
-#undef MFA_WGMMA_M64N64K16
+#undef MFA_WGMMA_R0
+#undef MFA_WGMMA_R8
+#undef MFA_WGMMA_R16
+#undef MFA_WGMMA_R24
+#undef MFA_WGMMA_R32
+#undef MFA_WGMMA_R40
+#undef MFA_WGMMA_R48
+#undef MFA_WGMMA_R56
+#undef MFA_WGMMA_R64
+#undef MFA_WGMMA_R72
+#undef MFA_WGMMA_R80
+#undef MFA_WGMMA_R88
+#undef MFA_WGMMA_R96
+#undef MFA_WGMMA_R104
+#undef MFA_WGMMA_R112
+#undef MFA_WGMMA_R120
+#undef MFA_WGMMA_B32
+#undef MFA_WGMMA_B40
+#undef MFA_WGMMA_B64
+#undef MFA_WGMMA_B88
+#undef MFA_WGMMA_B96
+#undef MFA_WGMMA_B128
+#undef MFA_ACC8
+#undef MFA_ACC32
+#undef MFA_ACC40
+#undef MFA_ACC64
+#undef MFA_ACC88
+#undef MFA_ACC96
+#undef MFA_ACC128
+#undef MFA_WGMMA_SS
+#undef MFA_WGMMA_RS
+#undef MFA_WGMMA_TYPED
 
 // ===== attention (attention_sm90.cu): the idioms its consumers and producer add to the above =====
 
@@ -359,155 +392,6 @@ __device__ __forceinline__ unsigned mfa_pack_f32x2(float lo, float hi) {
   else asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
   return packed;
 }
-
-// wgmma operand lists of the attention shapes: 8 accumulators "+f" a macro.
-#define MFA_ATT_ACC8(d, i)                                                                    \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
-      "+f"(d[i + 6]), "+f"(d[i + 7])
-// SS: accumulators, desc-a, desc-b, scale-d; both operands K-major (imm-trans-a = imm-trans-b = 0).
-// RS: accumulators, the four A registers, desc-b, scale-d, imm-trans-b.
-#define MFA_ATT_WGMMA_SS_N80(SHAPE_TYPE)                                                           \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %42, 0;\n"                                      \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                    \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"           \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "  %32, %33, %34, %35, %36, %37, %38, %39},"                                        \
-               " %40, %41, p, 1, 1, 0, 0;\n}\n"                                                    \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24), \
-                 MFA_ATT_ACC8(d, 32)                                                               \
-               : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                            \
-               : "memory")
-#define MFA_ATT_WGMMA_SS_N128(SHAPE_TYPE)                                                           \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"                                       \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                     \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"            \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"  \
-               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"  \
-               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}," \
-               " %64, %65, p, 1, 1, 0, 0;\n}\n"                                                     \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),  \
-                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56) \
-               : "l"(desc_a), "l"(desc_b), "r"(scale_d)                                             \
-               : "memory")
-#define MFA_ATT_WGMMA_SS_N176(SHAPE_TYPE)                                                           \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %90, 0;\n"                                       \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                     \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
-               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63," \
-               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79," \
-               "  %80, %81, %82, %83, %84, %85, %86, %87}," \
-               " %88, %89, p, 1, 1, 0, 0;\n}\n" \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),  \
-                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56), \
-                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80) \
-               : "l"(desc_a), "l"(desc_b), "r"(scale_d) \
-               : "memory")
-#define MFA_ATT_WGMMA_RS_N64(SHAPE_TYPE)                                                             \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"                                        \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31},"  \
-               " {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                      \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24)    \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
-               : "memory")
-#define MFA_ATT_WGMMA_RS_N128(SHAPE_TYPE)                                                            \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n"                                        \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"             \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"   \
-               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"   \
-               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63},"  \
-               " {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                      \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),   \
-                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56)  \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
-               : "memory")
-#define MFA_ATT_WGMMA_RS_N192(SHAPE_TYPE)                                                            \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %101, 0;\n"                                       \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                      \
-               MFA_WGMMA_D96 ","                                                                     \
-               " {%96, %97, %98, %99}, %100, p, 1, 1, %102;\n}\n"                                    \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),   \
-                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56), \
-                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80), MFA_ATT_ACC8(d, 88)  \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B) \
-               : "memory")
-#define MFA_ATT_WGMMA_RS_N256(SHAPE_TYPE)                                                                           \
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %133, 0;\n"                                                      \
-               " wgmma.mma_async.sync.aligned." SHAPE_TYPE "\n"                                                     \
-               " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                            \
-               "  %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"                  \
-               "  %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"                  \
-               "  %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"                  \
-               "  %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"                  \
-               "  %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"                  \
-               "  %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"      \
-               "  %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}," \
-               " {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"                                               \
-               : MFA_ATT_ACC8(d, 0), MFA_ATT_ACC8(d, 8), MFA_ATT_ACC8(d, 16), MFA_ATT_ACC8(d, 24),                  \
-                 MFA_ATT_ACC8(d, 32), MFA_ATT_ACC8(d, 40), MFA_ATT_ACC8(d, 48), MFA_ATT_ACC8(d, 56),                \
-                 MFA_ATT_ACC8(d, 64), MFA_ATT_ACC8(d, 72), MFA_ATT_ACC8(d, 80), MFA_ATT_ACC8(d, 88),                \
-                 MFA_ATT_ACC8(d, 96), MFA_ATT_ACC8(d, 104), MFA_ATT_ACC8(d, 112), MFA_ATT_ACC8(d, 120)              \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B)                \
-               : "memory")
-
-// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0), both operands from shared memory and K-major
-// (rows of 16 k contiguous in a 128B-swizzled layout; 9.7.15.5.1.2); IN_DTYPE 1 = f16, 2 = bf16.
-// N = 80, 128 and 176: attention's score tile S = Q K^T (N = the key block).
-template <int N, int IN_DTYPE>
-__device__ __forceinline__ void mfa_wgmma_ss_k_major(float (&d)[N / 2], unsigned long long desc_a,
-                                                     unsigned long long desc_b, int scale_d) {
-  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-  if constexpr (N == 80) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N80("m64n80k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_SS_N80("m64n80k16.f32.bf16.bf16");
-  } else if constexpr (N == 128) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_SS_N128("m64n128k16.f32.bf16.bf16");
-  } else if constexpr (N == 176) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_SS_N176("m64n176k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_SS_N176("m64n176k16.f32.bf16.bf16");
-  } else {
-    static_assert(N == 80 || N == 128 || N == 176, "score-tile shapes: m64n80k16, m64n128k16, m64n176k16");
-  }
-}
-
-// D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) with A from registers: a[0..3] hold the
-// 16-bit pairs of the k16 A fragment (9.7.15.5.1.1: thread t of warp q holds rows 16q + t/4 and
-// 16q + t/4 + 8, columns 2(t%4) + {0,1} and 8 + 2(t%4) + {0,1}, in the order a0 (row, col), a1 (row+8,
-// col), a2 (row, col+8), a3 (row+8, col+8)). B from shared memory, TRANS_B = 1: N-major.
-// N = 64 .. 256: attention's O += P V (N = the value head dimension, padded to 64).
-template <int N, int IN_DTYPE, int TRANS_B>
-__device__ __forceinline__ void mfa_wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long desc_b,
-                                             int scale_d) {
-  static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-  if constexpr (N == 64) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N64("m64n64k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_RS_N64("m64n64k16.f32.bf16.bf16");
-  } else if constexpr (N == 128) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N128("m64n128k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_RS_N128("m64n128k16.f32.bf16.bf16");
-  } else if constexpr (N == 192) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N192("m64n192k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_RS_N192("m64n192k16.f32.bf16.bf16");
-  } else if constexpr (N == 256) {
-    if constexpr (IN_DTYPE == 1) MFA_ATT_WGMMA_RS_N256("m64n256k16.f32.f16.f16");
-    else MFA_ATT_WGMMA_RS_N256("m64n256k16.f32.bf16.bf16");
-  } else {
-    static_assert(N == 64 || N == 128 || N == 192 || N == 256, "P V shapes: m64n{64,128,192,256}k16");
-  }
-}
-#undef MFA_ATT_WGMMA_SS_N80
-#undef MFA_ATT_WGMMA_SS_N128
-#undef MFA_ATT_WGMMA_SS_N176
-#undef MFA_ATT_WGMMA_RS_N64
-#undef MFA_ATT_WGMMA_RS_N128
-#undef MFA_ATT_WGMMA_RS_N192
-#undef MFA_ATT_WGMMA_RS_N256
-#undef MFA_ATT_ACC8
 
 // Pin a 32-bit register in program order: keeps a wgmma's register A operand alive (and unmodified)
 // until after the wait_group that retires the wgmma reading it.
