@@ -99,8 +99,9 @@ struct mfa_attn_args {
 // unused). Tiles follow FlashAttention-3's hopper/tile_size.h:
 //   padded dims <= 64 without soft-capping: three consumers (192 query rows) of 160 registers: the small O
 //     accumulator leaves room, and a third warpgroup gives the tensor cores more independent work per
-//     block (measured on an H200, bf16, 16k tokens: 391 TFLOPS with two consumers, 441 with three,
-//     cuDNN 473). Soft-capping's extra live values spill at 160 registers, so it keeps two;
+//     block (measured on an H200, bf16, 16k tokens, seq 16384: 391 TFLOPS with two consumers, 441 with
+//     three, cuDNN 473; again after the masking rework, 473 with two consumers and key blocks of 176
+//     against 548-553 with three). Soft-capping's extra live values spill at 160 registers, so it keeps two;
 //   otherwise two consumers (128 rows) of 240 registers, key blocks of 128, or 80 once a padded dimension
 //     passes 128: the O accumulator (d_v / 2 floats a thread) plus the score tile, its 16-bit copy P and the
 //     next block's scores then fit without spilling. Unmasked, two consumers with dims up to 128 take key
