@@ -581,8 +581,8 @@ void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *wor
   args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule, unit_rows));
   int count = static_cast<int>(mfa_gemm_flag_count(schedule, unit_rows));
   void *params[] = {&args.flags, &count};
-  DependentLaunch(1, 256, 1, 0, stream).start(pipeline.hopper_clear_flags, params,
-                                              "cuLaunchKernelEx(mfa_gemm_sm90_clear_flags)");
+  DependentLaunch(1, MFA_SM90_CLEAR_FLAGS_THREADS, 1, 0, stream)
+      .start(pipeline.hopper_clear_flags, params, "cuLaunchKernelEx(mfa_gemm_sm90_clear_flags)");
 }
 
 struct OperandMaps {

@@ -9,8 +9,8 @@
 // __expf a tanh GELU deep in its tail (x = -6.4, GELU -1.8e-12, an exponent of 28.9) came out 7.6e-5
 // off, beyond fp32's tolerance, where the fp32 evaluation of its argument alone costs 4.5e-6. It
 // divides with __fdividef (2 ulp, no IEEE slow path: an IEEE division made group norm's SiLU forward
-// 1.5x slower than none; a divisor beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU and the tanh GELU keep the fast
-// forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
+// 1.5x slower than none; a divisor beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU
+// and the tanh GELU keep the fast forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
 #pragma once
 
 #define MFA_ACT_NONE 0

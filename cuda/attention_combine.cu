@@ -75,15 +75,10 @@ __device__ __forceinline__ void combine_row(const mfa_attn_args &args, long long
   __syncthreads();
   if (group == 0 && active) {
     for (int g = 1; g < GROUPS; ++g) sum.x += shared.sums[g][pair].x, sum.y += shared.sums[g][pair].y;
-    typedef unsigned short Elem;
+    using mfa_attn_sm80::Elem;
     Elem *const out = static_cast<Elem *>(args.o) + batch * args.o_batch_stride * (args.cu_seqlens_q == nullptr) +
                       token * args.o_seq_stride + head * args.o_head_stride;
-#if MFA_ATTN_DTYPE == MFA_ATTN_F16
-    const unsigned bits = mfa_f32_to_f16(sum.x * inverse) | (static_cast<unsigned>(mfa_f32_to_f16(sum.y * inverse)) << 16);
-#else
-    const unsigned bits = mfa_f32_to_bf16(sum.x * inverse) | (static_cast<unsigned>(mfa_f32_to_bf16(sum.y * inverse)) << 16);
-#endif
-    *reinterpret_cast<unsigned *>(out + col) = bits;
+    *reinterpret_cast<unsigned *>(out + col) = mfa_attn_sm80::pack(sum.x * inverse, sum.y * inverse);
   }
   if (args.lse && threadIdx.x == 0) {
     const long long at = args.cu_seqlens_q ? head * args.lse_head_stride + token

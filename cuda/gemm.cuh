@@ -211,6 +211,7 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 #define MFA_SM90_BM 128
 #define MFA_SM90_BK 64
 #define MFA_SM90_THREADS 384
+#define MFA_SM90_CLEAR_FLAGS_THREADS 256  // the one block that zeroes Stream-K's flags (gemm_sm90.cu)
 #define MFA_SM90_BOX 64
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
 MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) { return (MFA_SM90_BM + bn) * MFA_SM90_BK * 2; }

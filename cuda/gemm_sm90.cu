@@ -470,7 +470,8 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
 // still read this workspace), and lets the GEMM after it set up meanwhile. Behind a memset a Stream-K
 // launch lost that overlap: 2304^3 took 44.5 us a call in a command list against 40.0 for data-parallel,
 // with the kernels alone equally fast (H200).
-extern "C" __global__ void __launch_bounds__(256) mfa_gemm_sm90_clear_flags(int *flags, int count) {
+extern "C" __global__ void __launch_bounds__(MFA_SM90_CLEAR_FLAGS_THREADS)
+mfa_gemm_sm90_clear_flags(int *flags, int count) {
   mfa_grid_dependency_wait();
   mfa_grid_launch_dependents();
   for (int i = threadIdx.x; i < count; i += blockDim.x) flags[i] = 0;

@@ -18,8 +18,8 @@
 // Statistics: per thread, then Chan's merge across lanes, threads, tiles (the one-pass path: blocks of a
 // cluster) and channels, always in the same order; the 16-bit one pass adds its shifted sums instead.
 // Per thread, 16-bit inputs take shifted sums of x' - p (sum and sum of squares), fp32 inputs Welford
-// (split path) or two passes over shared memory (one pass), for their tighter tolerance. Never E[x^2] - E[x]^2 about zero: inputs with a large mean
-// keep their variance.
+// (split path) or two passes over shared memory (one pass), for their tighter tolerance. Never E[x^2] -
+// E[x]^2 about zero: inputs with a large mean keep their variance.
 // Pivot: the statistics are those of x' - p, p the median of x' at the group's first, middle and last
 // elements (an exact value of the element type that no single outlier can be). For x' near p (the case
 // that matters: a mean large against the spread), x' - p is exact (Sterbenz), so the large part cancels

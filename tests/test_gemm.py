@@ -309,9 +309,8 @@ def _threads_per_block(kernel):
     header = REPO / "cuda" / "gemm.cuh"
     if not header.exists():
         return None
-    if kernel == "mfa_gemm_sm90_clear_flags":
-        return 256  # its __launch_bounds__
-    macro = "MFA_SM90_THREADS" if "sm90" in kernel else "MFA_SM80_THREADS"
+    macro = ("MFA_SM90_CLEAR_FLAGS_THREADS" if kernel == "mfa_gemm_sm90_clear_flags" else
+             "MFA_SM90_THREADS" if "sm90" in kernel else "MFA_SM80_THREADS")
     match = re.search(rf"#define {macro} (\d+)", header.read_text())
     return int(match.group(1)) if match else None
 
