@@ -4,8 +4,10 @@
 // tensors and launches either the one-pass kernel (sm_90+, a group fits a cluster's shared memory):
 //
 //   onepass      one cluster of 1..8 blocks per (n, group): inputs read once, y or dx written; an
-//                entry per unit of 1, 2, 4 or 8 elements (the widest the tensors' alignment allows)
-//   param_grads  backward with dweight/dbias: a fixed-order sum of the blocks' per-channel partials
+//                entry per unit of 1, 2, 4 or 8 elements (the widest the tensors' alignment allows).
+//                Backward, where n clusters' blocks fit one cluster: one cluster per group, holding it
+//                in every sample, which also sums dweight/dbias
+//   param_grads  otherwise, backward with dweight/dbias: a fixed-order sum of the blocks' per-channel partials
 //
 // or three kernels (groups too large for a cluster, and GPUs without clusters):
 //
@@ -210,10 +212,30 @@ int64_t slice_bytes(const mfa_group_norm_descriptor &d, int64_t slice_units, int
   return round_up(slice_units * unit * element_bytes(d.dtype), 16);
 }
 
-// A block's dynamic shared memory: its slice of every stream, then the group's weight and bias as fp32.
+// The backward sums each channel as it goes (mfa_gn_run_sums) where runs of 32 units, a warp's step,
+// never straddle two channels: NCHW with channels of whole runs, and slices of whole runs (below).
+bool column_runs(const mfa_group_norm_descriptor &d, int unit) {
+  return d.pass == MFA_PASS_BACKWARD && d.layout == MFA_LAYOUT_NCHW && d.spatial % (32 * unit) == 0;
+}
+
+// Units per block of a cluster of `cluster` blocks.
+int64_t onepass_slice_units(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
+  const int64_t units = ceil_div(d.c / d.groups * d.spatial / unit, cluster);
+  return column_runs(d, unit) ? round_up(units, 32) : units;
+}
+
+// mfa_gn_run_sums' float2 slots: one a warp for each channel a slice can touch (0: not column_runs).
+int64_t column_slots(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
+  if (!column_runs(d, unit)) return 0;
+  return (ceil_div(onepass_slice_units(d, cluster, unit), d.spatial / unit) + 1) * MFA_GN_WARPS;
+}
+
+// A block's dynamic shared memory (group_norm.cuh's mfa_gn_args): its slice of every stream, the group's
+// weight and bias as fp32, then, backward, the column slots and a float2 a channel of the group.
 int64_t onepass_smem_bytes(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
-  const int64_t group_units = d.c / d.groups * d.spatial / unit;
-  return staged_streams(d) * slice_bytes(d, ceil_div(group_units, cluster), unit) + 2 * 4 * (d.c / d.groups);
+  const int64_t cpg = d.c / d.groups;
+  const int64_t float2s = d.pass == MFA_PASS_BACKWARD ? column_slots(d, cluster, unit) + cpg : 0;
+  return staged_streams(d) * slice_bytes(d, onepass_slice_units(d, cluster, unit), unit) + 2 * 4 * cpg + 8 * float2s;
 }
 
 // The most any unit width can need (narrower units pad less, but the width is chosen at encode).
@@ -275,6 +297,25 @@ int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced
          group_bytes / (cluster + 1) >= kMinSliceBytes)
     ++cluster;
   return static_cast<int>(std::min<int64_t>(cluster, MFA_GN_CLUSTER_MAX));
+}
+
+// Samples a backward cluster holds its group in: every sample where n times `cluster` blocks fit one
+// cluster, so that dweight and dbias sum within it (mfa_gn_cluster_param_grads) instead of in a second
+// launch (measured, H200: 0.7-1.4 us a call on the diffusion shapes), else 1. Choosing (not forced), `cluster`
+// shrinks to fit if the grid then still fits the GPU at once (about a quarter of its block slots spare
+// for the clusters' placement within GPCs).
+int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool forced, int &cluster) {
+  if (d.pass != MFA_PASS_BACKWARD || cluster == 0 || d.n > MFA_GN_CLUSTER_MAX) return 1;
+  const int samples = static_cast<int>(d.n);
+  if (samples * cluster <= MFA_GN_CLUSTER_MAX) return samples;
+  const int fewer = MFA_GN_CLUSTER_MAX / samples;
+  if (forced || onepass_smem_bound(d, fewer) > MFA_GN_SLICE_MAX_BYTES) return 1;
+  constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
+  const int64_t threads = onepass_threads(ceil_div(d.c / d.groups * d.spatial / vector_elements(d.dtype), fewer));
+  const int64_t per_sm = std::min(kSmemPerSm / (onepass_smem_bound(d, fewer) + kReservedPerBlock), 2048 / threads);
+  if (4 * d.n * d.groups * fewer > 3 * per_sm * sm_count) return 1;
+  cluster = fewer;
+  return samples;
 }
 
 // MFA_GN_CLUSTER forces the one-pass plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
@@ -449,6 +490,7 @@ struct mfa_group_norm_pipeline {
   mfa_pipeline_info info;
   mfa::Plan plan;
   int onepass_cluster = 0;  // blocks per (n, group) of the one-pass kernel; 0: the three-launch path
+  int cluster_samples = 1;  // samples a one-pass cluster holds its group in (cluster_samples)
   mfa::CUfunction functions[mfa::kEntryCount] = {};
 };
 
@@ -491,13 +533,17 @@ void allow_onepass_smem(const mfa_group_norm_pipeline &pipeline) {
                "cuFuncSetAttribute(mfa_gn_onepass, MAX_DYNAMIC_SHARED_SIZE_BYTES)");
 }
 
-// A cluster of `cluster` blocks per (n, group), then (backward, with dweight) the per-channel sums.
+// Clusters of `cluster` blocks per (n, group) and cluster_samples samples, then (backward, with dweight,
+// where a cluster does not hold every sample) the per-channel sums.
 void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOperands &ops, void *stream,
                     mfa_gn_args &args) {
   const mfa_group_norm_descriptor &d = pipeline.descriptor;
   const int cluster = pipeline.onepass_cluster;
   const int unit = unit_elements(d, element_alignment(ops));
-  args.slice_units = ceil_div(args.cpg * d.spatial / unit, cluster);
+  args.slice_units = onepass_slice_units(d, cluster, unit);
+  // summing by channel as it goes costs the backward without dweight (measured, H200: up to 1.3 us)
+  args.column_slots = ops.dweight ? static_cast<int>(column_slots(d, cluster, unit)) : 0;
+  args.cluster_samples = pipeline.cluster_samples;
   args.row_units = (d.layout == MFA_LAYOUT_NCHW ? d.spatial : args.cpg) / unit;
   args.div_row_units = divisor_of(args.row_units);
   args.slice_bytes = slice_bytes(d, args.slice_units, unit);
@@ -508,10 +554,11 @@ void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOper
   // few us, 4.6 -> 4.0 us a call for 2x320x16x16 (graph of 64).
   void *params[] = {&args};
   DependentLaunch(static_cast<unsigned>(d.n * d.groups * cluster),
-                  static_cast<unsigned>(onepass_threads(args.slice_units)), static_cast<unsigned>(cluster),
+                  static_cast<unsigned>(onepass_threads(args.slice_units)),
+                  static_cast<unsigned>(cluster * pipeline.cluster_samples),
                   static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit)), stream)
       .start(pipeline.functions[onepass_entry(unit)], params, "cuLaunchKernelEx(mfa_gn_onepass)");
-  if (d.pass != MFA_PASS_BACKWARD || !ops.dweight) return;
+  if (d.pass != MFA_PASS_BACKWARD || !ops.dweight || pipeline.cluster_samples == d.n) return;
   DependentLaunch(static_cast<unsigned>(ceil_div(d.c, MFA_GN_THREADS)), MFA_GN_THREADS, 1, 0, stream)
       .start(pipeline.functions[kParamGrads], params, "cuLaunchKernelEx(mfa_gn_param_grads)");
 }
@@ -616,8 +663,11 @@ MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mf
     pipeline->context = context->impl;
     pipeline->descriptor = checked;
     const int sm_count = pipeline->context->info().sm_count;
-    if (pipeline->context->compute_capability() >= 90)  // thread-block clusters
-      pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, mfa::forced_cluster_from_environment());
+    if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
+      const int forced = mfa::forced_cluster_from_environment();
+      pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, forced);
+      pipeline->cluster_samples = mfa::cluster_samples(checked, sm_count, forced > 0, pipeline->onepass_cluster);
+    }
     pipeline->plan = mfa::plan_for(checked, sm_count, pipeline->onepass_cluster);
     const mfa::GroupNormVariant variant = mfa::variant_for(checked);
     const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, pipeline->context->arch()));
@@ -685,11 +735,11 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
     mfa::require_arg(out_cluster, "out_cluster");
     mfa::require_arg(out_threads, "out_threads");
     mfa::require_arg(out_vector_elements, "out_vector_elements");
-    const int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster);
+    int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster);
+    mfa::cluster_samples(checked, sm_count, forced_cluster > 0, cluster);
     const int unit = mfa::unit_elements(checked, vectorized ? 16 : mfa::element_bytes(checked.dtype));
     *out_cluster = cluster;
-    *out_threads = cluster ? mfa::onepass_threads(mfa::ceil_div(checked.c / checked.groups * checked.spatial / unit,
-                                                                cluster)) : 0;
+    *out_threads = cluster ? mfa::onepass_threads(mfa::onepass_slice_units(checked, cluster, unit)) : 0;
     *out_vector_elements = unit;
   });
 }

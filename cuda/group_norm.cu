@@ -525,14 +525,23 @@ __device__ __forceinline__ void mfa_gn_finalize_pass(const mfa_gn_args &args) {
 // path's cluster ranks there), in a fixed order.
 __device__ __forceinline__ void mfa_gn_param_grads_pass(const mfa_gn_args &args) {
   if (args.dweight == nullptr) return;
+  constexpr int BATCH = 16;  // loads in flight a thread (one at a time: the 8x512x128x128 NHWC backward +15%)
+  const long long parts = args.n * args.tiles;
   for (long long c = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; c < args.c;
        c += static_cast<long long>(gridDim.x) * blockDim.x) {
     mfa_gn_acc acc = mfa_gn_zero();
-    for (long long n = 0; n < args.n; ++n)
-      for (long long tile = 0; tile < args.tiles; ++tile) {
-        const float *partial = mfa_gn_partial(args, n, c, tile);
-        acc = mfa_gn_merge(acc, {partial[0], partial[1]});
+    long long n = 0, tile = 0;  // of part k0 + i
+    for (long long k0 = 0; k0 < parts; k0 += BATCH) {
+      float2 held[BATCH];
+#pragma unroll
+      for (int i = 0; i < BATCH; ++i) {
+        if (k0 + i < parts) held[i] = *reinterpret_cast<const float2 *>(mfa_gn_partial(args, n, c, tile));
+        if (++tile == args.tiles) tile = 0, ++n;
       }
+#pragma unroll
+      for (int i = 0; i < BATCH; ++i)
+        if (k0 + i < parts) acc = mfa_gn_merge(acc, {held[i].x, held[i].y});
+    }
     mfa_gn_param_store(args.dweight, args.weight_dtype, c, acc.a);
     mfa_gn_param_store(args.dbias, args.weight_dtype, c, acc.b);
   }
@@ -741,7 +750,8 @@ struct mfa_gn_slice {
   long long base;   // element index of the group's first element
   unsigned first;   // the slice's first unit within the group (a group holds < 2^31 elements)
   int units;        // units in the slice
-  unsigned rank, blocks;
+  unsigned rank, blocks;               // within (n, group)
+  unsigned first_rank, cluster_blocks;  // the cluster rank of (n, group)'s first block; the cluster's blocks
 };
 
 template <int U>
@@ -868,12 +878,12 @@ __device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, cons
 #endif
 }
 
-// The merge of every thread's accumulator over the whole cluster (fp32 forward: moments; 16-bit forward
-// and backward: sums): the warps' fixed shuffle trees, the warps in order, then the blocks in rank order,
-// read by every block through distributed shared memory, so that every thread of every block returns
-// the same bits.
+// The merge of every thread's accumulator over the blocks of (n, group) (fp32 forward: moments; 16-bit
+// forward and backward: sums): the warps' fixed shuffle trees, the warps in order, then the blocks in rank
+// order, read by every block through distributed shared memory, so that every thread of every block
+// returns the same bits. Its cluster barrier also publishes the blocks' earlier shared-memory stores.
 template <class Acc>
-__device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, unsigned blocks) {
+__device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice &s) {
   constexpr int FIELDS = sizeof(Acc) / sizeof(float);
   __shared__ Acc warp_acc[MFA_GN_WARPS];
   __shared__ Acc block_acc, cluster_acc;
@@ -886,16 +896,17 @@ __device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, unsigned blocks) {
     for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) total = mfa_gn_merge(total, warp_acc[w]);
     block_acc = cluster_acc = total;
   }
-  if (blocks == 1) {  // no cluster barrier (its release is a GPU-wide memory barrier) for a lone block
+  if (s.cluster_blocks == 1) {  // no cluster barrier (its release is a GPU-wide memory barrier) for one block
     __syncthreads();
     return cluster_acc;
   }
   mfa_cluster_arrive();  // releases block_acc to the cluster
   mfa_cluster_wait();
+  const unsigned blocks = s.blocks;
   if (warp == 0) {
     Acc mine = {};
     if (lane < static_cast<int>(blocks)) {  // lane k reads block k: the remote latencies overlap
-      const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc), lane);
+      const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc), s.first_rank + lane);
       float *fields = reinterpret_cast<float *>(&mine);
 #pragma unroll
       for (int i = 0; i < FIELDS; ++i) fields[i] = mfa_cluster_load_f32(remote + 4 * i);
@@ -948,7 +959,7 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(const mfa_gn_args &ar
                                                            const mfa_gn_elem *xs, const mfa_gn_sums &sums,
                                                            float pivot) {
   if constexpr (kSixteenBit) {
-    const mfa_gn_pair total = mfa_gn_cluster_merge(mfa_gn_pair{sums.sum, sums.squares}, s.blocks);
+    const mfa_gn_pair total = mfa_gn_cluster_merge(mfa_gn_pair{sums.sum, sums.squares}, s);
     const float count = static_cast<float>(args.cpg * args.spatial);
     const float mean = total.a / count;
     return {count, mean, fmaxf(total.b - total.a * mean, 0.0f)};
@@ -962,7 +973,7 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(const mfa_gn_args &ar
 #pragma unroll
       for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
     }
-    return mfa_gn_cluster_merge(acc, s.blocks);
+    return mfa_gn_cluster_merge(acc, s);
   }
 }
 
@@ -1030,17 +1041,45 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 
 #else  // backward
 // dx = rstd * w * dy^ - k1 - xhat * k2 with k1 = rstd * sum(w dy^) / M, k2 = rstd * sum(w dy^ xhat) / M
-// (M = cpg * spatial) and dy^ = dy * act'(xhat * w + b); partials[n][c][rank] = (sum dy^ xhat, sum dy^)
-// over the slice for dweight and dbias (mfa_gn_param_grads). dy^ is computed once, rounded to the
-// element type (as an unfused autograd's activation backward would store it) and kept in place of dy:
-// the activation's derivative three times over made SiLU's backward 2-4x slower than none.
+// (M = cpg * spatial) and dy^ = dy * act'(xhat * w + b). dweight and dbias sum (dy^ xhat, dy^) per channel
+// over every sample: each block sums its slice's, then, where the cluster holds the group in every sample
+// (args.cluster_samples == n), the cluster adds them up through distributed shared memory
+// (mfa_gn_cluster_param_grads); otherwise they go to partials[n][c][rank] for mfa_gn_param_grads, a second
+// launch. dy^ is computed once, rounded to the element type (as an unfused autograd's activation backward
+// would store it) and kept in place of dy: the activation's derivative three times over made SiLU's
+// backward 2-4x slower than none.
 
-// The slice's (sum dy^ xhat, sum dy^) of group channel j, for mfa_gn_param_grads.
+// The slice's (sum dy^ xhat, sum dy^) of group channel j: into `channels` (shared memory, read by the
+// cluster) or, where that is null, the partials of mfa_gn_param_grads.
 __device__ __forceinline__ void mfa_gn_store_channel_partial(const mfa_gn_args &args, const mfa_gn_slice &s,
-                                                             long long j, float a, float b) {
+                                                             float2 *channels, long long j, float a, float b) {
+  if (channels) {
+    channels[j] = make_float2(a, b);
+    return;
+  }
   float *partial = args.partials + ((s.n * args.c + s.group * args.cpg + j) * args.tiles + s.rank) * 2;
   partial[0] = a;
   partial[1] = b;
+}
+
+// dweight and dbias of the group's channels where the cluster holds the group in every sample: the sum
+// of every block's `channels` in cluster rank order, block r writing channels r, r + blocks, ... (the
+// cluster merge's barrier published them; the exit barrier keeps them alive while read).
+__device__ __forceinline__ void mfa_gn_cluster_param_grads(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                           const float2 *channels) {
+  const unsigned blocks = s.cluster_blocks, rank = s.first_rank + s.rank;
+  for (long long j = rank + static_cast<long long>(threadIdx.x) * blocks; j < args.cpg;
+       j += static_cast<long long>(blockDim.x) * blocks) {
+    const unsigned local = mfa_smem_addr(channels + j);
+    float a = 0.0f, b = 0.0f;
+    for (unsigned r = 0; r < blocks; ++r) {
+      const unsigned remote = mfa_cluster_map(local, r);
+      a += mfa_cluster_load_f32(remote);
+      b += mfa_cluster_load_f32(remote + 4);
+    }
+    mfa_gn_param_store(args.dweight, args.weight_dtype, s.group * args.cpg + j, a);
+    mfa_gn_param_store(args.dbias, args.weight_dtype, s.group * args.cpg + j, b);
+  }
 }
 
 // A warp per column of the group: (sum dy^ xhat, sum dy^) over the slice's elements of each channel, 0
@@ -1051,7 +1090,7 @@ __device__ __forceinline__ void mfa_gn_store_channel_partial(const mfa_gn_args &
 template <int U>
 __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                         const mfa_gn_elem *xs, const mfa_gn_elem *dy_hats,
-                                                        float mean, float rstd) {
+                                                        float mean, float rstd, float2 *channels) {
   constexpr int CHANNELS = MFA_GN_LAYOUT == MFA_GN_NHWC ? U : 1;  // per column
   const int lane = threadIdx.x & 31;
   // 32-bit: a group on this path holds < 2^31 units
@@ -1062,7 +1101,8 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
   touched_begin = s.units > 0 ? first / row_units : columns;
   touched_end = s.units > 0 ? (first + s.units - 1) / row_units + 1 : columns;
   for (int column = threadIdx.x; column < columns; column += blockDim.x)
-    if (column < touched_begin || column >= touched_end) mfa_gn_store_channel_partial(args, s, column, 0.0f, 0.0f);
+    if (column < touched_begin || column >= touched_end)
+      mfa_gn_store_channel_partial(args, s, channels, column, 0.0f, 0.0f);
 #endif
   for (int column = touched_begin + (threadIdx.x >> 5); column < touched_end; column += blockDim.x >> 5) {
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
@@ -1089,9 +1129,89 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
         a[i] += __shfl_down_sync(0xffffffffu, a[i], offset);
         b[i] += __shfl_down_sync(0xffffffffu, b[i], offset);
       }
-      if (lane == 0) mfa_gn_store_channel_partial(args, s, static_cast<long long>(column) * CHANNELS + i, a[i], b[i]);
+      if (lane == 0)
+        mfa_gn_store_channel_partial(args, s, channels, static_cast<long long>(column) * CHANNELS + i, a[i], b[i]);
     }
   }
+}
+
+// dy^ of unit u's elements in place of dy (rounded to the element type, stored back when there is an
+// activation), from their xhat, weight and bias.
+template <int U>
+__device__ __forceinline__ void mfa_gn_dy_hat(mfa_gn_elem *dys, int u, const float (&xhat)[U], float (&dy)[U],
+                                              const float *weight, const float *bias, int channel) {
+  if constexpr (MFA_GN_ACTIVATION != MFA_ACT_NONE) {
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      const int j = mfa_gn_element_channel(channel, k);
+      dy[k] = mfa_gn_round(dy[k] * mfa_gn_activate_grad(fmaf(xhat[k], weight[j], bias[j])));
+    }
+    mfa_gn_unit_store<U>(dys + u * U, mfa_gn_unit_of<U>(dy));
+  }
+}
+
+// Phase 1 where every run of 32 units (one warp-wide step of the elementwise loops) lies in one channel
+// (args.column_slots: NCHW, channels and slices whole runs): a warp's runs visit the slice's channels in
+// order, summing (dy^ xhat, dy^) per channel and flushing each channel's sums to slots[column][warp]
+// when it moves on. The channels' sums are the partials of dweight and dbias, and weighted they give the
+// group's sums: the backward needs no second pass over the slice for its parameter gradients (measured,
+// H200: without it, fp16 16x256x128x128 took 146 us instead of 191). Returns the block's
+// (sum w dy^ xhat, sum w dy^), spread over the lanes of warp 0.
+template <int U>
+__device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                      const mfa_gn_elem *xs, mfa_gn_elem *dys, const float *weight,
+                                                      const float *bias, float mean, float rstd, float2 *slots,
+                                                      float2 *channels) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int first_column = static_cast<int>(mfa_gn_div32(s.first, args.div_row_units));
+  const int touched =
+      s.units > 0 ? static_cast<int>(mfa_gn_div32(s.first + s.units - 1, args.div_row_units)) - first_column + 1 : 0;
+  for (int j = lane; j < touched; j += 32) slots[j * warps + warp] = make_float2(0.0f, 0.0f);  // columns it skips
+  __syncwarp();
+  int column = -1;
+  float a = 0.0f, b = 0.0f;
+  const auto flush = [&] {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      a += __shfl_down_sync(0xffffffffu, a, offset);
+      b += __shfl_down_sync(0xffffffffu, b, offset);
+    }
+    if (lane == 0) slots[(column - first_column) * warps + warp] = make_float2(a, b);
+  };
+  for (int run = warp; run * 32 < s.units; run += warps) {
+    const int run_column = static_cast<int>(mfa_gn_div32(s.first + run * 32, args.div_row_units));
+    if (run_column != column) {
+      if (column >= 0) flush();
+      column = run_column, a = 0.0f, b = 0.0f;
+    }
+    const int u = run * 32 + lane;
+    float x[U], dy[U];
+    mfa_gn_unit_floats<U>(xs, u, x);
+    mfa_gn_unit_floats<U>(dys, u, dy);
+#pragma unroll
+    for (int k = 0; k < U; ++k) x[k] = (x[k] - mean) * rstd;
+    mfa_gn_dy_hat<U>(dys, u, x, dy, weight, bias, column);
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      a = fmaf(dy[k], x[k], a);
+      b += dy[k];
+    }
+  }
+  if (column >= 0) flush();
+  __syncthreads();
+  mfa_gn_acc sums = mfa_gn_zero();
+  if (args.dweight)
+    for (int j = threadIdx.x; j < args.cpg; j += blockDim.x)
+      if (j < first_column || j >= first_column + touched)
+        mfa_gn_store_channel_partial(args, s, channels, j, 0.0f, 0.0f);
+  if (warp != 0) return sums;
+  for (int j = lane; j < touched; j += 32) {
+    float2 total = slots[j * warps];
+    for (int w = 1; w < warps; ++w) total.x += slots[j * warps + w].x, total.y += slots[j * warps + w].y;
+    if (args.dweight) mfa_gn_store_channel_partial(args, s, channels, first_column + j, total.x, total.y);
+    sums.a = fmaf(weight[first_column + j], total.x, sums.a);
+    sums.b = fmaf(weight[first_column + j], total.y, sums.b);
+  }
+  return sums;
 }
 
 template <int U>
@@ -1100,29 +1220,40 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   mfa_gn_elem *xs = buffer.first, *dys = buffer.second;  // dy, then dy^
   const float *weight = table, *bias = table + args.cpg;
   const float mean = scalars[0], rstd = scalars[1];
+  // after the table: mfa_gn_run_sums' slots, then (the cluster holds every sample) the block's channel sums
+  float2 *const slots = reinterpret_cast<float2 *>(table + 2 * args.cpg);
+  float2 *const channels = args.cluster_samples == args.n ? slots + args.column_slots : nullptr;
 
+  // 1. the group's sums, and the slice's per channel for dweight and dbias
   mfa_gn_acc sums = mfa_gn_zero();  // (sum w dy^ xhat, sum w dy^)
-  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-    float x[U], dy[U];
-    mfa_gn_unit_floats<U>(xs, u, x);
-    mfa_gn_unit_floats<U>(dys, u, dy);
-    const int channel = mfa_gn_unit_channel<U>(args, s, u);
+  if (args.column_slots) {
+    sums = mfa_gn_run_sums<U>(args, s, xs, dys, weight, bias, mean, rstd, slots, channels);
+  } else {
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+      float xhat[U], dy[U];
+      mfa_gn_unit_floats<U>(xs, u, xhat);
+      mfa_gn_unit_floats<U>(dys, u, dy);
 #pragma unroll
-    for (int k = 0; k < U; ++k) {
-      const int j = mfa_gn_element_channel(channel, k);
-      const float xhat = (x[k] - mean) * rstd;
-      if constexpr (MFA_GN_ACTIVATION != MFA_ACT_NONE)
-        dy[k] = mfa_gn_round(dy[k] * mfa_gn_activate_grad(fmaf(xhat, weight[j], bias[j])));
-      const float g = weight[j] * dy[k];
-      sums.a = fmaf(g, xhat, sums.a);
-      sums.b += g;
+      for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
+      const int channel = mfa_gn_unit_channel<U>(args, s, u);
+      mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const float g = weight[mfa_gn_element_channel(channel, k)] * dy[k];
+        sums.a = fmaf(g, xhat[k], sums.a);
+        sums.b += g;
+      }
     }
-    if constexpr (MFA_GN_ACTIVATION != MFA_ACT_NONE) mfa_gn_unit_store<U>(dys + u * U, mfa_gn_unit_of<U>(dy));
+    if (channels && args.dweight) {  // the merge's barrier publishes them to the cluster
+      __syncthreads();                // every dy^ stored
+      mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, channels);
+    }
   }
-  sums = mfa_gn_cluster_merge(sums, s.blocks);
+  sums = mfa_gn_cluster_merge(sums, s);
   const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
   const float k1 = rstd * sums.b * inverse_count, k2 = rstd * sums.a * inverse_count;
 
+  // 2. dx
   mfa_gn_elem *dx = mfa_gn_group_of(args.y, s);
   for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
     float x[U], dy_hat[U];
@@ -1137,7 +1268,12 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
     }
     mfa_gn_unit_store<U>(dx + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(x));
   }
-  if (args.dweight) mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd);
+  if (!args.dweight) return;
+
+  // 3. dweight and dbias: summed over the cluster, or the slice's channel sums for mfa_gn_param_grads,
+  // after dx's stores are issued (their drain overlaps this pass; before the merge it cost up to 8%)
+  if (channels) mfa_gn_cluster_param_grads(args, s, channels);
+  else if (!args.column_slots) mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, nullptr);
 }
 #endif
 
@@ -1153,8 +1289,18 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   mfa_grid_dependency_wait();
   mfa_grid_launch_dependents();
   __shared__ float scalars[3];
-  const unsigned blocks = mfa_cluster_blocks();
-  const mfa_gn_slice s = mfa_gn_slice_of<U>(args, blockIdx.x / blocks, mfa_cluster_rank(), blocks);
+  // A cluster per (n, group), or (cluster_samples > 1, backward) per group, holding it in cluster_samples
+  // samples, blocks / cluster_samples blocks each.
+  const unsigned cluster_blocks = mfa_cluster_blocks(), cluster_rank = mfa_cluster_rank();
+  unsigned blocks = cluster_blocks, sample = 0;
+  long long item = blockIdx.x / cluster_blocks;
+  if (MFA_GN_PASS == MFA_GN_BACKWARD && args.cluster_samples > 1) {  // the forward's stay 1: no divisions
+    blocks = cluster_blocks / args.cluster_samples, sample = cluster_rank / blocks;
+    item += sample * args.groups;
+  }
+  mfa_gn_slice s = mfa_gn_slice_of<U>(args, item, cluster_rank - sample * blocks, blocks);
+  s.first_rank = sample * blocks;
+  s.cluster_blocks = cluster_blocks;
   const mfa_gn_buffer buffer = mfa_gn_buffer_of(args);
   float *table = reinterpret_cast<float *>(mfa_gn_shared + args.streams * args.slice_bytes);
   const mfa_gn_table_entry entry = mfa_gn_table_load(args, s);
@@ -1163,7 +1309,7 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   mfa_cp_async_wait<0>();
   __syncthreads();
   mfa_gn_item<U>(args, s, buffer, table, scalars);
-  mfa_gn_cluster_exit(blocks);
+  mfa_gn_cluster_exit(cluster_blocks);
 }
 #endif
 
@@ -1212,6 +1358,7 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_param_grads(
 #if MFA_GN_PASS == MFA_GN_BACKWARD
 #ifdef MFA_GN_HAS_ONEPASS
   mfa_grid_dependency_wait();
+  mfa_grid_launch_dependents();  // the next pass's blocks may wait on the SMs meanwhile
 #endif
   mfa_gn_param_grads_pass(args);
 #endif

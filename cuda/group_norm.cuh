@@ -4,7 +4,8 @@
 // A pass is one launch where a group fits on chip (the one-pass path, sm_90+): a thread-block cluster
 // per (n, group) copies the group into its blocks' shared memory, merges its sums through distributed
 // shared memory and writes y (forward) or dx (backward), reading every input from HBM once; the
-// backward's dweight/dbias then take one small launch over per-block partials. Otherwise (groups too
+// backward's dweight/dbias then take one small launch over per-block partials, unless a cluster holds
+// the group in every sample (cluster_samples == n) and sums them itself. Otherwise (groups too
 // large for a cluster, or no clusters: before sm_90) a pass is three launches over per-(sample, channel,
 // spatial tile) partials in a workspace:
 //   reduce    partials[n][c][tile] = (mean, M2) of x' (forward) or (sum dy^ * xhat, sum dy^) (backward)
@@ -79,6 +80,11 @@ struct mfa_gn_args {
   long long row_units;                   // units per channel (NCHW: spatial / U) or per position (NHWC: cpg / U)
   long long slice_bytes;                 // shared bytes of one stream's slice (a multiple of 16)
   int streams;                           // staged input streams: 1 (x) or 2 (x and residual or dy)
+  // one pass, backward: shared memory holds, after the table, `column_slots` float2 (MFA_GN_WARPS per
+  // channel a slice touches; 0 unless every run of 32 units lies in one channel: NCHW, row_units and
+  // slice_units multiples of 32), then, where cluster_samples == n, cpg float2 (the block's channel sums)
+  int column_slots;
+  int cluster_samples;                   // one pass: samples a cluster holds its group in (1, or backward n)
   mfa_gn_divisor div_c, div_spatial, div_groups, div_cpg, div_tiles, div_row_units;
   int weight_dtype;                      // MFA_GN_F16/BF16/F32, 0 for none
   float eps;

@@ -278,15 +278,22 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
 
 
 def test_plan_fills_the_device_on_the_diffusion_shapes():
-    """Every diffusion shape runs in one pass, with about two blocks an SM where slices stay >= 4 KB."""
+    """Every diffusion shape runs in one pass, with about two blocks an SM where slices stay >= 4 KB; the
+    backward's clusters hold their group in both samples (dweight summed within the cluster) where the
+    grid still fits the GPU at once: all but the 64x64 shapes of 640 and 1280 channels (320 KB and 640 KB
+    groups of dy and x)."""
     for pass_ in ("forward", "backward"):
         for layout in LAYOUTS:
-            for n, c, h, w in SD_SHAPES:
+            for n, c, h, w in SD_SHAPES + [(2, 640, 64, 64), (2, 1280, 64, 64)]:
                 plan = group_norm_plan(n, c, h * w, 32, layout=layout, pass_=pass_)
                 group_bytes = c // 32 * h * w * 2 * (1 if pass_ == "forward" else 2)
                 run = h * w if layout == "nchw" else c // 32
                 widest = max(u for u in (1, 2, 4, 8) if run % u == 0)  # NHWC C = 320: 10-channel rows, 2
                 assert plan["cluster"] > 0 and plan["vector_elements"] == widest, (n, c, h, w, layout, plan)
+                if pass_ == "backward":
+                    assert (n * plan["cluster"] <= CLUSTER_MAX) == (h < 64 or c == 320), (n, c, h, w, plan)
+                if pass_ == "backward" and n * plan["cluster"] <= CLUSTER_MAX:
+                    continue
                 assert n * 32 * plan["cluster"] >= 2 * 132 or group_bytes // (plan["cluster"] + 1) < 4096, plan
 
 
@@ -577,9 +584,11 @@ def _fits(plan, shape, groups, dtype, layout, pass_="forward"):
 
 
 # Shapes: every unit width of the one-pass kernel (NHWC channels per group 8/16 vs 3/10; NCHW spatial a
-# multiple of 8 or not), a group smaller than one block, groups = 1 and = C, spatial 1.
+# multiple of 8 or not), a group smaller than one block, groups = 1 and = C, spatial 1; NCHW channels of
+# one and of several runs of 32 units, which the backward sums channel by channel (column_runs), with
+# slices that end inside a channel.
 PLAN_CASES = [((2, 64, 16, 16), 8), ((2, 40, 9, 7), 4), ((2, 320, 8, 8), 32), ((3, 6, 1, 1), 2),
-              ((1, 48, 12, 12), 1), ((2, 24, 5, 5), 24), ((4, 128, 1, 1), 16)]
+              ((1, 48, 12, 12), 1), ((2, 24, 5, 5), 24), ((4, 128, 1, 1), 16), ((2, 32, 32, 32), 4)]
 
 
 @pytest.mark.parametrize("shape, groups", PLAN_CASES)
@@ -766,6 +775,22 @@ def test_benchmark_shapes(ctx, torch_cuda, rng, shape, layout):
     """The benchmark's shapes on their default (one-pass) plan, fp16 with SiLU, against float64."""
     torch = torch_cuda
     _check_forward(torch, rng, shape, 32, "float16", layout, "silu")
+
+
+@pytest.mark.parametrize("shape", SD_SHAPES[:1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_benchmark_shapes_backward(ctx, torch_cuda, rng, shape, layout):
+    """The backward on a diffusion shape's default plan (NCHW: channels of 16 runs, summed as they go),
+    fp16 with SiLU, against float64."""
+    torch = torch_cuda
+    x = _torch_input(torch, rng, shape, "float16", layout)
+    dy = _torch_input(torch, rng, shape, "float16", layout)
+    weight, bias = _affine(torch, rng, shape[1], "float16")
+    _, mean, rstd = mfa_c.group_norm(x, 32, weight, bias, activation="silu", return_stats=True)
+    grads = mfa_c.group_norm_backward(dy, x, weight, bias, mean, rstd, 32, activation="silu")
+    refs = _torch_backward_reference(torch, x, weight, bias, dy, 32, "silu")
+    for ours, ref, what in zip(grads, refs, ("dx", "dweight", "dbias")):
+        assert rel_error(ours, ref) <= TOLERANCES["float16"], what
 
 
 def test_bad_forced_plan_names_the_variable(ctx, monkeypatch):
