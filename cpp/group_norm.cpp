@@ -309,10 +309,11 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   const int samples = static_cast<int>(d.n);
   if (samples * cluster <= MFA_GN_CLUSTER_MAX) return samples;
   const int fewer = MFA_GN_CLUSTER_MAX / samples;
-  if (forced || onepass_smem_bound(d, fewer) > MFA_GN_SLICE_MAX_BYTES) return 1;
+  const int64_t smem = onepass_smem_bound(d, fewer);
+  if (forced || smem > MFA_GN_SLICE_MAX_BYTES) return 1;
   constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
-  const int64_t threads = onepass_threads(ceil_div(d.c / d.groups * d.spatial / vector_elements(d.dtype), fewer));
-  const int64_t per_sm = std::min(kSmemPerSm / (onepass_smem_bound(d, fewer) + kReservedPerBlock), 2048 / threads);
+  const int64_t threads = onepass_threads(onepass_slice_units(d, fewer, vector_elements(d.dtype)));
+  const int64_t per_sm = std::min(kSmemPerSm / (smem + kReservedPerBlock), 2048 / threads);
   if (4 * d.n * d.groups * fewer > 3 * per_sm * sm_count) return 1;
   cluster = fewer;
   return samples;

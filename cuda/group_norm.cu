@@ -1169,19 +1169,16 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, c
   for (int j = lane; j < touched; j += 32) slots[j * warps + warp] = make_float2(0.0f, 0.0f);  // columns it skips
   __syncwarp();
   int column = -1;
-  float a = 0.0f, b = 0.0f;
+  mfa_gn_acc sum = mfa_gn_zero();  // (sum dy^ xhat, sum dy^) of this lane's runs in `column`
   const auto flush = [&] {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      a += __shfl_down_sync(0xffffffffu, a, offset);
-      b += __shfl_down_sync(0xffffffffu, b, offset);
-    }
-    if (lane == 0) slots[(column - first_column) * warps + warp] = make_float2(a, b);
+    const mfa_gn_acc total = mfa_gn_warp_merge(sum);
+    if (lane == 0) slots[(column - first_column) * warps + warp] = make_float2(total.a, total.b);
   };
   for (int run = warp; run * 32 < s.units; run += warps) {
     const int run_column = static_cast<int>(mfa_gn_div32(s.first + run * 32, args.div_row_units));
     if (run_column != column) {
       if (column >= 0) flush();
-      column = run_column, a = 0.0f, b = 0.0f;
+      column = run_column, sum = mfa_gn_zero();
     }
     const int u = run * 32 + lane;
     float x[U], dy[U];
@@ -1192,13 +1189,14 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, c
     mfa_gn_dy_hat<U>(dys, u, x, dy, weight, bias, column);
 #pragma unroll
     for (int k = 0; k < U; ++k) {
-      a = fmaf(dy[k], x[k], a);
-      b += dy[k];
+      sum.a = fmaf(dy[k], x[k], sum.a);
+      sum.b += dy[k];
     }
   }
   if (column >= 0) flush();
   __syncthreads();
   mfa_gn_acc sums = mfa_gn_zero();
+  // (true whenever this runs, but without the test NVRTC 13.5 spilled the fp32 SiLU variant)
   if (args.dweight)
     for (int j = threadIdx.x; j < args.cpg; j += blockDim.x)
       if (j < first_column || j >= first_column + touched)
