@@ -39,7 +39,7 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
-  int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64, 128, 192 or 256); MFA_SM90_BM rows
+  int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64 .. 256, step 16); MFA_SM90_BM rows
   int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
   bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (kernel_problem) and
                           // writes C transposed (gemm_sm90_epilogue.cuh, MFA_SM90_C_TRANSPOSED)
@@ -129,7 +129,11 @@ bool is_float_dtype(int32_t dtype) {
   return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
 }
 
-bool hopper_tile_width(int64_t tile_n) { return tile_n == 64 || tile_n == 128 || tile_n == 192 || tile_n == 256; }
+// The Hopper tile's widths: wgmma's n, whole n8 blocks for each consumer's half (gemm_sm90.cu).
+constexpr int kHopperWidthStep = 16, kHopperMinWidth = 64, kHopperMaxWidth = 256;
+bool hopper_tile_width(int64_t tile_n) {
+  return tile_n % kHopperWidthStep == 0 && tile_n >= kHopperMinWidth && tile_n <= kHopperMaxWidth;
+}
 // A pair of blocks splits B into halves of whole 64-column boxes.
 bool pairs_split(int64_t tile_n) { return tile_n % 128 == 0; }
 
@@ -142,7 +146,7 @@ mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
   std::memcpy(&tuning, chained, std::min<size_t>(chained->header.size, sizeof tuning));
   tuning.header.size = sizeof tuning;
   require(tuning.tile_n == 0 || hopper_tile_width(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT, "tuning->tile_n is ",
-          tuning.tile_n, " (must be 0, 64, 128, 192 or 256)");
+          tuning.tile_n, " (must be 0 or a multiple of 16 from 64 to 256)");
   require(tuning.cluster_m >= 0 && tuning.cluster_m <= 2, MFA_STATUS_INVALID_ARGUMENT, "tuning->cluster_m is ",
           tuning.cluster_m, " (must be 0, 1 or 2)");
   require(tuning.cluster_m != 2 || tuning.tile_n == 0 || pairs_split(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT,
@@ -281,6 +285,30 @@ constexpr HopperTileRow kHopperTileTable[] = {
     {256, 2, 0.98},
     {128, 2, 0.93},
 };
+// The widths between: K-major B only (NT and TT; a swapped problem's own B), where they fill the SMs'
+// waves that whole 64-column widths leave partly idle (1536^3: 132 tiles of 128 x 144 in one wave,
+// against 96 of 128 x 192). An N-major B arrives in whole 64-column boxes, the unused columns included,
+// and took longer at every width between that was measured (H100, fp16 NN, same process, time over that
+// of the row the table above picks: 144 at 3072^3 1.55x, 208 at 2560^3 1.25x, 176 at 1664^3 1.22x). Rated
+// from the same run with K-major B (fp16 NT, the same time ratio): 144 at 1536^3 0.88x (one wave of 132
+// against one of 96), but 1.11x at 3072^3 (4 waves against 3); 160 at 2176^3 0.85x (2 waves against
+// 128 x 128 by Stream-K); 176 at 1664^3 1.03x and 2944^3 1.00x (equal waves); 208 at 1792^3 0.90x and
+// 2560^3 0.92x; 224 at 2688^3 0.91x and 3328^3 0.94x (equal waves against 256); 112 at 1280^3 1.10x
+// and 96 at 1152^3 0.98x (one wave each against 128). 240, rated 0.97 at first, then ran 2-4% slower than
+// 192 at 3968^3, 4736^3, 5888^3 and 6912^3 (H200, `bench gemm --suite sweep`, fp16 NT): rated so that it
+// ties with 192 at 3968^3.
+constexpr HopperTileRow kKMajorBTileTable[] = {
+    {240, 1, 0.94}, {224, 1, 0.95}, {208, 1, 0.92}, {176, 1, 0.86}, {160, 1, 0.91},
+    {144, 1, 0.86}, {112, 1, 0.8},  {96, 1, 0.7},   {80, 1, 0.65},
+};
+
+// The rows a problem's tile is chosen from, the first winning ties: kHopperTileTable, and with a K-major B
+// (the kernel's trans_b) kKMajorBTileTable after it.
+std::vector<HopperTileRow> hopper_tile_rows(bool k_major_b) {
+  std::vector<HopperTileRow> rows(std::begin(kHopperTileTable), std::end(kHopperTileTable));
+  if (k_major_b) rows.insert(rows.end(), std::begin(kKMajorBTileTable), std::end(kKMajorBTileTable));
+  return rows;
+}
 // Stream-K's time against the balanced waves it stands for: the partials out and back through L2, the
 // waits, the short segments. Measured (H200, fp16 NN, against data-parallel in whole waves): where it
 // takes the tail wave plus one of many waves, 1.2 (2560^3 in 128 x 128 tiles: 582 against 530 TFLOPS;
@@ -314,30 +342,31 @@ double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, 
 // The cheapest row of the table that agrees with `wanted` (its nonzero fields).
 HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wanted) {
   sm_count = std::max(sm_count, 1);
-  const HopperTileRow *best = nullptr;
+  HopperTile best;
   double best_cost = 0.0;
-  for (const HopperTileRow &row : kHopperTileTable) {
+  for (const HopperTileRow &row : hopper_tile_rows(d.trans_b)) {
     if ((wanted.tile_n && row.tile_n != wanted.tile_n) || (wanted.cluster_m && row.cluster_m != wanted.cluster_m))
       continue;
     if (hopper_tile_count(d, {row.tile_n, row.cluster_m}) > INT_MAX) continue;  // encode takes the portable path
     const double cost = hopper_tile_cost(d, row, sm_count);
-    if (!best || cost < best_cost) {
-      best = &row;
+    if (!best.tile_n || cost < best_cost) {
+      best = {row.tile_n, row.cluster_m};
       best_cost = cost;
     }
   }
-  if (best) return {best->tile_n, best->cluster_m};
-  return wanted.or_defaults();
+  return best.tile_n ? best : wanted.or_defaults();
 }
 
-// MFA_SM90_TILE_N (64, 128, 192 or 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on problems of any
-// size, for testing; zeros where unset.
+// MFA_SM90_TILE_N (a multiple of 16 from 64 to 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on
+// problems of any size, for testing; zeros where unset.
 HopperTile forced_tile() {
   HopperTile forced;
   if (const char *text = std::getenv("MFA_SM90_TILE_N")) {
     const std::string value(text);
-    require(value == "64" || value == "128" || value == "192" || value == "256", MFA_STATUS_INVALID_ARGUMENT,
-            "MFA_SM90_TILE_N is \"", value, "\" (must be 64, 128, 192 or 256)");
+    const bool number =
+        !value.empty() && value.size() <= 3 && value.find_first_not_of("0123456789") == std::string::npos;
+    require(number && hopper_tile_width(std::stoi(value)), MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"",
+            value, "\" (must be a multiple of 16 from 64 to 256)");
     forced.tile_n = std::stoi(value);
   }
   if (const char *text = std::getenv("MFA_SM90_CLUSTER_M")) {
@@ -797,7 +826,7 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
     mfa::require(tile_n == 0 || mfa::hopper_tile_width(tile_n), MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
-                 " (must be 0, 64, 128, 192 or 256)");
+                 " (must be 0 or a multiple of 16 from 64 to 256)");
     mfa::require_arg(out_count, "out_count");
     mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
                  "out_items is NULL with capacity ", capacity);

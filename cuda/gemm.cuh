@@ -205,21 +205,29 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 
 // ----- sm_90a kernel: TMA boxes, wgmma tile, ring depth -----
 // A block computes BM x BN tiles with two consumer warpgroups (64 rows each) and one producer
-// warpgroup. BN is the variant's choice (64, 128, 192 or 256): a generated source defines MFA_SM90_BN, the host
-// passes it to the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the
-// contiguous dimension.
+// warpgroup. BN is the variant's choice, a multiple of 16 from 64 to 256 (wgmma's n; chosen so that the
+// tiles fill the SMs' waves, cpp/gemm.cpp): a generated source defines MFA_SM90_BN, the host passes it to
+// the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the contiguous
+// dimension.
 #define MFA_SM90_BM 128
 #define MFA_SM90_BK 64
 #define MFA_SM90_THREADS 384
 #define MFA_SM90_CLEAR_FLAGS_THREADS 256  // the one block that zeroes Stream-K's flags (gemm_sm90.cu)
 #define MFA_SM90_BOX 64
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
-MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) { return (MFA_SM90_BM + bn) * MFA_SM90_BK * 2; }
+// B's region of a stage holds whole 64-wide boxes: an N-major B (TRANS_B = 0) arrives as square boxes
+// side by side, the last one loaded whole even where the tile uses part of it (144 wide: 192 columns).
+MFA_HOST_DEVICE constexpr int mfa_sm90_b_region_cols(int bn) {
+  return (bn + MFA_SM90_BOX - 1) / MFA_SM90_BOX * MFA_SM90_BOX;
+}
+MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) {
+  return (MFA_SM90_BM + mfa_sm90_b_region_cols(bn)) * MFA_SM90_BK * 2;
+}
 // The epilogue's staging: two 8 KB buffers (64 rows of one 128-byte swizzle span) per consumer warpgroup.
 #define MFA_SM90_STAGING_BYTES (2 * 2 * 8192)
 // As many stages as fit beside the staging buffers, 1 KB of alignment slack and two 8-byte mbarriers a
-// stage: 4 of 48 KB for 128 x 256, 4 of 40 KB for 128 x 192, 6 of 32 KB for 128 x 128, 8 of 24 KB for
-// 128 x 64.
+// stage: 4 of 48 KB for 128 x 256 (and 208, 224, 240), 4 of 40 KB for 128 x 192 (and 144 .. 176), 6 of 32 KB
+// for 128 x 128 (and 80 .. 112), 8 of 24 KB for 128 x 64.
 MFA_HOST_DEVICE constexpr int mfa_sm90_stages(int bn) {
   return (MFA_SM90_SMEM_LIMIT - 1024 - MFA_SM90_STAGING_BYTES) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
 }

@@ -6,8 +6,8 @@
 // pulls (128 + BN / 2) x 64 elements from L2 a stage instead of (128 + BN) x 64.
 //
 // Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (64, 128, 192 or 256: the
-// tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a kernel
+// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (a multiple of 16 from 64 to
+// 256: the tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a kernel
 // given C^T = op(B)^T op(A)^T, MFA_SM90_C_TRANSPOSED 1. PTX ISA section numbers below follow the PTX ISA
 // 9.0 document.
 #include "ptx_cluster.cuh"
@@ -20,8 +20,8 @@
 // The k loop steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
 static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
               "the descriptors and boxes below are worked out for 128-row tiles and a 64-wide k step");
-static_assert(MFA_SM90_BN == 64 || MFA_SM90_BN == 128 || MFA_SM90_BN == 192 || MFA_SM90_BN == 256,
-              "wgmma n is 64, 128, 192 or 256");
+static_assert(MFA_SM90_BN % 16 == 0 && MFA_SM90_BN >= 64 && MFA_SM90_BN <= 256,
+              "the tile's width is wgmma's n: a multiple of 16 (whole n8 blocks of both consumers' halves)");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
 static_assert(MFA_IN_DTYPE == MFA_GEMM_F16 || MFA_IN_DTYPE == MFA_GEMM_BF16, "16-bit inputs only");
 static_assert(MFA_SM90_CLUSTER_M == 1 || (MFA_SM90_CLUSTER_M == 2 && MFA_SM90_BN % 128 == 0),
@@ -34,7 +34,7 @@ constexpr int kSm90Slices = MFA_SM90_BK / kSm90WgmmaK;             // wgmma per 
 constexpr unsigned kSm90RowBytes = MFA_SM90_BOX * 2;               // 128: one swizzled smem row
 constexpr unsigned kSm90BoxBytes = MFA_SM90_BOX * kSm90RowBytes;   // 8 KB: 64 rows; one MN-major box
 constexpr unsigned kSm90ABytes = MFA_SM90_BM * kSm90RowBytes;      // 16 KB: A of one stage
-constexpr unsigned kSm90BBytes = MFA_SM90_BN * kSm90RowBytes;      // 8, 16 or 32 KB: B of one stage
+constexpr unsigned kSm90BBytes = mfa_sm90_b_region_cols(MFA_SM90_BN) * kSm90RowBytes;  // B's region, whole boxes
 constexpr unsigned kSm90StageBytes = kSm90ABytes + kSm90BBytes;    // A region, then B region
 constexpr unsigned kSm90SwizzleAtomBytes = 8 * kSm90RowBytes;      // 1 KB: 8 rows, the 128B-swizzle period
 constexpr int kSm90Cluster = MFA_SM90_CLUSTER_M;                   // blocks sharing each B tile
@@ -63,9 +63,14 @@ static_assert(kSm90StageBytes == mfa_sm90_stage_bytes(MFA_SM90_BN), "stage size 
 //   bytes. The k16 slice s starts 16 rows = 2048 * s bytes in. The A operand of one consumer is 64 m
 //   wide, a single chunk, so its LBO is never applied; B (n = BN) steps it BN / 64 - 1 times.
 // Either way the 64 rows (or the box) of consumer w's A start w * 8 KB into the A region.
+// An extent that is not a multiple of 64 (tiles 80 .. 240 wide) fills its last MN-major box partly: the
+// box is loaded whole (the columns past the tile belong to the next one, or lie outside B and arrive as
+// zeros) and wgmma reads the extent's columns only.
 template <bool MN_MAJOR, int EXTENT>
 struct mfa_sm90_operand {
-  static_assert(EXTENT % MFA_SM90_BOX == 0 && EXTENT <= 256, "TMA box dimensions are at most 256");
+  static_assert(EXTENT % 16 == 0 && EXTENT <= 256, "TMA box dimensions are at most 256");
+  static constexpr int boxes = (EXTENT + MFA_SM90_BOX - 1) / MFA_SM90_BOX;  // MN-major: 64-wide boxes
+  static constexpr unsigned bytes = MN_MAJOR ? boxes * kSm90BoxBytes : EXTENT * kSm90RowBytes;  // a stage's TMA bytes
   static constexpr unsigned lbo = MN_MAJOR ? kSm90BoxBytes : 16;
   static constexpr unsigned sbo = kSm90SwizzleAtomBytes;
   static constexpr unsigned slice_bytes = MN_MAJOR ? kSm90WgmmaK * kSm90RowBytes : kSm90WgmmaK * 2;
@@ -79,11 +84,12 @@ struct mfa_sm90_operand {
   // (mn0, k0) of batch z; with PARTS > 1 each part is multicast to the PARTS blocks of the cluster, whose
   // rings sit at the same offsets. K-major: a part is one (EXTENT / PARTS) x 64 box at {k0, mn0 + its
   // first row, z} (the host encodes the map with that box height). MN-major: 64 x 64 boxes at
-  // {mn0 + 64 i, k0, z}, EXTENT / 64 / PARTS of them a part.
+  // {mn0 + 64 i, k0, z}, boxes / PARTS of them a part.
   template <int PARTS>
   static __device__ __forceinline__ void load(unsigned region, const mfa_tensor_map &map, unsigned full_bar,
                                               int mn0, int k0, int z, int part) {
-    static_assert(EXTENT % (PARTS * MFA_SM90_BOX) == 0, "a part is whole boxes");
+    static_assert(MN_MAJOR ? boxes % PARTS == 0 : EXTENT % (8 * PARTS) == 0,
+                  "a part is whole boxes (MN-major) or whole 8-row swizzle atoms (K-major)");
     constexpr int rows = EXTENT / PARTS;  // of the operand's extent (m or n) in one part
     const auto copy = [&](unsigned dst, int c0, int c1) {
       if constexpr (PARTS > 1)
@@ -93,7 +99,7 @@ struct mfa_sm90_operand {
     };
     if (MN_MAJOR) {
 #pragma unroll
-      for (int i = part * rows / MFA_SM90_BOX; i < (part + 1) * rows / MFA_SM90_BOX; ++i)
+      for (int i = part * boxes / PARTS; i < (part + 1) * boxes / PARTS; ++i)
         copy(region + i * kSm90BoxBytes, mn0 + i * MFA_SM90_BOX, k0);
     } else {
       copy(region + part * rows * kSm90RowBytes, k0, mn0 + part * rows);
@@ -102,6 +108,7 @@ struct mfa_sm90_operand {
 };
 using mfa_sm90_a = mfa_sm90_operand<MFA_TRANS_A == 1, MFA_SM90_BM>;  // stored [k][m] is M-major
 using mfa_sm90_b = mfa_sm90_operand<MFA_TRANS_B == 0, MFA_SM90_BN>;  // stored [k][n] is N-major
+constexpr unsigned kSm90StageTxBytes = mfa_sm90_a::bytes + mfa_sm90_b::bytes;  // what TMA writes a stage
 // imm-trans-a / imm-trans-b (9.7.15.5.2): 1 selects the MN-major layout for that operand.
 constexpr int kSm90TransA = MFA_TRANS_A == 1 ? 1 : 0;
 constexpr int kSm90TransB = MFA_TRANS_B == 0 ? 1 : 0;
@@ -137,7 +144,7 @@ __device__ __forceinline__ mfa_sm90_tile mfa_sm90_tile_at(const mfa_gemm_schedul
 }
 
 // ----- the pipeline: a ring of stages, each with a `full` and an `empty` mbarrier -----
-// full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageBytes of TMA transactions (with
+// full[s]: 1 arrival (the producer's arrive.expect_tx) plus kSm90StageTxBytes of TMA transactions (with
 // clusters, half of B's bytes come from the other block's multicast: they may land before this block's
 // expect_tx, which the transaction count allows, since the phase cannot complete without the arrival).
 // empty[s]: one arrival from each consumer warp of every block of the cluster once its wgmma have
@@ -205,7 +212,7 @@ __device__ __forceinline__ void mfa_sm90_produce(const mfa_sm90_ring &ring, cons
     const int z_b = args.batch_stride_b != 0 ? tile.batch : 0;
     for (int kt = work.k_begin; kt < work.k_end; ++kt) {
       mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);  // consumers are done with this stage
-      mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageBytes);
+      mfa_mbar_arrive_expect_tx(ring.full(pos.stage), kSm90StageTxBytes);
       const int k0 = kt * MFA_SM90_BK;
       mfa_sm90_a::load<1>(ring.a(pos.stage), map_a, ring.full(pos.stage), tile.m0, k0, z_a, 0);
       mfa_sm90_b::load<kSm90Cluster>(ring.b(pos.stage), map_b, ring.full(pos.stage), tile.n0, k0, z_b, rank);
@@ -285,7 +292,11 @@ constexpr int kSm90OutBytes = MFA_OUT_DTYPE == MFA_GEMM_F32 ? 4 : 2;
 constexpr int kSm90ChunkCols = kSm90RowBytes / kSm90OutBytes;
 constexpr unsigned kSm90ChunkBytes = 64 * kSm90RowBytes;
 static_assert(2 * 2 * kSm90ChunkBytes == MFA_SM90_STAGING_BYTES, "two buffers for each consumer warpgroup");
-static_assert(MFA_SM90_BN % kSm90ChunkCols == 0, "whole chunks");
+// A tile whose width is not a whole number of chunks (80 .. 240 wide with 16-bit C, 80, 112, .. with fp32)
+// writes the columns past its last whole chunk from registers: a chunk-wide TMA store there would
+// overwrite the next tile's first columns.
+constexpr int kSm90WholeChunks = MFA_SM90_BN / kSm90ChunkCols;
+constexpr int kSm90TailBlock = kSm90WholeChunks * kSm90ChunkCols / 8;  // first n8 block of the fragment past them
 
 // A consumer warpgroup's two staging buffers and how many chunks it has stored: the next goes to buffer
 // chunks % 2. Thread 0 of the warpgroup issues the stores, so only its bulk async-groups are pending.
@@ -316,7 +327,7 @@ __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_
   const int byte0 = 2 * (t % 4) * kSm90OutBytes;
   constexpr int blocks_per_chunk = kSm90ChunkCols / 8;  // n8 blocks of the fragment
 #pragma unroll
-  for (int chunk = 0; chunk < MFA_SM90_BN / kSm90ChunkCols; ++chunk) {
+  for (int chunk = 0; chunk < kSm90WholeChunks; ++chunk) {
     if (t == 0) mfa_bulk_wait_group_read<1>();
     mfa_named_barrier_sync(1 + w, 128);
     const unsigned buffer = staging.next();
@@ -348,8 +359,10 @@ __device__ __forceinline__ void mfa_sm90_finish_tile(const mfa_gemm_args &args, 
     mfa_sm90_epilogue(args, tile, w, t, pairs, acc);
     return;
   }
-  mfa_sm90_epilogue_values(args, mfa_sm90_fragment_of(args, tile, w, t), pairs, acc);
+  const mfa_sm90_fragment f = mfa_sm90_fragment_of(args, tile, w, t);
+  mfa_sm90_epilogue_values(args, f, pairs, acc);
   mfa_sm90_store_staged(map_c, tile, w, staging, acc);
+  if constexpr (kSm90TailBlock < kSm90Acc / 4) mfa_sm90_write<kSm90Acc, kSm90TailBlock>(args, f, pairs, acc);
 }
 
 // ----- Stream-K fix-up: partial accumulators through the workspace (gemm.cuh, mfa_gemm_schedule) -----

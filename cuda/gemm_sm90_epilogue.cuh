@@ -58,13 +58,13 @@ __device__ __forceinline__ mfa_sm90_fragment mfa_sm90_fragment_of(const mfa_gemm
 }
 
 // Call body(j, h, col, pair) for each in-bounds (row0 + 8h, col = col(j)) element pair of the fragment,
-// j = 0..N/4-1 and h = 0..1 in that order: pair says that both columns are in bounds and may move as
+// j = FIRST..N/4-1 and h = 0..1 in that order: pair says that both columns are in bounds and may move as
 // one access; otherwise only col is known to be (col + 1 < n tells whether the second one is).
-template <int N, class BODY>
+template <int N, int FIRST = 0, class BODY>
 __device__ __forceinline__ void mfa_sm90_for_each_pair(const mfa_gemm_args &args, const mfa_sm90_fragment &f,
                                                        bool pairs, BODY &&body) {
 #pragma unroll
-  for (int j = 0; j < N / 4; ++j) {
+  for (int j = FIRST; j < N / 4; ++j) {
     const int col = f.col(j);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -130,12 +130,12 @@ __device__ __forceinline__ void mfa_sm90_activate(float (&acc)[N]) {
   for (int i = 0; i < N; ++i) acc[i] = mfa_activate(acc[i], ACTIVATION);
 }
 
-// Store the in-bounds elements: column pairs as one access when `pairs` (C's base, row and batch
-// strides even, so every even column index is two-element aligned), single elements otherwise.
-template <int N>
+// Store the in-bounds elements (of n8 blocks FIRST on): column pairs as one access when `pairs` (C's base,
+// row and batch strides even, so every even column index is two-element aligned), single elements otherwise.
+template <int N, int FIRST = 0>
 __device__ __forceinline__ void mfa_sm90_write(const mfa_gemm_args &args, const mfa_sm90_fragment &f, bool pairs,
                                                const float (&acc)[N]) {
-  mfa_sm90_for_each_pair<N>(args, f, pairs, [&](int j, int h, int col, bool pair) {
+  mfa_sm90_for_each_pair<N, FIRST>(args, f, pairs, [&](int j, int h, int col, bool pair) {
     const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
     if (pair) {
       mfa_store_pair_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0, v1);

@@ -245,19 +245,33 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
 #define MFA_WGMMA_R120 "%120, %121, %122, %123, %124, %125, %126, %127"
 #define MFA_WGMMA_B32 MFA_WGMMA_R0 ", " MFA_WGMMA_R8 ", " MFA_WGMMA_R16 ", " MFA_WGMMA_R24
 #define MFA_WGMMA_B40 MFA_WGMMA_B32 ", " MFA_WGMMA_R32
-#define MFA_WGMMA_B64 MFA_WGMMA_B40 ", " MFA_WGMMA_R40 ", " MFA_WGMMA_R48 ", " MFA_WGMMA_R56
-#define MFA_WGMMA_B88 MFA_WGMMA_B64 ", " MFA_WGMMA_R64 ", " MFA_WGMMA_R72 ", " MFA_WGMMA_R80
+#define MFA_WGMMA_B48 MFA_WGMMA_B40 ", " MFA_WGMMA_R40
+#define MFA_WGMMA_B56 MFA_WGMMA_B48 ", " MFA_WGMMA_R48
+#define MFA_WGMMA_B64 MFA_WGMMA_B56 ", " MFA_WGMMA_R56
+#define MFA_WGMMA_B72 MFA_WGMMA_B64 ", " MFA_WGMMA_R64
+#define MFA_WGMMA_B80 MFA_WGMMA_B72 ", " MFA_WGMMA_R72
+#define MFA_WGMMA_B88 MFA_WGMMA_B80 ", " MFA_WGMMA_R80
 #define MFA_WGMMA_B96 MFA_WGMMA_B88 ", " MFA_WGMMA_R88
-#define MFA_WGMMA_B128 MFA_WGMMA_B96 ", " MFA_WGMMA_R96 ", " MFA_WGMMA_R104 ", " MFA_WGMMA_R112 ", " MFA_WGMMA_R120
+#define MFA_WGMMA_B104 MFA_WGMMA_B96 ", " MFA_WGMMA_R96
+#define MFA_WGMMA_B112 MFA_WGMMA_B104 ", " MFA_WGMMA_R104
+#define MFA_WGMMA_B120 MFA_WGMMA_B112 ", " MFA_WGMMA_R112
+#define MFA_WGMMA_B128 MFA_WGMMA_B120 ", " MFA_WGMMA_R120
 #define MFA_ACC8(d, i)                                                                                                \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),                         \
       "+f"(d[i + 6]), "+f"(d[i + 7])
 #define MFA_ACC32(d) MFA_ACC8(d, 0), MFA_ACC8(d, 8), MFA_ACC8(d, 16), MFA_ACC8(d, 24)
 #define MFA_ACC40(d) MFA_ACC32(d), MFA_ACC8(d, 32)
-#define MFA_ACC64(d) MFA_ACC40(d), MFA_ACC8(d, 40), MFA_ACC8(d, 48), MFA_ACC8(d, 56)
-#define MFA_ACC88(d) MFA_ACC64(d), MFA_ACC8(d, 64), MFA_ACC8(d, 72), MFA_ACC8(d, 80)
+#define MFA_ACC48(d) MFA_ACC40(d), MFA_ACC8(d, 40)
+#define MFA_ACC56(d) MFA_ACC48(d), MFA_ACC8(d, 48)
+#define MFA_ACC64(d) MFA_ACC56(d), MFA_ACC8(d, 56)
+#define MFA_ACC72(d) MFA_ACC64(d), MFA_ACC8(d, 64)
+#define MFA_ACC80(d) MFA_ACC72(d), MFA_ACC8(d, 72)
+#define MFA_ACC88(d) MFA_ACC80(d), MFA_ACC8(d, 80)
 #define MFA_ACC96(d) MFA_ACC88(d), MFA_ACC8(d, 88)
-#define MFA_ACC128(d) MFA_ACC96(d), MFA_ACC8(d, 96), MFA_ACC8(d, 104), MFA_ACC8(d, 112), MFA_ACC8(d, 120)
+#define MFA_ACC104(d) MFA_ACC96(d), MFA_ACC8(d, 96)
+#define MFA_ACC112(d) MFA_ACC104(d), MFA_ACC8(d, 104)
+#define MFA_ACC120(d) MFA_ACC112(d), MFA_ACC8(d, 112)
+#define MFA_ACC128(d) MFA_ACC120(d), MFA_ACC8(d, 120)
 
 // Both operands from shared memory: the accumulators, then desc-a, desc-b, scale-d (a predicate: 0
 // overwrites D), imm-trans-a, imm-trans-b at the numbers given.
@@ -287,8 +301,8 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
 // D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0), A and B read from shared memory through
 // descriptors; IN_DTYPE 1 = f16, 2 = bf16. TRANS_A = 1: A is M-major, TRANS_B = 1: B is N-major
 // (imm-trans-a / imm-trans-b, 9.7.15.5.1.2 "Shared Memory Matrix Layout"); 0 means K-major.
-// N: the GEMM tile's width (64, 128, 192, 256; gemm_sm90.cu) and attention's score tile S = Q K^T (80,
-// 128, 176: the key block, attention_sm90.cu).
+// N: the GEMM tile's width (a multiple of 16 from 64 to 256; gemm_sm90.cu) and attention's score tile
+// S = Q K^T (80, 128, 176: the key block, attention_sm90.cu).
 template <int N, int IN_DTYPE, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void mfa_wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
                                              int scale_d) {
@@ -297,16 +311,30 @@ __device__ __forceinline__ void mfa_wgmma_ss(float (&d)[N / 2], unsigned long lo
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n64k16", MFA_WGMMA_B32, MFA_ACC32, "%32", "%33", "%34", "%35", "%36");
   else if constexpr (N == 80)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n80k16", MFA_WGMMA_B40, MFA_ACC40, "%40", "%41", "%42", "%43", "%44");
+  else if constexpr (N == 96)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n96k16", MFA_WGMMA_B48, MFA_ACC48, "%48", "%49", "%50", "%51", "%52");
+  else if constexpr (N == 112)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n112k16", MFA_WGMMA_B56, MFA_ACC56, "%56", "%57", "%58", "%59", "%60");
   else if constexpr (N == 128)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n128k16", MFA_WGMMA_B64, MFA_ACC64, "%64", "%65", "%66", "%67", "%68");
+  else if constexpr (N == 144)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n144k16", MFA_WGMMA_B72, MFA_ACC72, "%72", "%73", "%74", "%75", "%76");
+  else if constexpr (N == 160)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n160k16", MFA_WGMMA_B80, MFA_ACC80, "%80", "%81", "%82", "%83", "%84");
   else if constexpr (N == 176)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n176k16", MFA_WGMMA_B88, MFA_ACC88, "%88", "%89", "%90", "%91", "%92");
   else if constexpr (N == 192)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n192k16", MFA_WGMMA_B96, MFA_ACC96, "%96", "%97", "%98", "%99", "%100");
+  else if constexpr (N == 208)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n208k16", MFA_WGMMA_B104, MFA_ACC104, "%104", "%105", "%106", "%107", "%108");
+  else if constexpr (N == 224)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n224k16", MFA_WGMMA_B112, MFA_ACC112, "%112", "%113", "%114", "%115", "%116");
+  else if constexpr (N == 240)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n240k16", MFA_WGMMA_B120, MFA_ACC120, "%120", "%121", "%122", "%123", "%124");
   else if constexpr (N == 256)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n256k16", MFA_WGMMA_B128, MFA_ACC128, "%128", "%129", "%130", "%131", "%132");
   else
-    static_assert(N == 64, "shared-memory wgmma shapes: m64n{64,80,128,176,192,256}k16");
+    static_assert(N == 64, "shared-memory wgmma shapes: m64nNk16, N a multiple of 16 from 64 to 256");
 }
 
 // D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) with A from registers: a[0..3] hold the

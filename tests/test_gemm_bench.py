@@ -113,9 +113,9 @@ def test_tune_stores_a_winner_that_the_next_pipeline_uses(ctx, torch_cuda, tmp_p
     rows, winner, path = bench_gemm.tune_gemm(768, 640, 512, dtype="bf16", trans="NT", reps=3)
     assert path == tmp_path / gemm_tuning.FILE_NAME and path.exists()
     assert {(row["tile_n"], row["cluster_m"], row["schedule"]) for row in rows} == \
-        {(tile_n, cluster_m, schedule) for tile_n, cluster_m in ((64, 1), (128, 1), (128, 2), (192, 1), (256, 1),
-                                                                 (256, 2))
+        {(tile_n, cluster_m, schedule) for tile_n, cluster_m in gemm_tuning.TILES
          for schedule in ("data_parallel", "stream_k")}
+    assert len(gemm_tuning.TILES) == 13 + 2  # every width, and the 128 and 256 wide pairs
     assert winner == max(rows, key=lambda row: row["tflops"])
 
     def suffix(row):

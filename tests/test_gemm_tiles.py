@@ -1,6 +1,6 @@
-"""The Hopper GEMM's tiles (128 x 64, 128 x 128, 128 x 192, 128 x 256, the 128 and 256 wide ones also in
-clusters of two blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct that forces one, and the
-tuning records `python -m mfa_c tune gemm` stores.
+"""The Hopper GEMM's tiles (128 rows by any multiple of 16 from 64 to 256 columns, the 128 and 256 wide
+ones also in clusters of two blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct
+that forces one, and the tuning records `python -m mfa_c tune gemm` stores.
 
 CPU: every tile compiles for sm_90a (every 16-bit input, output and transpose) without spills; the table
 picks the documented tile per shape class; the tuning struct is validated; tuning records round-trip, a
@@ -83,12 +83,34 @@ def test_every_tile_compiles_without_spills(tile_reports, variant):
     (16, 14336, 4096, 1, (64, 1)),     # the same, 112 tiles
 ])
 def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
+    assert _table_tile(monkeypatch, m, n, k, batch, "NN") == tile
+
+
+@pytest.mark.parametrize("size, tile_n", [
+    # B K-major (NT): the widths between the multiples of 64 join the table (kKMajorBTileTable).
+    (1536, 144),   # 12 x 11 = 132 tiles of 128 x 144, one wave (167), against 96 of 128 x 192 (204)
+    (2176, 160),   # 238 tiles in 2 waves (352) against 289 of 128 x 128 by Stream-K (354)
+    (2688, 224),   # 252 tiles in 2 waves (472) against 231 of 128 x 256, also 2 waves (512)
+    (3072, 192),   # 144 would need 4 waves (670) where 192 needs 3 (613)
+    (1280, 128),   # one wave either way; 112 (140) rates below 128 (135)
+    (4096, 256),
+])
+def test_k_major_b_takes_the_widths_between(monkeypatch, size, tile_n):
+    assert _table_tile(monkeypatch, size, size, size, 1, "NT") == (tile_n, 1)
+    assert _table_tile(monkeypatch, size, size, size, 1, "NN")[0] % 64 == 0  # N-major B keeps whole boxes
+
+
+def _table_tile(monkeypatch, m, n, k, batch, trans):
+    """The (tile_n, cluster_m) the library's table picks for a 16-bit problem."""
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)  # the suite may force one; the table is the subject
     monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
-    reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper")
-    swapped = ".swap-ab" if m <= 64 < n else ""
-    assert [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"] == \
-        ["gemm.sm90.f16mma.f16-f16.nn" + _tile_suffix(*tile) + swapped]
+    reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper",
+                                   trans_a=trans[0] == "T", trans_b=trans[1] == "T")
+    (variant,) = [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"]
+    assert f".{trans.lower()}." in variant and variant.endswith(".swap-ab") == (m <= 64 < n), variant
+    tile = variant.split(f".{trans.lower()}.128x")[1].removesuffix(".swap-ab")
+    tile_n, _, cluster = tile.partition(".cluster")
+    return int(tile_n), int(cluster or 1)
 
 
 THIN_VARIANTS = [(dtype, out, trans) for dtype in DTYPES_16 for out in OUTPUTS for trans in TRANSPOSES]
@@ -134,7 +156,9 @@ def _tuned_descriptor(tuning_fields, **fields):
 
 
 @pytest.mark.parametrize("tuning_fields, fields, expected, name", [
-    (dict(tile_n=96), {}, "INVALID_ARGUMENT", "tuning->tile_n is 96"),
+    (dict(tile_n=88), {}, "INVALID_ARGUMENT", "tuning->tile_n is 88"),
+    (dict(tile_n=48), {}, "INVALID_ARGUMENT", "tuning->tile_n is 48"),
+    (dict(tile_n=272), {}, "INVALID_ARGUMENT", "tuning->tile_n is 272"),
     (dict(tile_n=512), {}, "INVALID_ARGUMENT", "tuning->tile_n is 512"),
     (dict(tile_n=-1), {}, "INVALID_ARGUMENT", "tuning->tile_n is -1"),
     (dict(cluster_m=3), {}, "INVALID_ARGUMENT", "tuning->cluster_m is 3"),
@@ -230,7 +254,7 @@ def test_records_round_trip_and_replace_per_key(tmp_path):
     assert gemm_tuning.lookup(DEVICE, _fields(k=1025), tmp_path) is None     # and every size
     assert gemm_tuning.lookup(DEVICE, _fields(dtype="bfloat16"), tmp_path) is None
     assert gemm_tuning.lookup(DEVICE, _fields(out_dtype="float32"), tmp_path) is None
-    for tile_n, cluster_m in ((96, 1), (64, 2), (256, 3)):
+    for tile_n, cluster_m in ((88, 1), (48, 1), (64, 2), (144, 2), (256, 3)):
         with pytest.raises(ValueError):
             gemm_tuning.store_record(DEVICE, first, tile_n, cluster_m, "auto", 1.0, directory=tmp_path)
 
@@ -263,7 +287,7 @@ def test_bad_records_are_ignored_with_a_warning(tmp_path):
             "trans": "NN", "tile_n": 64, "schedule": "auto", "tflops": 100.0}
     bad = [
         "not a record",
-        {**good, "tile_n": 96},
+        {**good, "tile_n": 88},
         {**good, "tile_n": True},
         {**good, "cluster_m": 2},  # 64 columns do not split in two
         {**good, "cluster_m": 4},
@@ -300,12 +324,14 @@ def test_an_unreadable_file_is_ignored_with_a_warning_and_then_replaced(tmp_path
 
 
 def _gpu_cases():
+    """Every tile with every transpose; the input and output dtypes rotate, so each tile meets both inputs
+    and every output."""
     cases = []
-    for tile in TILES:
-        for dtype in DTYPES_16:
-            for index, trans in enumerate(TRANSPOSES):
-                out = OUTPUTS[(index + TILES.index(tile)) % len(OUTPUTS)]
-                cases.append(pytest.param(tile, dtype, out, trans, id=f"{_tile_id(tile)}-{dtype}-{out}-{trans}"))
+    for position, tile in enumerate(TILES):
+        for index, trans in enumerate(TRANSPOSES):
+            dtype = DTYPES_16[(index + position) % len(DTYPES_16)]
+            out = OUTPUTS[(index + position) % len(OUTPUTS)]
+            cases.append(pytest.param(tile, dtype, out, trans, id=f"{_tile_id(tile)}-{dtype}-{out}-{trans}"))
     return cases
 
 

@@ -64,10 +64,10 @@ class GemmPipeline(CachedPipeline):
                  trans_b=False, alpha=1.0, beta=0.0, activation=None, precision="default", path="auto",
                  schedule="auto", tile_n=None, cluster_m=None, context=None)
 
-    tile_n (64, 128, 192 or 256; 16-bit inputs on the Hopper path) forces the tile's width, cluster_m (1, or 2
-    with tile_n 128 or 256) the blocks of a cluster that share each B tile. Where neither is given, the
-    winner `python -m mfa_c tune gemm` stored for this device and problem (gemm_tuning.py) applies, else
-    the library's variant table chooses (what is not given).
+    tile_n (a multiple of 16 from 64 to 256; 16-bit inputs on the Hopper path) forces the tile's width,
+    cluster_m (1, or 2 with tile_n 128 or 256) the blocks of a cluster that share each B tile. Where neither
+    is given, the winner `python -m mfa_c tune gemm` stored for this device and problem (gemm_tuning.py)
+    applies, else the library's variant table chooses (what is not given).
     """
 
     def __init__(self, m, n, k, *, context=None, **descriptor):

@@ -20,7 +20,8 @@ from ._ffi import lib, text
 
 FILE_NAME = "gemm-tuning.json"
 FORMAT_VERSION = 1
-TILE_WIDTHS = (64, 128, 192, 256)
+# The Hopper tile's widths (cpp/gemm.cpp): wgmma's n, a multiple of 16 from 64 to 256.
+TILE_WIDTHS = tuple(range(64, 257, 16))
 CLUSTER_SIZES = (1, 2)
 # The Hopper tiles a tuning run measures: every width alone, and the widths a cluster can split in pairs.
 TILES = tuple((tile_n, cluster_m) for tile_n in TILE_WIDTHS for cluster_m in CLUSTER_SIZES
@@ -141,7 +142,7 @@ def _problem_in(record):
     if record["trans"] not in ("NN", "NT", "TN", "TT"):
         return f"trans {record['trans']!r}"
     if record["tile_n"] not in TILE_WIDTHS or isinstance(record["tile_n"], bool):
-        return f"tile_n {record['tile_n']!r} is not one of {TILE_WIDTHS}"
+        return f"tile_n {record['tile_n']!r} is not a multiple of 16 from 64 to 256"
     cluster_m = record.get("cluster_m", 1)
     if (record["tile_n"], cluster_m) not in TILES or isinstance(cluster_m, bool):
         return f"cluster_m {cluster_m!r} with tile_n {record['tile_n']} is not one of the tiles {TILES}"
