@@ -145,7 +145,12 @@ def gemm_reference(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, c
         result += beta * _float64(c)
     if bias is not None:
         result += _float64(bias)
-    return _REFERENCE_ACTIVATIONS[_choice(_ACTIVATIONS, activation, "activation")](result)
+    return reference_activation(activation)(result)
+
+
+def reference_activation(activation):
+    """The float64 numpy function of an activation name (None: the identity)."""
+    return _REFERENCE_ACTIVATIONS[_choice(_ACTIVATIONS, activation, "activation")]
 
 
 def relative_error(result, reference):
