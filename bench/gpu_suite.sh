@@ -31,18 +31,21 @@ python3 -m mfa_c info 2>&1
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   step "tests"
-  # Four pytest processes share the GPU (the float64 references keep the CPUs busy, not the GPU); a
-  # hung kernel must not eat the whole call: each test gets 120 s, then its stacks are dumped.
+  # Five pytest processes share the GPU (the float64 references keep the CPUs busy, not the GPU); a
+  # hung kernel must not eat the whole call: each test gets 120 s (TEST_TIMEOUT), then its stacks are
+  # dumped. The tile tests' first one compiles all 360 tile variants (a fixture, 8 threads): without a
+  # carried cache that takes 3-4 minutes, so that process gets 420 s.
   run_tests() {
     local name=$1; shift
-    python3 -m pytest "$@" -q -rs --durations=5 --timeout=120 --timeout-method=thread >"/tmp/pytest-$name.log" 2>&1
+    python3 -m pytest "$@" -q -rs --durations=5 --timeout="${TEST_TIMEOUT:-120}" --timeout-method=thread \
+      >"/tmp/pytest-$name.log" 2>&1
   }
   # (wait on these pids only: a bare `wait` also waits for the tee of this script's own output)
   pids=()
   run_tests attention tests/test_attention.py & pids+=($!)
   run_tests group_norm tests/test_group_norm.py & pids+=($!)
   run_tests gemm tests/test_gemm.py tests/test_gemm_tf32.py & pids+=($!)
-  run_tests gemm_tiles tests/test_gemm_tiles.py & pids+=($!)
+  TEST_TIMEOUT=420 run_tests gemm_tiles tests/test_gemm_tiles.py & pids+=($!)
   run_tests rest tests --ignore=tests/test_attention.py --ignore=tests/test_group_norm.py \
     --ignore=tests/test_gemm.py --ignore=tests/test_gemm_tiles.py --ignore=tests/test_gemm_tf32.py
   wait "${pids[@]}"

@@ -5,10 +5,10 @@
 //
 //   path       kernels in its module              launched when
 //   hopper     mfa_gemm_sm90 (TMA + wgmma)        sm_90a, 16-bit inputs, TMA-legal addresses/strides, k > 0
-//              128 x 64, 128 x 128, 128 x 192 or 128 x 256 tiles, the 128 and 256 wide ones also in
-//              clusters of two sharing B (the variant table below, or a chained mfa_gemm_tuning);
-//              data-parallel or Stream-K, planned at pipeline creation (gemm_schedule.cpp); thin
-//              problems run as C^T = op(B)^T op(A)^T (swaps_ab)
+//              tiles of 128 rows by 64 .. 256 columns, the 128 and 256 wide ones also in clusters of
+//              two sharing B (the variant table below, or a chained mfa_gemm_tuning); data-parallel or
+//              Stream-K, planned at pipeline creation (gemm_schedule.cpp); thin problems, and NN ones
+//              whose tiles fill the SMs better so, run as C^T = op(B)^T op(A)^T (swaps_ab)
 //              mfa_gemm_sm90_tf32 (3xTF32)        sm_90a, fp32 inputs, ACCURATE precision; NN runs as B^T A^T
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
@@ -101,9 +101,10 @@ struct GemmVariant {
 //   matrix (16 x 4096 x 4096: 64 blocks, 20% of DRAM bandwidth, 0.45x cuBLAS, whose kernel there is a
 //   128 x 16 tile split along K). Transposed, the weight's columns fill the 128-row tiles, the rows a
 //   64-wide one, and Stream-K spreads the k steps of the few tiles over every SM (gemm_schedule.cpp).
+// - 16-bit NN with a 16-bit C where its tiles fill the SMs better transposed (swaps_ab, below).
 constexpr int64_t kThinRows = 64;
 
-bool swaps_ab(const mfa_gemm_descriptor &d) {
+bool swaps_by_shape(const mfa_gemm_descriptor &d) {
   if (d.a_dtype == MFA_DTYPE_F32) return !d.trans_a && !d.trans_b;
   return d.m <= kThinRows && d.n > kThinRows;
 }
@@ -261,7 +262,7 @@ constexpr int kReportSmCount = 132;
 // the cheapest row winning and the earlier on a tie. So big problems (many waves either way) take the
 // widest tile, and where it leaves SMs idle a narrower one takes over: 2048^3 fills 128 of 132 SMs with
 // 128 x 256 tiles in one wave (256) rather than run two waves of 128 x 128 (269); 1536^3 takes one wave
-// of 96 128 x 192 tiles (204); 3072^3 three waves of them (613) against 128 x 256 by Stream-K (670).
+// of 96 128 x 192 tiles (204); 3072^3 three waves of them (613) against 128 x 256 by Stream-K (710).
 // Clusters pay where there are whole waves of pairs: a problem of one row of tiles would leave half of
 // every pair idle (twice the waves).
 // Measured on H200 (fp16 NN, `tune gemm --dry-run`, one run, TMA-store epilogue): relative to 128 x 256,
@@ -309,12 +310,14 @@ std::vector<HopperTileRow> hopper_tile_rows(bool k_major_b) {
   if (k_major_b) rows.insert(rows.end(), std::begin(kKMajorBTileTable), std::end(kKMajorBTileTable));
   return rows;
 }
-// Stream-K's time against the balanced waves it stands for: the partials out and back through L2, the
-// waits, the short segments. Measured (H200, fp16 NN, against data-parallel in whole waves): where it
-// takes the tail wave plus one of many waves, 1.2 (2560^3 in 128 x 128 tiles: 582 against 530 TFLOPS;
-// 3072^3 in 128 x 256: 652 against 558); where it takes every tile of at most two waves, 1.7 (1536^3 in
-// 128 x 128: 377 against 355 in two waves).
-constexpr double kStreamKHybridFixup = 1.2;
+// Stream-K's time against the balanced waves its tiles stand for (the hybrid's data-parallel waves
+// cost what they are): the partials out and back through L2, the waits, the short segments. Measured
+// (H200, fp16 NN, against data-parallel in whole waves): where it takes the tail wave plus one wave,
+// 1.3-1.6 (2560^3 in 128 x 128 tiles, 2 waves data-parallel: 582 against 530 TFLOPS; 3072^3 in 128 x 256,
+// one: 652 against 558); where it takes every tile of at most two waves, 1.7 (1536^3 in 128 x 128: 377
+// against 355 in two waves). Charged on every tile, the hybrid's factor made a many-wave problem dearer
+// than its transposed form by a 6% it did not have (8192 x 14336 x 4096 + GELU, 1592 against 1673 us).
+constexpr double kStreamKHybridFixup = 1.5;
 constexpr double kStreamKAllFixup = 1.7;
 
 int64_t hopper_tile_count(const mfa_gemm_descriptor &d, const HopperTile &tile) {
@@ -334,27 +337,33 @@ double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, 
   const int units = hopper_units(tile, sm_count);
   const mfa_gemm_schedule s = plan_hopper_schedule(d, tile, units);
   const double fixup = s.sk_tiles == s.tiles ? kStreamKAllFixup : kStreamKHybridFixup;
-  const double waves =
-      s.sk_tiles > 0 ? fixup * s.tiles / units : static_cast<double>((s.tiles + units - 1) / units);
+  const double waves = s.sk_tiles > 0 ? (s.tiles - s.sk_tiles + fixup * s.sk_tiles) / units
+                                      : static_cast<double>((s.tiles + units - 1) / units);
   return waves * row.tile_n / row.efficiency;
 }
 
-// The cheapest row of the table that agrees with `wanted` (its nonzero fields).
-HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wanted) {
+// The cheapest row of the table that agrees with `wanted` (its nonzero fields), and its cost; a zero
+// tile where none does.
+struct TileChoice {
+  HopperTile tile;
+  double cost = 0.0;
+};
+TileChoice cheapest_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wanted) {
   sm_count = std::max(sm_count, 1);
-  HopperTile best;
-  double best_cost = 0.0;
+  TileChoice best;
   for (const HopperTileRow &row : hopper_tile_rows(d.trans_b)) {
     if ((wanted.tile_n && row.tile_n != wanted.tile_n) || (wanted.cluster_m && row.cluster_m != wanted.cluster_m))
       continue;
     if (hopper_tile_count(d, {row.tile_n, row.cluster_m}) > INT_MAX) continue;  // encode takes the portable path
     const double cost = hopper_tile_cost(d, row, sm_count);
-    if (!best.tile_n || cost < best_cost) {
-      best = {row.tile_n, row.cluster_m};
-      best_cost = cost;
-    }
+    if (!best.tile.tile_n || cost < best.cost) best = {{row.tile_n, row.cluster_m}, cost};
   }
-  return best.tile_n ? best : wanted.or_defaults();
+  return best;
+}
+
+HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wanted) {
+  const TileChoice best = cheapest_tile(d, sm_count, wanted);
+  return best.tile.tile_n ? best.tile : wanted.or_defaults();
 }
 
 // MFA_SM90_TILE_N (a multiple of 16 from 64 to 256) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on
@@ -391,6 +400,25 @@ HopperTile hopper_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile tu
   return table_tile(d, sm_count, wanted);
 }
 
+// A 16-bit NN problem with a 16-bit C runs as C^T = B^T A^T where the table rates its tiles at least
+// kSwapGain cheaper so: there op(A)^T is the kernel's B, K-major, and takes the widths between
+// (kKMajorBTileTable), while NN's own B is N-major and keeps whole 64-column widths (1536^3: 132 tiles of
+// 128 x 144 transposed, against 96 of 128 x 192). C^T's tiles are stored by TMA through shared memory
+// transposed (gemm_sm90.cu); an fp32 C would be written element by element, so it stays. A tile the
+// caller or the environment chooses keeps the problem as it is.
+constexpr double kSwapGain = 0.95;
+
+bool swaps_ab(const mfa_gemm_descriptor &d, int sm_count, HopperTile tuned) {
+  if (swaps_by_shape(d)) return true;
+  const HopperTile forced = forced_tile();
+  if (tuned.tile_n || tuned.cluster_m || forced.tile_n || forced.cluster_m) return false;
+  if (d.a_dtype == MFA_DTYPE_F32 || d.c_dtype == MFA_DTYPE_F32 || d.trans_a || d.trans_b || d.m == 0 || d.n == 0)
+    return false;
+  const TileChoice direct = cheapest_tile(d, sm_count, {});
+  const TileChoice transposed = cheapest_tile(kernel_problem(d, true), sm_count, {});
+  return direct.tile.tile_n && transposed.tile.tile_n && transposed.cost < kSwapGain * direct.cost;
+}
+
 // The variants a descriptor needs on `arch`: the portable one always (it serves misaligned operands),
 // the Hopper one where it applies.
 std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::string &arch, int sm_count,
@@ -403,7 +431,7 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
       d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
-    hopper.swap_ab = swaps_ab(d);
+    hopper.swap_ab = swaps_ab(d, sm_count, tuned);
     if (hopper.hopper_tf32()) {
       hopper.tile_n = MFA_SM90_TF32_BN;
     } else {
@@ -674,7 +702,12 @@ bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOp
   }
   mfa_gemm_args args = kernel_args(d, kops);
   OperandMaps maps = operand_maps(d, kops, tile.tile_n, tile.cluster_m);
-  args.c_by_tma = !pipeline.hopper_swapped && store_c_by_tma(d, kops, maps) ? 1 : 0;
+  // C^T's tiles go out transposed by TMA for a 16-bit C (gemm_sm90.cu; the map is C's own either way),
+  // except a thin problem's: its tiles' 64 columns hold a few rows of C, which element by element stores
+  // alone (16 x 4096 x 4096: 22 TFLOPS staged against 26, H200).
+  const bool staged = !pipeline.hopper_swapped ||
+                      (element_bytes(d.c_dtype) == 2 && !swaps_by_shape(pipeline.descriptor));
+  args.c_by_tma = staged && store_c_by_tma(pipeline.descriptor, ops, maps);
   // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
   // allows no second) and no more clusters than the device holds (plan_hopper), so that all are
   // resident at once, which Stream-K's waits rely on.
@@ -832,7 +865,8 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
                  "out_items is NULL with capacity ", capacity);
     mfa::HopperTile tuned = mfa::tuned_tile(descriptor);
     if (tile_n) tuned = {tile_n, tuned.cluster_m ? tuned.cluster_m : 1};
-    const mfa_gemm_descriptor kd = mfa::kernel_problem(d, d.a_dtype != MFA_DTYPE_F32 && mfa::swaps_ab(d));
+    const bool swap = d.a_dtype != MFA_DTYPE_F32 && mfa::swaps_ab(d, sm_count, tuned);
+    const mfa_gemm_descriptor kd = mfa::kernel_problem(d, swap);
     const mfa::HopperTile tile = mfa::hopper_tile(kd, sm_count, tuned);
     mfa::require(mfa::hopper_tile_count(kd, tile) <= INT_MAX, MFA_STATUS_UNSUPPORTED,
                  "the descriptor has more than 2^31 - 1 tiles");

@@ -307,19 +307,36 @@ struct mfa_sm90_staging {
   __device__ unsigned next() const { return buffers + (chunks % 2) * kSm90ChunkBytes; }
 };
 
+// Where `byte` of row `row` of a chunk lies in buffer `buffer` (128-byte swizzle).
+__device__ __forceinline__ unsigned mfa_sm90_staged_address(unsigned buffer, int row, int byte) {
+  return buffer + row * kSm90RowBytes + ((((byte >> 4) ^ (row & 7)) << 4) | (byte & 15));
+}
+
 // Columns (col, col + 1) of row `row` of a chunk, `byte` bytes into the row, into buffer `buffer`.
 __device__ __forceinline__ void mfa_sm90_stage_pair(unsigned buffer, int row, int byte, float v0, float v1) {
-  const unsigned address = buffer + row * kSm90RowBytes + ((((byte >> 4) ^ (row & 7)) << 4) | (byte & 15));
+  const unsigned address = mfa_sm90_staged_address(buffer, row, byte);
   if constexpr (kSm90OutBytes == 4)
     mfa_st_shared_v2_f32(address, v0, v1);
   else
     mfa_st_shared_b32(address, mfa_pack_f32x2<MFA_OUT_DTYPE>(v0, v1));
 }
 
+// A kernel given C^T (16-bit C): the tile's columns (col, col + 1) are rows of C, so the pair goes to two
+// rows of the chunk, at the same byte (`byte`: the tile row's, 2 bytes an element).
+__device__ __forceinline__ void mfa_sm90_stage_pair_transposed(unsigned buffer, int col, int byte, float v0,
+                                                               float v1) {
+  const auto bits = [](float v) {
+    return static_cast<unsigned short>(MFA_OUT_DTYPE == MFA_GEMM_F16 ? mfa_f32_to_f16(v) : mfa_f32_to_bf16(v));
+  };
+  mfa_st_shared_b16(mfa_sm90_staged_address(buffer, col, byte), bits(v0));
+  mfa_st_shared_b16(mfa_sm90_staged_address(buffer, col + 1, byte), bits(v1));
+}
+
 // Store the (finished) accumulators of warpgroup w's 64 rows of the tile, chunk by chunk (m64nN fragment
 // layout: gemm_sm90_epilogue.cuh). Per chunk: thread 0 makes sure the buffer's previous store has read
 // it (at most one group, the other buffer's, still pending); the warpgroup writes it, fences it for the
-// async proxy, and thread 0 stores it.
+// async proxy, and thread 0 stores it. A kernel given C^T (16-bit C) stages each chunk transposed: its
+// 64 columns are 64 rows of C, the warpgroup's 64 rows 128 bytes of each, the same box of C's map.
 __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_c, const mfa_sm90_tile &tile, int w,
                                                       mfa_sm90_staging &staging, const float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
@@ -335,27 +352,36 @@ __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_
     for (int jj = 0; jj < blocks_per_chunk; ++jj) {
       const int j = chunk * blocks_per_chunk + jj;
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        mfa_sm90_stage_pair(buffer, row0 + 8 * h, byte0 + 8 * jj * kSm90OutBytes, acc[4 * j + 2 * h],
-                            acc[4 * j + 2 * h + 1]);
+      for (int h = 0; h < 2; ++h) {
+        const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if constexpr (MFA_SM90_C_TRANSPOSED)
+          mfa_sm90_stage_pair_transposed(buffer, 8 * jj + 2 * (t % 4), 2 * (row0 + 8 * h), v0, v1);
+        else
+          mfa_sm90_stage_pair(buffer, row0 + 8 * h, byte0 + 8 * jj * kSm90OutBytes, v0, v1);
+      }
     }
     mfa_fence_proxy_async_smem();
     mfa_named_barrier_sync(1 + w, 128);
     if (t == 0) {
-      mfa_tma_store_3d(&map_c, buffer, tile.n0 + chunk * kSm90ChunkCols, tile.m0 + 64 * w, tile.batch);
+      const int cols = tile.n0 + chunk * kSm90ChunkCols, rows = tile.m0 + 64 * w;  // of the tile
+      if constexpr (MFA_SM90_C_TRANSPOSED)
+        mfa_tma_store_3d(&map_c, buffer, rows, cols, tile.batch);
+      else
+        mfa_tma_store_3d(&map_c, buffer, cols, rows, tile.batch);
       mfa_bulk_commit_group();
     }
     ++staging.chunks;
   }
 }
 
-// The epilogue of one tile for consumer warpgroup w. A kernel that computes C^T (MFA_SM90_C_TRANSPOSED:
-// thin problems, cpp/gemm.cpp) writes it element by element: its chunks would be columns of C.
+// The epilogue of one tile for consumer warpgroup w. A kernel that computes C^T (MFA_SM90_C_TRANSPOSED,
+// cpp/gemm.cpp) of an fp32 C writes it element by element: a transposed chunk's 64 rows of 4 bytes would
+// be two swizzle spans wide.
 __device__ __forceinline__ void mfa_sm90_finish_tile(const mfa_gemm_args &args, const mfa_tensor_map &map_c,
                                                      const mfa_sm90_tile &tile, int w, bool pairs,
                                                      mfa_sm90_staging &staging, float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
-  if (MFA_SM90_C_TRANSPOSED || !args.c_by_tma) {
+  if ((MFA_SM90_C_TRANSPOSED && kSm90OutBytes == 4) || !args.c_by_tma) {
     mfa_sm90_epilogue(args, tile, w, t, pairs, acc);
     return;
   }

@@ -13,7 +13,8 @@
 //
 // MFA_SM90_C_TRANSPOSED 1 (kernels given C^T = op(B)^T op(A)^T: gemm_sm90_tf32.cu's NN variant, so that
 // both of its operands arrive K-major, and gemm_sm90.cu's for thin problems, so that the weight's columns
-// fill the 128-row tiles): the kernel's rows are C's columns and its columns C's rows, so
+// fill the 128-row tiles, and for NN problems whose B fills the SMs better K-major): the kernel's rows are
+// C's columns and its columns C's rows, so
 // element (row, col) of its tile is C[col][row] and the bias (one value per column of C) goes by row.
 // Neighbouring columns are then a row of C apart: no pair accesses.
 #pragma once

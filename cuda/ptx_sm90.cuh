@@ -169,7 +169,10 @@ __device__ __forceinline__ void mfa_tma_load_3d_multicast(unsigned dst, const vo
       : "memory");
 }
 
-// 4- and 8-byte stores to shared memory at a shared-window address.
+// 2-, 4- and 8-byte stores to shared memory at a shared-window address.
+__device__ __forceinline__ void mfa_st_shared_b16(unsigned address, unsigned short value) {
+  asm volatile("st.shared.b16 [%0], %1;" : : "r"(address), "h"(value) : "memory");
+}
 __device__ __forceinline__ void mfa_st_shared_b32(unsigned address, unsigned value) {
   asm volatile("st.shared.b32 [%0], %1;" : : "r"(address), "r"(value) : "memory");
 }

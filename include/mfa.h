@@ -286,9 +286,10 @@ MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, cons
  * MFA_SCHEDULE_* chosen, the workspace it needs, and every unit's work items, unit by unit in the order
  * each unit runs them. A unit is a block, or, where the tuning (or the library) chooses cluster_m 2, a
  * cluster of two blocks (sm_count / 2 of them) whose tiles are 256 x tile_n, each block computing one
- * 128-row half. A 16-bit problem of at most 64 rows and more columns runs as C^T = op(B)^T op(A)^T: its
- * tiles, and tile_n, are those of that problem (n rows, m columns). Needs no GPU: the CPU tests use it to check that every k step of every tile is computed
- * once. A k step is 64 elements. */
+ * 128-row half. A 16-bit problem of at most 64 rows and more columns, and with tile_n 0 an NN one with a
+ * 16-bit C whose tiles fill the SMs better so, runs as C^T = op(B)^T op(A)^T: its tiles, and tile_n, are
+ * those of that problem (n rows, m columns). Needs no GPU: the CPU tests use it to check that every k step
+ * of every tile is computed once. A k step is 64 elements. */
 typedef struct mfa_gemm_work_item {
   int32_t block;             /* the persistent unit: 0 .. units - 1 */
   int32_t tile;              /* the output (unit) tile, in the kernel's numbering (batch-major) */

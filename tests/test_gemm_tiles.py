@@ -72,45 +72,64 @@ def test_every_tile_compiles_without_spills(tile_reports, variant):
     (8192, 8192, 8192, 1, (256, 1)),   # 2048 tiles of 128 x 256: 16 waves
     (4096, 4096, 4096, 1, (256, 1)),   # 512: 4 waves (1024 against 8 x 128 / 0.95 = 1078)
     (2048, 2048, 2048, 1, (256, 1)),   # 128 tiles: one wave, against two of 128 x 128 (269)
-    (2560, 2560, 1024, 1, (256, 1)),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 by Stream-K (515)
+    (2560, 2560, 1024, 1, (256, 1)),   # 200 tiles, 2 waves (512) against 400 of 128 x 128 in 4 (539)
     (1024, 1024, 1024, 3, (256, 1)),   # batches count: 96 tiles, one wave
     (1536, 1536, 1536, 1, (192, 1)),   # 96 tiles of 128 x 192, one wave (204), against 144 by Stream-K (250)
-    (3072, 3072, 3072, 1, (192, 1)),   # 384 of them in 3 waves (613) against 288 of 128 x 256 (670)
-    (2560, 2560, 2560, 1, (128, 1)),   # 400 tiles by Stream-K (490) against 200 wide ones in 2 waves (512)
+    (3072, 3072, 3072, 1, (192, 1)),   # 384 of them in 3 waves (613) against 288 of 128 x 256 by Stream-K (710)
+    (2560, 2560, 2560, 1, (128, 1)),   # 400 tiles by Stream-K (478) against 200 wide ones in 2 waves (512)
     (1024, 1024, 1024, 1, (64, 1)),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
     (256, 256, 256, 1, (64, 1)),
     (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape, run as C^T: 32 tiles by Stream-K
     (16, 14336, 4096, 1, (64, 1)),     # the same, 112 tiles
 ])
 def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
-    assert _table_tile(monkeypatch, m, n, k, batch, "NN") == tile
+    # An fp32 C: these NN problems run as they are (a 16-bit C may run transposed, the test below).
+    tile_n, cluster_m, swapped = _table_tile(monkeypatch, m, n, k, batch, "NN", out_dtype="float32")
+    assert (tile_n, cluster_m) == tile and swapped == (m <= 64 < n)
 
 
 @pytest.mark.parametrize("size, tile_n", [
     # B K-major (NT): the widths between the multiples of 64 join the table (kKMajorBTileTable).
     (1536, 144),   # 12 x 11 = 132 tiles of 128 x 144, one wave (167), against 96 of 128 x 192 (204)
-    (2176, 160),   # 238 tiles in 2 waves (352) against 289 of 128 x 128 by Stream-K (354)
+    (2176, 160),   # 238 tiles in 2 waves (352) against 289 of 128 x 128 by Stream-K (375)
     (2688, 224),   # 252 tiles in 2 waves (472) against 231 of 128 x 256, also 2 waves (512)
     (3072, 192),   # 144 would need 4 waves (670) where 192 needs 3 (613)
     (1280, 128),   # one wave either way; 112 (140) rates below 128 (135)
     (4096, 256),
 ])
 def test_k_major_b_takes_the_widths_between(monkeypatch, size, tile_n):
-    assert _table_tile(monkeypatch, size, size, size, 1, "NT") == (tile_n, 1)
-    assert _table_tile(monkeypatch, size, size, size, 1, "NN")[0] % 64 == 0  # N-major B keeps whole boxes
+    assert _table_tile(monkeypatch, size, size, size, 1, "NT") == (tile_n, 1, False)
+    # N-major B keeps whole boxes
+    assert _table_tile(monkeypatch, size, size, size, 1, "NN", out_dtype="float32")[0] % 64 == 0
 
 
-def _table_tile(monkeypatch, m, n, k, batch, trans):
-    """The (tile_n, cluster_m) the library's table picks for a 16-bit problem."""
+@pytest.mark.parametrize("m, n, out_dtype, forced, expected", [
+    # NN with a 16-bit C runs as C^T = B^T A^T where that is kSwapGain cheaper: its B (A^T) is K-major.
+    (1536, 1536, "float16", None, (144, 1, True)),   # 132 tiles of 128 x 144 (167) against 96 of 192 (204)
+    (1536, 1536, "bfloat16", None, (144, 1, True)),
+    (1600, 700, "float16", None, (80, 1, True)),     # 13 x 10 tiles of 128 x 80 (123) against 128 x 128 (135)
+    (1536, 1536, "float32", None, (192, 1, False)),  # an fp32 C would leave element by element
+    (1536, 1536, "float16", "192", (192, 1, False)),  # a forced tile keeps the problem as it is
+    (4096, 4096, "float16", None, (256, 1, False)),  # 4 waves of 128 x 256 either way
+    (1000, 1500, "float16", None, (128, 1, False)),  # one wave of 128 x 128 either way
+])
+def test_nn_runs_transposed_where_its_tiles_fill_the_waves(monkeypatch, m, n, out_dtype, forced, expected):
+    assert _table_tile(monkeypatch, m, n, 512, 1, "NN", out_dtype=out_dtype, forced_tile_n=forced) == expected
+
+
+def _table_tile(monkeypatch, m, n, k, batch, trans, out_dtype="float16", forced_tile_n=None):
+    """(tile_n, cluster_m, whether it runs as C^T) that the library picks for a 16-bit problem."""
     monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)  # the suite may force one; the table is the subject
     monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
+    if forced_tile_n:
+        monkeypatch.setenv("MFA_SM90_TILE_N", forced_tile_n)
     reports = mfa_c.compile_report(arch="sm_90a", m=m, n=n, k=k, batch=batch, dtype="float16", path="hopper",
-                                   trans_a=trans[0] == "T", trans_b=trans[1] == "T")
+                                   out_dtype=out_dtype, trans_a=trans[0] == "T", trans_b=trans[1] == "T")
     (variant,) = [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"]
-    assert f".{trans.lower()}." in variant and variant.endswith(".swap-ab") == (m <= 64 < n), variant
+    assert f".{trans.lower()}." in variant, variant
     tile = variant.split(f".{trans.lower()}.128x")[1].removesuffix(".swap-ab")
     tile_n, _, cluster = tile.partition(".cluster")
-    return int(tile_n), int(cluster or 1)
+    return int(tile_n), int(cluster or 1), variant.endswith(".swap-ab")
 
 
 THIN_VARIANTS = [(dtype, out, trans) for dtype in DTYPES_16 for out in OUTPUTS for trans in TRANSPOSES]
@@ -348,6 +367,28 @@ def test_every_tile_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, 
     run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
                   beta=beta, c0=c0, bias=bias, activation=activation, path="hopper", layout="padded", tile_n=tile[0],
                   cluster_m=tile[1], context_note=f"tile {_tile_suffix(*tile)} {activation} beta {beta}")
+
+
+@pytest.mark.parametrize("m, n, k, batch", [(1500, 1530, 100, 1), (1600, 700, 67, 1), (700, 1600, 130, 2)])
+@pytest.mark.parametrize("dtype, out_dtype", [("float16", "float16"), ("bfloat16", "bfloat16"),
+                                              ("float16", "bfloat16")])
+def test_nn_run_transposed_against_float64(ctx, torch_cuda, rng, monkeypatch, m, n, k, batch, dtype, out_dtype):
+    """NN problems that the table runs as C^T (their tiles stored transposed by TMA, and by registers past
+    the tile's whole 64-column chunks), every epilogue term in play."""
+    skip_unless_hopper_applies(ctx, "hopper")
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    monkeypatch.delenv("MFA_SM90_CLUSTER_M", raising=False)
+    with mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype, path="hopper",
+                            context=ctx) as pipeline:
+        assert pipeline.info["variant"].endswith(".swap-ab"), pipeline.info["variant"]
+    inputs = Inputs(torch_cuda, rng)
+    a, b = inputs.operands(m, n, k, dtype, "NN", batch=(batch,) if batch > 1 else ())
+    activation = str(rng.choice(ACTIVATIONS))
+    bias = inputs.randn((1, n), out_dtype)[0]
+    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
+    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans="NN", alpha=0.75,
+                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper",
+                  context_note=f"{m}x{n}x{k} batch {batch} {activation}")
 
 
 @pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
