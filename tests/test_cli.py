@@ -36,6 +36,28 @@ def test_check_compiles_every_variant_for_sm90a(shared_cache):
     assert missing == [], f"check did not report {missing}"
 
 
+def test_checks_tolerance_grows_only_where_the_result_is_ill_conditioned():
+    """check's GEMM tolerance scales by the result's conditioning: about 1 for random inputs of many
+    elements, large for a 1 x 1 result whose terms cancel or that sits in GELU's flat tail."""
+    import numpy as np
+    from mfa_c import cli
+
+    def conditioning(a, b, c, bias, activation="gelu_tanh"):
+        operands = {name: np.asarray(value, dtype=np.float32) for name, value in
+                    {"a": a, "b": b, "c": c, "bias": bias}.items()}
+        keywords = {"trans_a": False, "trans_b": False, "alpha": 1.25, "beta": 0.5, "activation": activation}
+        return cli._conditioning(operands, keywords, cli.gemm_reference(**operands, **keywords))
+
+    rng = np.random.default_rng(7)
+    for activation in (None, "relu", "gelu_tanh", "silu"):
+        random = conditioning(rng.standard_normal((64, 48)), rng.standard_normal((48, 40)),
+                              rng.standard_normal((64, 40)), rng.standard_normal(40), activation)
+        assert 1.0 <= random < 1.2, (activation, random)
+    assert conditioning([[1.0]], [[0.8]], [[-2.0]], [1e-4]) > 1e3        # 1.0 - 1.0 + 1e-4
+    assert conditioning([[2.0]], [[-2.0]], [[0.0]], [0.0]) > 10          # gelu(-5): its flat tail
+    assert conditioning([[1.0]], [[0.8]], [[2.0]], [0.5], None) == 1.0    # nothing cancels
+
+
 def test_check_fails_on_an_invalid_arch(shared_cache):
     result = shared_cache.run("-m", "mfa_c", "check", "--arch", "compute_90", "--jobs", JOBS, timeout=600)
     assert result.returncode != 0
