@@ -8,7 +8,7 @@
 //              tiles of 128 rows by 64 .. 256 columns, the 128 and 256 wide ones also in clusters of
 //              two sharing B (the variant table below, or a chained mfa_gemm_tuning); data-parallel or
 //              Stream-K, planned at pipeline creation (gemm_schedule.cpp); thin problems, and NN ones
-//              whose tiles fill the SMs better so, run as C^T = op(B)^T op(A)^T (swaps_ab)
+//              whose tiles fill the SMs better so, run as C^T = op(B)^T op(A)^T (hopper_choice)
 //              mfa_gemm_sm90_tf32 (3xTF32)        sm_90a, fp32 inputs, ACCURATE precision; NN runs as B^T A^T
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
@@ -101,7 +101,7 @@ struct GemmVariant {
 //   matrix (16 x 4096 x 4096: 64 blocks, 20% of DRAM bandwidth, 0.45x cuBLAS, whose kernel there is a
 //   128 x 16 tile split along K). Transposed, the weight's columns fill the 128-row tiles, the rows a
 //   64-wide one, and Stream-K spreads the k steps of the few tiles over every SM (gemm_schedule.cpp).
-// - 16-bit NN with a 16-bit C where its tiles fill the SMs better transposed (swaps_ab, below).
+// - 16-bit NN with a 16-bit C where its tiles fill the SMs better transposed (hopper_choice, below).
 constexpr int64_t kThinRows = 64;
 
 bool swaps_by_shape(const mfa_gemm_descriptor &d) {
@@ -408,15 +408,25 @@ HopperTile hopper_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile tu
 // caller or the environment chooses keeps the problem as it is.
 constexpr double kSwapGain = 0.95;
 
-bool swaps_ab(const mfa_gemm_descriptor &d, int sm_count, HopperTile tuned) {
-  if (swaps_by_shape(d)) return true;
+// The 16-bit Hopper kernel's form of a problem (as it is, or C^T: swaps_by_shape, or the table's rating
+// above) and its tile.
+struct HopperChoice {
+  bool swap;
+  HopperTile tile;
+};
+HopperChoice hopper_choice(const mfa_gemm_descriptor &d, int sm_count, HopperTile tuned) {
+  if (swaps_by_shape(d)) return {true, hopper_tile(kernel_problem(d, true), sm_count, tuned)};
   const HopperTile forced = forced_tile();
-  if (tuned.tile_n || tuned.cluster_m || forced.tile_n || forced.cluster_m) return false;
-  if (d.a_dtype == MFA_DTYPE_F32 || d.c_dtype == MFA_DTYPE_F32 || d.trans_a || d.trans_b || d.m == 0 || d.n == 0)
-    return false;
-  const TileChoice direct = cheapest_tile(d, sm_count, {});
-  const TileChoice transposed = cheapest_tile(kernel_problem(d, true), sm_count, {});
-  return direct.tile.tile_n && transposed.tile.tile_n && transposed.cost < kSwapGain * direct.cost;
+  const bool chosen = tuned.tile_n || tuned.cluster_m || forced.tile_n || forced.cluster_m;
+  if (!chosen && d.c_dtype != MFA_DTYPE_F32 && !d.trans_a && !d.trans_b && d.m > 0 && d.n > 0) {
+    const TileChoice direct = cheapest_tile(d, sm_count, {});
+    const TileChoice transposed = cheapest_tile(kernel_problem(d, true), sm_count, {});
+    if (direct.tile.tile_n && transposed.tile.tile_n) {
+      if (transposed.cost < kSwapGain * direct.cost) return {true, transposed.tile};
+      return {false, direct.tile};
+    }
+  }
+  return {false, hopper_tile(d, sm_count, tuned)};
 }
 
 // The variants a descriptor needs on `arch`: the portable one always (it serves misaligned operands),
@@ -431,13 +441,14 @@ std::vector<GemmVariant> variants_for(const mfa_gemm_descriptor &d, const std::s
       d.path != MFA_GEMM_PATH_PORTABLE && d.precision != MFA_PRECISION_IEEE && hopper_capable(arch);
   if (hopper_wanted) {
     GemmVariant hopper = variant_for(d, MFA_GEMM_PATH_HOPPER);
-    hopper.swap_ab = swaps_ab(d, sm_count, tuned);
     if (hopper.hopper_tf32()) {
+      hopper.swap_ab = swaps_by_shape(d);
       hopper.tile_n = MFA_SM90_TF32_BN;
     } else {
-      const HopperTile tile = hopper_tile(kernel_problem(d, hopper.swap_ab), sm_count, tuned);
-      hopper.tile_n = tile.tile_n;
-      hopper.cluster_m = tile.cluster_m;
+      const HopperChoice choice = hopper_choice(d, sm_count, tuned);
+      hopper.swap_ab = choice.swap;
+      hopper.tile_n = choice.tile.tile_n;
+      hopper.cluster_m = choice.tile.cluster_m;
     }
     variants.insert(variants.begin(), hopper);
   }
@@ -865,9 +876,11 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
                  "out_items is NULL with capacity ", capacity);
     mfa::HopperTile tuned = mfa::tuned_tile(descriptor);
     if (tile_n) tuned = {tile_n, tuned.cluster_m ? tuned.cluster_m : 1};
-    const bool swap = d.a_dtype != MFA_DTYPE_F32 && mfa::swaps_ab(d, sm_count, tuned);
-    const mfa_gemm_descriptor kd = mfa::kernel_problem(d, swap);
-    const mfa::HopperTile tile = mfa::hopper_tile(kd, sm_count, tuned);
+    const mfa::HopperChoice choice = d.a_dtype != MFA_DTYPE_F32
+                                         ? mfa::hopper_choice(d, sm_count, tuned)
+                                         : mfa::HopperChoice{false, mfa::hopper_tile(d, sm_count, tuned)};
+    const mfa_gemm_descriptor kd = mfa::kernel_problem(d, choice.swap);
+    const mfa::HopperTile tile = choice.tile;
     mfa::require(mfa::hopper_tile_count(kd, tile) <= INT_MAX, MFA_STATUS_UNSUPPORTED,
                  "the descriptor has more than 2^31 - 1 tiles");
     const mfa_gemm_schedule s = mfa::plan_hopper_schedule(kd, tile, mfa::hopper_units(tile, sm_count));

@@ -46,7 +46,8 @@ def test_checks_tolerance_grows_only_where_the_result_is_ill_conditioned():
         operands = {name: np.asarray(value, dtype=np.float32) for name, value in
                     {"a": a, "b": b, "c": c, "bias": bias}.items()}
         keywords = {"trans_a": False, "trans_b": False, "alpha": 1.25, "beta": 0.5, "activation": activation}
-        return cli._conditioning(operands, keywords, cli.gemm_reference(**operands, **keywords))
+        pre = cli.gemm_reference(**operands, **{**keywords, "activation": None})
+        return cli._conditioning(operands, keywords, pre, cli.gemm_reference(**operands, **keywords))
 
     rng = np.random.default_rng(7)
     for activation in (None, "relu", "gelu_tanh", "silu"):

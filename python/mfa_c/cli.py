@@ -248,17 +248,18 @@ def _variant_error(variant, m, n, k):
     operands = {name: to_operand(rng.standard_normal(shape), dtypes[name]) for name, shape in shapes.items()}
     keywords = {"trans_a": variant["trans_a"], "trans_b": variant["trans_b"], "alpha": 1.25, "beta": 0.5,
                 "activation": "gelu_tanh"}
-    reference = gemm_reference(**operands, **keywords)  # before gemm: c is written in place
-    conditioning = _conditioning(operands, keywords, reference)
+    pre_activation = gemm_reference(**operands, **{**keywords, "activation": None})  # before gemm: c is written
+    reference = reference_activation(keywords["activation"])(pre_activation)
+    conditioning = _conditioning(operands, keywords, pre_activation, reference)
     result = mfa_c.gemm(**operands, **keywords, precision=variant["precision"], out_dtype=variant["out_dtype"],
                         path=variant["path"], schedule=variant["schedule"])
     return (relative_error(result, reference), relative_error(to_operand(reference, variant["out_dtype"]), reference),
             conditioning)
 
 
-def _conditioning(operands, keywords, reference):
+def _conditioning(operands, keywords, pre, reference):
     """How much larger than its terms' rounding the result's relative error may be, at least 1:
-    ||act'(x) * s|| / ||act(x)||, where x is the pre-activation and s the root-sum-square of the terms
+    ||act'(x) * s|| / ||act(x)||, where x is `pre`, the pre-activation, and s the root-sum-square of the terms
     that sum to it (alpha a_il b_lj, beta c_ij, bias_j). It is about 1 for random inputs of many elements;
     a 1 x 1 result whose terms cancel (x near 0), or that lies in an activation's flat tail, is smaller
     than the error its terms carry (measured: 4 of 3000 fp32-accurate 1 x 1 x 1 GEMMs with GELU missed
@@ -267,7 +268,6 @@ def _conditioning(operands, keywords, reference):
     op_a = a.T if keywords["trans_a"] else a
     op_b = b.T if keywords["trans_b"] else b
     terms = np.sqrt(keywords["alpha"] ** 2 * ((op_a ** 2) @ (op_b ** 2)) + (keywords["beta"] * c) ** 2 + bias ** 2)
-    pre = gemm_reference(**operands, **{**keywords, "activation": None})
     size = np.linalg.norm(reference)
     slope = _activation_slope(keywords["activation"], pre)
     return max(1.0, float(np.linalg.norm(slope * terms) / size)) if size else 1.0
