@@ -646,7 +646,8 @@ __device__ __forceinline__ void mfa_gn_apply_pass(const mfa_gn_args &args) {
 // Block `rank` of the cluster working on (n, group) holds the group's units [rank * slice_units, ...) (a
 // unit: U elements copied at once) of each input stream in shared memory:
 //   1. stage: cp.async copies every unit of the slice (no registers hold data in flight, so a block keeps
-//      its whole slice's loads outstanding); the group's weight and bias and a few scalars into a table
+//      its whole slice's loads outstanding), in the NCHW backward as chunks that its first pass (dy^ and
+//      the sums) takes in turn as they land; the group's weight and bias and a few scalars into a table
 //   2. one merge over the cluster: each block's sums in a fixed order, published in shared memory, read
 //      back by every block through distributed shared memory in rank order (all hold the same bits)
 //      forward: the moments of x' - p; backward: sum w dy^ xhat and sum w dy^
@@ -744,6 +745,9 @@ __device__ __forceinline__ mfa_gn_unit<U> mfa_gn_unit_of(const float (&v)[U]) {
   return unit;
 }
 
+// Whether the slice is copied in chunks that the first pass takes as they land (MFA_GN_MAX_CHUNKS).
+constexpr bool kChunkedStage = MFA_GN_PASS == MFA_GN_BACKWARD && MFA_GN_LAYOUT == MFA_GN_NCHW;
+
 // Where (n, group) and a block's slice of it are.
 struct mfa_gn_slice {
   long long item, n, group;
@@ -752,6 +756,7 @@ struct mfa_gn_slice {
   int units;        // units in the slice
   unsigned rank, blocks;               // within (n, group)
   unsigned first_rank, cluster_blocks;  // the cluster rank of (n, group)'s first block; the cluster's blocks
+  int chunk_units, chunks;              // the slice's copies in chunks (mfa_gn_stage_item)
 };
 
 template <int U>
@@ -772,6 +777,11 @@ __device__ __forceinline__ mfa_gn_slice mfa_gn_slice_of(const mfa_gn_args &args,
   const long long group_units = args.cpg * args.spatial / U;
   s.first = static_cast<unsigned>(min(first, group_units));
   s.units = static_cast<int>(max(0ll, min(args.slice_units, group_units - first)));
+  const int strides = (s.units + blockDim.x - 1) / blockDim.x;  // of a unit a thread
+  const int chunk_strides = kChunkedStage ? max(2, (strides + MFA_GN_MAX_CHUNKS - 1) / MFA_GN_MAX_CHUNKS)
+                                          : max(1, strides);
+  s.chunk_units = chunk_strides * blockDim.x;
+  s.chunks = max(1, (s.units + s.chunk_units - 1) / s.chunk_units);
   return s;
 }
 
@@ -805,28 +815,28 @@ __device__ __forceinline__ mfa_gn_elem *mfa_gn_group_of(const void *tensor, cons
   return const_cast<mfa_gn_elem *>(static_cast<const mfa_gn_elem *>(tensor)) + s.base;
 }
 
-// Copies the slice of `source` into shared memory: cp.async for 4 to 16-byte units, otherwise (2-byte
-// elements one at a time) loads batched ahead of their stores.
+// Copies units [begin, end) of the slice of `source` into shared memory: cp.async for 4 to 16-byte units,
+// otherwise (2-byte elements one at a time) loads batched ahead of their stores.
 template <int U>
 __device__ __forceinline__ void mfa_gn_stage(const mfa_gn_args &args, const mfa_gn_slice &s, const void *source,
-                                             mfa_gn_elem *slice) {
+                                             mfa_gn_elem *slice, int begin, int end) {
   constexpr int BYTES = U * sizeof(mfa_gn_elem);
   const mfa_gn_elem *from = mfa_gn_group_of(source, s);
   if constexpr (BYTES >= 4) {
-    for (int u = threadIdx.x; u < s.units; u += blockDim.x)
+    for (int u = begin + threadIdx.x; u < end; u += blockDim.x)
       mfa_cp_async<BYTES>(slice + u * U, from + mfa_gn_unit_offset<U>(args, s, u));
   } else {
     constexpr int BATCH = 8;
-    for (int u0 = threadIdx.x; u0 < s.units; u0 += BATCH * blockDim.x) {
+    for (int u0 = begin + threadIdx.x; u0 < end; u0 += BATCH * blockDim.x) {
       mfa_gn_elem held[BATCH];
 #pragma unroll
       for (int b = 0; b < BATCH; ++b) {
         const int u = u0 + b * blockDim.x;
-        if (u < s.units) held[b] = from[mfa_gn_unit_offset<U>(args, s, u)];
+        if (u < end) held[b] = from[mfa_gn_unit_offset<U>(args, s, u)];
       }
 #pragma unroll
       for (int b = 0; b < BATCH; ++b)
-        if (u0 + b * blockDim.x < s.units) slice[u0 + b * blockDim.x] = held[b];
+        if (u0 + b * blockDim.x < end) slice[u0 + b * blockDim.x] = held[b];
     }
   }
 }
@@ -937,15 +947,33 @@ __device__ __forceinline__ mfa_gn_buffer mfa_gn_buffer_of(const mfa_gn_args &arg
   return {reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared), reinterpret_cast<mfa_gn_elem *>(mfa_gn_shared + args.slice_bytes)};
 }
 
-// The block's input streams into `buffer` (cp.async, one commit group): x, then the residual (forward,
-// if any) or dy.
+// The block's input streams into `buffer`: x, and the residual (forward, if any) or dy, in s.chunks
+// chunks of whole block-strides of units (one unless kChunkedStage), each chunk of both streams one
+// cp.async group, so that the first pass over the slice (mfa_gn_each_landed_chunk) works on a chunk while
+// the later ones are in flight. (All copies are still issued at once: the whole slice stays outstanding.)
 template <int U>
 __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                   const mfa_gn_buffer &buffer) {
   constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
-  mfa_gn_stage<U>(args, s, args.x, buffer.first);
-  if (!kForward || args.residual) mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second);
-  mfa_cp_async_commit();
+  const void *second = kForward ? args.residual : args.dy;
+  for (int k = 0; k < s.chunks; ++k) {
+    const int begin = k * s.chunk_units, end = min(begin + s.chunk_units, s.units);
+    mfa_gn_stage<U>(args, s, args.x, buffer.first, begin, end);
+    if (second) mfa_gn_stage<U>(args, s, second, buffer.second, begin, end);
+    mfa_cp_async_commit();
+  }
+}
+
+// Calls chunk(begin, end) for each chunk of the slice in order, once every thread's copies of it have
+// landed.
+template <class Chunk>
+__device__ __forceinline__ void mfa_gn_each_landed_chunk(const mfa_gn_slice &s, Chunk chunk) {
+  if constexpr (!kChunkedStage) return chunk(0, s.units);  // one chunk, landed before mfa_gn_item
+  for (int k = 0; k < s.chunks; ++k) {
+    mfa_cp_async_wait_at_most(s.chunks - 1 - k);
+    __syncthreads();
+    chunk(k * s.chunk_units, min((k + 1) * s.chunk_units, s.units));
+  }
 }
 
 #if MFA_GN_PASS == MFA_GN_FORWARD
@@ -1174,25 +1202,27 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, c
     const mfa_gn_acc total = mfa_gn_warp_merge(sum);
     if (lane == 0) slots[(column - first_column) * warps + warp] = make_float2(total.a, total.b);
   };
-  for (int run = warp; run * 32 < s.units; run += warps) {
-    const int run_column = static_cast<int>(mfa_gn_div32(s.first + run * 32, args.div_row_units));
-    if (run_column != column) {
-      if (column >= 0) flush();
-      column = run_column, sum = mfa_gn_zero();
-    }
-    const int u = run * 32 + lane;
-    float x[U], dy[U];
-    mfa_gn_unit_floats<U>(xs, u, x);
-    mfa_gn_unit_floats<U>(dys, u, dy);
+  mfa_gn_each_landed_chunk(s, [&](int begin, int end) {  // chunks of whole block-strides: of `warps` runs
+    for (int run = begin / 32 + warp; run * 32 < end; run += warps) {
+      const int run_column = static_cast<int>(mfa_gn_div32(s.first + run * 32, args.div_row_units));
+      if (run_column != column) {
+        if (column >= 0) flush();
+        column = run_column, sum = mfa_gn_zero();
+      }
+      const int u = run * 32 + lane;
+      float x[U], dy[U];
+      mfa_gn_unit_floats<U>(xs, u, x);
+      mfa_gn_unit_floats<U>(dys, u, dy);
 #pragma unroll
-    for (int k = 0; k < U; ++k) x[k] = (x[k] - mean) * rstd;
-    mfa_gn_dy_hat<U>(dys, u, x, dy, weight, bias, column);
+      for (int k = 0; k < U; ++k) x[k] = (x[k] - mean) * rstd;
+      mfa_gn_dy_hat<U>(dys, u, x, dy, weight, bias, column);
 #pragma unroll
-    for (int k = 0; k < U; ++k) {
-      sum.a = fmaf(dy[k], x[k], sum.a);
-      sum.b += dy[k];
+      for (int k = 0; k < U; ++k) {
+        sum.a = fmaf(dy[k], x[k], sum.a);
+        sum.b += dy[k];
+      }
     }
-  }
+  });
   if (column >= 0) flush();
   __syncthreads();
   mfa_gn_acc sums = mfa_gn_zero();
@@ -1227,21 +1257,23 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   if (args.column_slots) {
     sums = mfa_gn_run_sums<U>(args, s, xs, dys, weight, bias, mean, rstd, slots, channels);
   } else {
-    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-      float xhat[U], dy[U];
-      mfa_gn_unit_floats<U>(xs, u, xhat);
-      mfa_gn_unit_floats<U>(dys, u, dy);
+    mfa_gn_each_landed_chunk(s, [&](int begin, int end) {
+      for (int u = begin + threadIdx.x; u < end; u += blockDim.x) {
+        float xhat[U], dy[U];
+        mfa_gn_unit_floats<U>(xs, u, xhat);
+        mfa_gn_unit_floats<U>(dys, u, dy);
 #pragma unroll
-      for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
-      const int channel = mfa_gn_unit_channel<U>(args, s, u);
-      mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
+        for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
+        const int channel = mfa_gn_unit_channel<U>(args, s, u);
+        mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
 #pragma unroll
-      for (int k = 0; k < U; ++k) {
-        const float g = weight[mfa_gn_element_channel(channel, k)] * dy[k];
-        sums.a = fmaf(g, xhat[k], sums.a);
-        sums.b += g;
+        for (int k = 0; k < U; ++k) {
+          const float g = weight[mfa_gn_element_channel(channel, k)] * dy[k];
+          sums.a = fmaf(g, xhat[k], sums.a);
+          sums.b += g;
+        }
       }
-    }
+    });
     if (channels && args.dweight) {  // the merge's barrier publishes them to the cluster
       __syncthreads();                // every dy^ stored
       mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, channels);
@@ -1304,8 +1336,8 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   const mfa_gn_table_entry entry = mfa_gn_table_load(args, s);
   mfa_gn_stage_item<U>(args, s, buffer);
   mfa_gn_table_store(args, s, entry, table, scalars);
-  mfa_cp_async_wait<0>();
-  __syncthreads();
+  if (!kChunkedStage) mfa_cp_async_wait<0>();  // its one chunk: the whole slice
+  __syncthreads();  // the table (and the slice, unless its chunks are waited for as the first pass goes)
   mfa_gn_item<U>(args, s, buffer, table, scalars);
   mfa_gn_cluster_exit(cluster_blocks);
 }

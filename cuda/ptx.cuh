@@ -62,6 +62,19 @@ template <int PENDING>
 __device__ __forceinline__ void mfa_cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
 }
+// The same for a run-time count, 0 to 7 (more waits for 7).
+__device__ __forceinline__ void mfa_cp_async_wait_at_most(int pending) {
+  switch (pending) {
+    case 0: return mfa_cp_async_wait<0>();
+    case 1: return mfa_cp_async_wait<1>();
+    case 2: return mfa_cp_async_wait<2>();
+    case 3: return mfa_cp_async_wait<3>();
+    case 4: return mfa_cp_async_wait<4>();
+    case 5: return mfa_cp_async_wait<5>();
+    case 6: return mfa_cp_async_wait<6>();
+    default: return mfa_cp_async_wait<7>();
+  }
+}
 
 // ----- warp-wide fragment loads from shared memory -----
 // Four 8x8 b16 matrices: lanes 8i..8i+7 give the 16-byte row addresses of matrix i; lane t receives
