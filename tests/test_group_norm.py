@@ -281,16 +281,20 @@ def test_plan_fills_the_device_on_the_diffusion_shapes():
     """Every diffusion shape runs in one pass, with about two blocks an SM where slices stay >= 4 KB; the
     backward's clusters hold their group in both samples (dweight summed within the cluster) where the
     grid still fits the GPU at once: all but the 64x64 shapes of 640 and 1280 channels (320 KB and 640 KB
-    groups of dy and x)."""
+    groups of dy and x). NHWC rows of 10 fp16 channels (4-byte copies) take slices of at most 16 KB where
+    8 blocks allow, whether or not both samples then fit one cluster (narrow_nhwc_copies)."""
     for pass_ in ("forward", "backward"):
         for layout in LAYOUTS:
-            for n, c, h, w in SD_SHAPES + [(2, 640, 64, 64), (2, 1280, 64, 64)]:
+            for n, c, h, w in SD_SHAPES + [(2, 320, 32, 32), (2, 640, 64, 64), (2, 1280, 64, 64)]:
                 plan = group_norm_plan(n, c, h * w, 32, layout=layout, pass_=pass_)
                 group_bytes = c // 32 * h * w * 2 * (1 if pass_ == "forward" else 2)
                 run = h * w if layout == "nchw" else c // 32
                 widest = max(u for u in (1, 2, 4, 8) if run % u == 0)  # NHWC C = 320: 10-channel rows, 2
                 assert plan["cluster"] > 0 and plan["vector_elements"] == widest, (n, c, h, w, layout, plan)
-                if pass_ == "backward":
+                narrow = layout == "nhwc" and c == 320
+                if narrow:
+                    assert plan["cluster"] >= min(CLUSTER_MAX, -(-group_bytes // (16 << 10))), (n, c, h, w, plan)
+                elif pass_ == "backward":
                     assert (n * plan["cluster"] <= CLUSTER_MAX) == (h < 64 or c == 320), (n, c, h, w, plan)
                 if pass_ == "backward" and n * plan["cluster"] <= CLUSTER_MAX:
                     continue
