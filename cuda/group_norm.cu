@@ -958,7 +958,8 @@ __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const
   constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
   const auto stage_chunk = [&](int begin, int end) {
     mfa_gn_stage<U>(args, s, args.x, buffer.first, begin, end);
-    if (!kForward || args.residual) mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second, begin, end);
+    if (!kForward || args.residual)
+      mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second, begin, end);
     mfa_cp_async_commit();
   };
   if constexpr (!kChunkedStage) return stage_chunk(0, s.units);
@@ -1255,8 +1256,8 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 
   // 1. the group's sums, and the slice's per channel for dweight and dbias
   mfa_gn_acc sums = mfa_gn_zero();  // (sum w dy^ xhat, sum w dy^)
-  // (NCHW only: compiled into NHWC variants, the unused path took 10 more registers a thread, and 2x1280x32x32
-  // NHWC backward 1.19x the time)
+  // (the column runs exist in NCHW only; compiled into the NHWC variants, the unused path took 10 more
+  // registers a thread there, and 2x1280x32x32 NHWC backward 1.19x the time)
   if (MFA_GN_LAYOUT == MFA_GN_NCHW && args.column_slots) {
     if constexpr (MFA_GN_LAYOUT == MFA_GN_NCHW)
       sums = mfa_gn_run_sums<U>(args, s, xs, dys, weight, bias, mean, rstd, slots, channels);

@@ -38,8 +38,8 @@
 // turn) of at least two block-strides of units each, so that its first pass (dy^, the sums) overlaps the
 // later chunks' copies. Measured (H200, fp16, against one chunk): 16x256x128x128 148.6 -> 141.0 us,
 // 2x1280x64x64 36.9 -> 35.3, with SiLU 48.5 -> 43.3, the smaller diffusion shapes within 2%. The forward,
-// whose first pass is cheap, gained nothing, and NHWC (its scattered copies bound by the LSU) lost 3-4%:
-// they copy in one chunk.
+// whose first pass is cheap, gained nothing; NHWC (its scattered copies bound by issue) lost 3-4%, in a
+// build that also carried the register cost noted at mfa_gn_item, not measured apart. Both copy in one chunk.
 #define MFA_GN_MAX_CHUNKS 8
 // Floats per (n, group) in the workspace's group_stats (forward: pivot p, mean of x' - p, rstd; one spare).
 #define MFA_GN_STATS 4
