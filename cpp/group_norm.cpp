@@ -289,24 +289,29 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 
 // Blocks per (n, group) of the one-pass kernel, 0 for the three-launch path (before sm_90 the caller
 // never asks, nor for scattered_rows_beyond_l2). The smallest cluster whose shared memory holds the group
-// (with any unit's padding), grown to slices of about kSliceTargetBytes, then until the grid has about two blocks per
-// SM (the diffusion shapes have only 64 groups) while slices stay above kMinSliceBytes.
-// forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_MAX that size (the
-// three-launch path if the group does not fit it).
-int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster) {
+// (with any unit's padding), grown to slices of about kSliceTargetBytes, then until the grid has about two
+// blocks per SM (the diffusion shapes have only 64 groups) while slices stay above kMinSliceBytes; at most
+// the portable 8 blocks, or, for groups that 8 cannot hold, `most` (16: wide clusters, or 8 where the
+// device runs none). Measured (H100, fp16 8x512x128x128, 1 MB groups of x and dy): the backward in 16
+// blocks took 181 us against 262 in three launches, 193 against 314 with SiLU; groups that 8 blocks
+// hold gained 2-7% in 16 forward but lost 14-16% backward (16x256x128x128), so they stay at 8.
+// forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_WIDE_MAX that size
+// (the three-launch path if the group does not fit it).
+int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int most) {
   if (forced_cluster == 0) return 0;
   int64_t smallest = 1;
-  while (smallest <= MFA_GN_CLUSTER_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES) ++smallest;
-  if (smallest > MFA_GN_CLUSTER_MAX || d.n * d.groups * MFA_GN_CLUSTER_MAX > INT_MAX) return 0;
+  while (smallest <= MFA_GN_CLUSTER_WIDE_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES) ++smallest;
+  if (d.n * d.groups * MFA_GN_CLUSTER_WIDE_MAX > INT_MAX) return 0;
   if (forced_cluster > 0) return forced_cluster >= smallest ? forced_cluster : 0;
-  if (scattered_rows_beyond_l2(d)) return 0;
+  if (smallest > most || scattered_rows_beyond_l2(d)) return 0;
+  most = smallest > MFA_GN_CLUSTER_MAX ? most : MFA_GN_CLUSTER_MAX;
   const int64_t group_bytes = d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
   const int64_t target = narrow_nhwc_copies(d) ? kSliceTargetBytes / 2 : kSliceTargetBytes;
   int64_t cluster = std::max(smallest, ceil_div(group_bytes, target));
-  while (cluster < MFA_GN_CLUSTER_MAX && d.n * d.groups * cluster < 2 * int64_t{std::max(sm_count, 1)} &&
+  while (cluster < most && d.n * d.groups * cluster < 2 * int64_t{std::max(sm_count, 1)} &&
          group_bytes / (cluster + 1) >= kMinSliceBytes)
     ++cluster;
-  return static_cast<int>(std::min<int64_t>(cluster, MFA_GN_CLUSTER_MAX));
+  return static_cast<int>(std::min<int64_t>(cluster, most));
 }
 
 // Samples a backward cluster holds its group in: every sample where n times `cluster` blocks fit one
@@ -330,15 +335,15 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
 }
 
 // MFA_GN_CLUSTER forces the one-pass plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
-// takes the three-launch path, 1..8 a cluster size.
+// takes the three-launch path, 1..16 a cluster size.
 int forced_cluster_from_environment() {
   const char *text = std::getenv("MFA_GN_CLUSTER");
   if (text == nullptr || std::strcmp(text, "auto") == 0 || *text == 0) return -1;
   if (std::strcmp(text, "split") == 0) return 0;
   char *end = nullptr;
   const long value = std::strtol(text, &end, 10);
-  require(*end == 0 && value >= 0 && value <= MFA_GN_CLUSTER_MAX, MFA_STATUS_INVALID_ARGUMENT,
-          "environment variable MFA_GN_CLUSTER is \"", text, "\": use auto, split or 1..", MFA_GN_CLUSTER_MAX);
+  require(*end == 0 && value >= 0 && value <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
+          "environment variable MFA_GN_CLUSTER is \"", text, "\": use auto, split or 1..", MFA_GN_CLUSTER_WIDE_MAX);
   return static_cast<int>(value);
 }
 
@@ -537,11 +542,34 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
 
 // Dynamic shared memory beyond the default 48 KB: the most any plan takes, since the functions are shared
 // by every pipeline of the variant (a smaller, shape-dependent value would undercut another pipeline's).
-void allow_onepass_smem(const mfa_group_norm_pipeline &pipeline) {
-  for (int unit : {1, 2, 4, 8})
+void allow_onepass_launches(const mfa_group_norm_pipeline &pipeline) {
+  for (int unit : {1, 2, 4, 8}) {
     check_cuda(driver().cuFuncSetAttribute(pipeline.functions[onepass_entry(unit)],
                                            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MFA_GN_SLICE_MAX_BYTES),
                "cuFuncSetAttribute(mfa_gn_onepass, MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+    if (pipeline.onepass_cluster * pipeline.cluster_samples > MFA_GN_CLUSTER_MAX)
+      check_cuda(driver().cuFuncSetAttribute(pipeline.functions[onepass_entry(unit)],
+                                             CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                 "cuFuncSetAttribute(mfa_gn_onepass, NON_PORTABLE_CLUSTER_SIZE_ALLOWED)");
+  }
+}
+
+// Whether the device holds at least one cluster of the chosen one-pass launch (a wide cluster needs 16
+// SMs of one GPC with room for its blocks), for the widest unit's entry at the most shared memory any
+// unit needs.
+bool onepass_cluster_fits(const mfa_group_norm_pipeline &pipeline) {
+  const mfa_group_norm_descriptor &d = pipeline.descriptor;
+  const int cluster = pipeline.onepass_cluster * pipeline.cluster_samples;
+  const int unit = unit_elements(d, 16);
+  DependentLaunch launch(static_cast<unsigned>(cluster),
+                         static_cast<unsigned>(onepass_threads(onepass_slice_units(d, pipeline.onepass_cluster, unit))),
+                         static_cast<unsigned>(cluster),
+                         static_cast<unsigned>(onepass_smem_bound(d, pipeline.onepass_cluster)), nullptr);
+  launch.config.numAttrs = 1;  // the cluster shape alone: the query launches nothing
+  int clusters = 0;
+  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.functions[onepass_entry(unit)], &launch.config),
+             "cuOccupancyMaxActiveClusters(mfa_gn_onepass)");
+  return clusters >= 1;
 }
 
 // Clusters of `cluster` blocks per (n, group) and cluster_samples samples, then (backward, with dweight,
@@ -674,17 +702,25 @@ MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mf
     pipeline->context = context->impl;
     pipeline->descriptor = checked;
     const int sm_count = pipeline->context->info().sm_count;
-    if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
-      const int forced = mfa::forced_cluster_from_environment();
-      pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, forced);
-      pipeline->cluster_samples = mfa::cluster_samples(checked, sm_count, forced > 0, pipeline->onepass_cluster);
-    }
-    pipeline->plan = mfa::plan_for(checked, sm_count, pipeline->onepass_cluster);
     const mfa::GroupNormVariant variant = mfa::variant_for(checked);
     const mfa::CacheLookup lookup = mfa::compile_cached(mfa::source_of(variant, pipeline->context->arch()));
     for (int entry = 0; entry < mfa::kEntryCount; ++entry)
       pipeline->functions[entry] = pipeline->context->function(*lookup.kernel, mfa::kEntries[entry]);
-    if (pipeline->onepass_cluster > 0) mfa::allow_onepass_smem(*pipeline);
+    if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
+      const int forced = mfa::forced_cluster_from_environment();
+      const auto choose = [&](int most) {
+        pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, forced, most);
+        pipeline->cluster_samples = mfa::cluster_samples(checked, sm_count, forced > 0, pipeline->onepass_cluster);
+        if (pipeline->onepass_cluster > 0) mfa::allow_onepass_launches(*pipeline);
+      };
+      choose(MFA_GN_CLUSTER_WIDE_MAX);
+      if (pipeline->onepass_cluster > MFA_GN_CLUSTER_MAX && !mfa::onepass_cluster_fits(*pipeline)) {
+        mfa::require(forced < 0, MFA_STATUS_UNSUPPORTED, "environment variable MFA_GN_CLUSTER is ", forced,
+                     ": this device runs no cluster of that many one-pass group-norm blocks");
+        choose(MFA_GN_CLUSTER_MAX);
+      }
+    }
+    pipeline->plan = mfa::plan_for(checked, sm_count, pipeline->onepass_cluster);
     pipeline->info = mfa::pipeline_info(variant.key(), lookup, pipeline->plan.workspace_bytes);
     *out_pipeline = pipeline.release();
   });
@@ -741,12 +777,12 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
   return mfa::abi_call([&] {
     const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
     mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
-    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_MAX, MFA_STATUS_INVALID_ARGUMENT,
-                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_MAX, "])");
+    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
+                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_WIDE_MAX, "])");
     mfa::require_arg(out_cluster, "out_cluster");
     mfa::require_arg(out_threads, "out_threads");
     mfa::require_arg(out_vector_elements, "out_vector_elements");
-    int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster);
+    int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster, MFA_GN_CLUSTER_WIDE_MAX);
     mfa::cluster_samples(checked, sm_count, forced_cluster > 0, cluster);
     const int unit = mfa::unit_elements(checked, vectorized ? 16 : mfa::element_bytes(checked.dtype));
     *out_cluster = cluster;

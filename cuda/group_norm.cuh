@@ -33,6 +33,9 @@
 // shared memory (its slice of each input stream plus the group's per-channel table), so that two blocks
 // share an SM and one copies while the other computes or stores.
 #define MFA_GN_CLUSTER_MAX 8
+// Groups too large for MFA_GN_CLUSTER_MAX blocks may take up to this many: the non-portable size Hopper
+// schedules (checked with cuOccupancyMaxActiveClusters when the pipeline is made).
+#define MFA_GN_CLUSTER_WIDE_MAX 16
 #define MFA_GN_SLICE_MAX_BYTES (110 * 1024)
 // The one-pass NCHW backward copies its slice in at most this many chunks (cp.async groups, waited for in
 // turn) of at least two block-strides of units each, so that its first pass (dy^, the sums) overlaps the

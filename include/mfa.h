@@ -443,9 +443,11 @@ MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_no
  * tuning: the one-pass kernel runs a cluster of *out_cluster blocks of *out_threads threads per
  * (n, group), copying units of *out_vector_elements elements (up to 16 bytes: as wide as the shape
  * allows, and 1 with `vectorized` = 0: tensors aligned to their element size only); *out_cluster 0 is
- * the three-launch path (a group too large for a cluster's shared memory).
- * forced_cluster: -1 chooses, 0 asks for the three-launch path, 1..8 a cluster size (as the environment
- * variable MFA_GN_CLUSTER = auto, split, 1..8 does for pipelines). */
+ * the three-launch path (a group too large for a cluster's shared memory). Clusters of more than 8
+ * blocks (groups that 8 cannot hold) are checked against the device when a pipeline is made, which
+ * takes the three-launch path where the device runs none.
+ * forced_cluster: -1 chooses, 0 asks for the three-launch path, 1..16 a cluster size (as the environment
+ * variable MFA_GN_CLUSTER = auto, split, 1..16 does for pipelines). */
 MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
                                                 int32_t vectorized, int32_t forced_cluster, int32_t *out_cluster,
                                                 int32_t *out_threads, int32_t *out_vector_elements);

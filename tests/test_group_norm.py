@@ -227,7 +227,7 @@ def test_variant_compiles_for_sm90a(index):
 # ================================================================================================
 # CPU: the one-pass plan (cpp/group_norm.cpp onepass_cluster, through mfa_group_norm_plan_describe).
 
-CLUSTER_MAX, THREADS, SLICE_MAX_BYTES = 8, 256, 110 * 1024  # group_norm.cuh
+CLUSTER_MAX, WIDE_MAX, THREADS, SLICE_MAX_BYTES = 8, 16, 256, 110 * 1024  # group_norm.cuh
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 SD_SHAPES = [(2, c, s, s) for c, s in ((320, 64), (640, 32), (1280, 16))]
 LARGE_SHAPES = [(16, 256, 128, 128), (8, 512, 128, 128)]  # 64 MB and 128 MB of fp16
@@ -236,12 +236,20 @@ PLAN_SHAPES = SD_SHAPES + LARGE_SHAPES + [
     (65535, 4, 1, 1), (2, 1 << 20, 1, 1), (1, 32, 1, 1 << 18), (2, 64, 33, 1), (2, 4096, 8, 8)]
 
 
-def _smem_bytes(cluster, c, spatial, groups, dtype, streams):
+def _smem_bytes(cluster, c, spatial, groups, dtype, streams, layout="nchw"):
     """The most a one-pass block's dynamic shared memory may take (onepass_smem_bound): its slice of every
-    stream, padded to 16 bytes, and the group's weight and bias as fp32, for the widest-padding unit."""
+    stream, padded to 16 bytes, and the group's weight and bias as fp32, for the widest-padding unit; the
+    backward (2 streams) adds a float2 a channel of the group and, where NCHW channels are whole runs of
+    32 units (slices rounded to runs), a float2 a warp for each channel a slice touches."""
+    cpg = c // groups
+
     def of(unit):
-        units = -(-(c // groups * spatial // unit) // cluster)
-        return streams * -(-(units * unit * ELEMENT_BYTES[dtype]) // 16) * 16 + 8 * (c // groups)
+        runs = streams == 2 and layout == "nchw" and spatial % (32 * unit) == 0
+        units = -(-(cpg * spatial // unit) // cluster)
+        units = -(-units // 32) * 32 if runs else units
+        slots = (-(-units // (spatial // unit)) + 1) * THREADS // 32 if runs else 0
+        float2s = cpg + slots if streams == 2 else 0
+        return streams * -(-(units * unit * ELEMENT_BYTES[dtype]) // 16) * 16 + 8 * cpg + 8 * float2s
     return max(of(unit) for unit in (1, 2, 4, 8) if unit * ELEMENT_BYTES[dtype] <= 16)
 
 
@@ -263,17 +271,19 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                 assert vectorized or unit == 1, what
                 run = spatial if layout == "nchw" else c // groups
                 assert run % unit == 0, what  # a unit stays inside one channel (NCHW) or one group's row (NHWC)
+                # wide clusters (up to 16 blocks) only for groups that 8 blocks cannot hold
+                portable = _smem_bytes(CLUSTER_MAX, c, spatial, groups, dtype, streams, layout) <= SLICE_MAX_BYTES
                 if plan["cluster"] == 0:
                     # the three-launch path only where the largest cluster's shared memory cannot hold the group
                     assert plan["threads"] == 0, what
                     scattered = (layout == "nhwc" and c // groups * ELEMENT_BYTES[dtype] < 32 and
                                  n * c * spatial * ELEMENT_BYTES[dtype] > 32 << 20)  # scattered_rows_beyond_l2
-                    assert (_smem_bytes(CLUSTER_MAX, c, spatial, groups, dtype, streams) > SLICE_MAX_BYTES or
-                            n * groups * CLUSTER_MAX >= 2 ** 31 or scattered), what
+                    assert (_smem_bytes(WIDE_MAX, c, spatial, groups, dtype, streams, layout) > SLICE_MAX_BYTES or
+                            n * groups * WIDE_MAX >= 2 ** 31 or scattered), what
                     continue
-                assert 1 <= plan["cluster"] <= CLUSTER_MAX, what
+                assert 1 <= plan["cluster"] <= (CLUSTER_MAX if portable else WIDE_MAX), what
                 assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= THREADS, what
-                assert _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams) <= SLICE_MAX_BYTES, what
+                assert _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout) <= SLICE_MAX_BYTES, what
                 assert n * groups * plan["cluster"] < 2 ** 31, what  # the grid
 
 
@@ -302,29 +312,34 @@ def test_plan_fills_the_device_on_the_diffusion_shapes():
 
 
 def test_plan_keeps_the_large_fp16_tensors_on_chip():
-    """In one pass, except NHWC groups of 16-byte rows (8 channels of fp16) in 128 MB: three launches."""
-    for layout in LAYOUTS:
-        for n, c, h, w in LARGE_SHAPES:
-            plan = group_norm_plan(n, c, h * w, 32, layout=layout)
-            if layout == "nhwc" and c // 32 * 2 < 32:
-                assert plan["cluster"] == 0, plan
-                assert group_norm_plan(n, c, h * w, 32, layout=layout, cluster=8)["cluster"] == 8
-            else:
-                assert plan["cluster"] > 0 and plan["vector_elements"] == 8, (layout, plan)
+    """In one pass, except NHWC groups of 16-byte rows (8 channels of fp16) in 128 MB: three launches.
+    The 1 MB backward groups (x and dy) of 8x512x128x128, which 8 blocks cannot hold, in 16."""
+    for pass_ in ("forward", "backward"):
+        for layout in LAYOUTS:
+            for n, c, h, w in LARGE_SHAPES:
+                plan = group_norm_plan(n, c, h * w, 32, layout=layout, pass_=pass_)
+                if layout == "nhwc" and c // 32 * 2 < 32:
+                    assert plan["cluster"] == 0, plan
+                    assert group_norm_plan(n, c, h * w, 32, layout=layout, cluster=8)["cluster"] == 8
+                    continue
+                wide = pass_ == "backward" and c == 512
+                assert plan["cluster"] == (WIDE_MAX if wide else CLUSTER_MAX), (layout, pass_, plan)
+                assert plan["vector_elements"] == 8, (layout, plan)
+    assert group_norm_plan(2, 320, 64 * 64, 32, pass_="backward", cluster=16)["cluster"] == 16
 
 
 def test_forced_plans():
     n, c, spatial, groups = 2, 64, 16 * 16, 8  # 2048 elements a group: 256 units of 8
     assert group_norm_plan(n, c, spatial, groups, cluster="split")["cluster"] == 0
-    for cluster in range(1, CLUSTER_MAX + 1):
+    for cluster in range(1, WIDE_MAX + 1):
         for pass_ in ("forward", "backward"):
             plan = group_norm_plan(n, c, spatial, groups, cluster=cluster, pass_=pass_)
             assert plan["cluster"] == cluster and plan["threads"] >= 64, plan
     # a forced cluster too small for the group falls back to the three-launch path
     assert group_norm_plan(1, 32, 1 << 11, 1, cluster=1)["cluster"] == 0  # 128 KB of fp16 > one block
     assert group_norm_plan(1, 32, 1 << 11, 1, cluster=2)["cluster"] == 2
-    with pytest.raises(mfa_c.MFAError, match="forced_cluster is 9"):
-        group_norm_plan(n, c, spatial, groups, cluster=9)
+    with pytest.raises(mfa_c.MFAError, match="forced_cluster is 17"):
+        group_norm_plan(n, c, spatial, groups, cluster=17)
     with pytest.raises(mfa_c.MFAError, match="sm_count is 0"):
         group_norm_plan(n, c, spatial, groups, sm_count=0)
     with pytest.raises(mfa_c.MFAError, match="descriptor->groups is 5"):
@@ -546,7 +561,7 @@ def test_errors_on_the_gpu_path(ctx, torch_cuda):
 # ================================================================================================
 # GPU: the one-pass kernel against the three-launch path and float64, every plan forced, both passes.
 
-FORCED_PLANS = ["split", 1, 2, 3, 4, 5, 6, 7, 8]
+FORCED_PLANS = ["split", 1, 2, 3, 4, 5, 6, 7, 8, 12, 16]  # 12, 16: wide, non-portable clusters
 
 
 def _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, activation=None, residual=None):
@@ -798,6 +813,6 @@ def test_benchmark_shapes_backward(ctx, torch_cuda, rng, shape, layout):
 
 
 def test_bad_forced_plan_names_the_variable(ctx, monkeypatch):
-    monkeypatch.setenv("MFA_GN_CLUSTER", "9")
+    monkeypatch.setenv("MFA_GN_CLUSTER", "17")
     with pytest.raises(mfa_c.MFAError, match="MFA_GN_CLUSTER"):
         mfa_c.GroupNormPipeline(2, 8, 16, 4)

@@ -124,7 +124,7 @@ def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, clu
     """A pass's launch plan on an sm_90+ device of `sm_count` SMs (no GPU needed): {"cluster": blocks per
     (n, group) of the one-pass kernel, 0 for the three-launch path; "threads": per block;
     "vector_elements": per copy}. vectorized=False: the tensors are aligned to their element size only.
-    `cluster` forces one ("split", or 1..8) as the environment variable MFA_GN_CLUSTER does for pipelines."""
+    `cluster` forces one ("split", or 1..16) as the environment variable MFA_GN_CLUSTER does for pipelines."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
     forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
     out = [ffi.new("int32_t *") for _ in range(3)]
