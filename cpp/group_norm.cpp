@@ -292,9 +292,10 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 // (with any unit's padding), grown to slices of about kSliceTargetBytes, then until the grid has about two
 // blocks per SM (the diffusion shapes have only 64 groups) while slices stay above kMinSliceBytes; at most
 // the portable 8 blocks, or, for groups that 8 cannot hold, `most` (16: wide clusters, or 8 where the
-// device runs none). Measured (H100, fp16 8x512x128x128, 1 MB groups of x and dy): the backward in 16
-// blocks took 181 us against 262 in three launches, 193 against 314 with SiLU; groups that 8 blocks
-// hold gained 2-7% in 16 forward but lost 14-16% backward (16x256x128x128), so they stay at 8.
+// device runs none). Measured (H100, fp16 8x512x128x128, 1 MB groups of x and dy): the NCHW backward in
+// 16 blocks took 185-193 us against 265 in three launches, the NHWC SiLU backward 278-289 against 411-413;
+// groups that 8 blocks hold gained 2-7% in 16 forward but lost 14-16% backward (16x256x128x128), so they
+// stay at 8.
 // forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_WIDE_MAX that size
 // (the three-launch path if the group does not fit it).
 int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int most) {
