@@ -269,9 +269,10 @@ constexpr int64_t kMinSliceBytes = int64_t{4} << 10;
 
 // NHWC groups copied in units narrower than 8 bytes (rows of 10 fp16 channels: 4-byte copies). Their
 // blocks are bound by issuing the copies (an address computation and a partial-sector request each), so
-// they take half-size slices, more blocks sharing the work, even at the price of a cluster per sample.
-// Measured (H200, fp16 2x320x64x64 backward): 4 blocks a sample (40 KB slices) 27.2 us, 8 blocks 21.3;
-// the diffusion shapes with smaller groups ran fastest as chosen before.
+// they take half-size slices, more blocks sharing the work, even at the price of a cluster per sample
+// (cluster_samples). Measured (H200, fp16 2x320x64x64 backward): 4 blocks a sample (40 KB slices) 27.2
+// us, 8 blocks 21.3; the diffusion shapes with smaller groups ran fastest as chosen before (2x320x32x32
+// backward: 4 blocks a sample, both samples in one cluster, 8.4-9.0 us; 5 blocks a sample 9.6-10.0).
 bool narrow_nhwc_copies(const mfa_group_norm_descriptor &d) {
   return d.layout == MFA_LAYOUT_NHWC && unit_elements(d, 16) * element_bytes(d.dtype) < 8;
 }
@@ -326,7 +327,9 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   if (samples * cluster <= MFA_GN_CLUSTER_MAX) return samples;
   const int fewer = MFA_GN_CLUSTER_MAX / samples;
   const int64_t smem = onepass_smem_bound(d, fewer);
-  if (forced || smem > MFA_GN_SLICE_MAX_BYTES || narrow_nhwc_copies(d)) return 1;
+  const int64_t group_bytes = d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
+  const bool narrow_slices_grow = narrow_nhwc_copies(d) && group_bytes / fewer > kSliceTargetBytes / 2;
+  if (forced || smem > MFA_GN_SLICE_MAX_BYTES || narrow_slices_grow) return 1;
   constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
   const int64_t threads = onepass_threads(onepass_slice_units(d, fewer, vector_elements(d.dtype)));
   const int64_t per_sm = std::min(kSmemPerSm / (smem + kReservedPerBlock), 2048 / threads);

@@ -304,6 +304,9 @@ def test_plan_fills_the_device_on_the_diffusion_shapes():
                 narrow = layout == "nhwc" and c == 320
                 if narrow:
                     assert plan["cluster"] >= min(CLUSTER_MAX, -(-group_bytes // (16 << 10))), (n, c, h, w, plan)
+                    if pass_ == "backward":  # both samples in one cluster unless its slices exceed 16 KB
+                        held = group_bytes // (CLUSTER_MAX // n) <= 16 << 10
+                        assert (n * plan["cluster"] <= CLUSTER_MAX) == held, (n, c, h, w, plan)
                 elif pass_ == "backward":
                     assert (n * plan["cluster"] <= CLUSTER_MAX) == (h < 64 or c == 320), (n, c, h, w, plan)
                 if pass_ == "backward" and n * plan["cluster"] <= CLUSTER_MAX:
