@@ -262,6 +262,11 @@ int onepass_threads(int64_t slice_units) {
   return static_cast<int>(std::clamp<int64_t>(round_up(ceil_div(slice_units, 2), 32), 64, MFA_GN_THREADS));
 }
 
+// The bytes of one (n, group) the one-pass kernel stages: its slices of every stream together.
+int64_t staged_group_bytes(const mfa_group_norm_descriptor &d) {
+  return d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
+}
+
 // Slices of about this size keep several blocks on an SM, one copying while others compute or store;
 // below kMinSliceBytes a slice's copies no longer pay for the cluster's barriers.
 constexpr int64_t kSliceTargetBytes = int64_t{32} << 10;
@@ -302,12 +307,13 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int most) {
   if (forced_cluster == 0) return 0;
   int64_t smallest = 1;
-  while (smallest <= MFA_GN_CLUSTER_WIDE_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES) ++smallest;
+  while (smallest <= MFA_GN_CLUSTER_WIDE_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES)
+    ++smallest;
   if (d.n * d.groups * MFA_GN_CLUSTER_WIDE_MAX > INT_MAX) return 0;
   if (forced_cluster > 0) return forced_cluster >= smallest ? forced_cluster : 0;
   if (smallest > most || scattered_rows_beyond_l2(d)) return 0;
   most = smallest > MFA_GN_CLUSTER_MAX ? most : MFA_GN_CLUSTER_MAX;
-  const int64_t group_bytes = d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
+  const int64_t group_bytes = staged_group_bytes(d);
   const int64_t target = narrow_nhwc_copies(d) ? kSliceTargetBytes / 2 : kSliceTargetBytes;
   int64_t cluster = std::max(smallest, ceil_div(group_bytes, target));
   while (cluster < most && d.n * d.groups * cluster < 2 * int64_t{std::max(sm_count, 1)} &&
@@ -327,7 +333,7 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   if (samples * cluster <= MFA_GN_CLUSTER_MAX) return samples;
   const int fewer = MFA_GN_CLUSTER_MAX / samples;
   const int64_t smem = onepass_smem_bound(d, fewer);
-  const int64_t group_bytes = d.c / d.groups * d.spatial * element_bytes(d.dtype) * staged_streams(d);
+  const int64_t group_bytes = staged_group_bytes(d);
   const bool narrow_slices_grow = narrow_nhwc_copies(d) && group_bytes / fewer > kSliceTargetBytes / 2;
   if (forced || smem > MFA_GN_SLICE_MAX_BYTES || narrow_slices_grow) return 1;
   constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
