@@ -1115,40 +1115,43 @@ __device__ __forceinline__ void mfa_gn_cluster_param_grads(const mfa_gn_args &ar
 // A warp per column of the group: (sum dy^ xhat, sum dy^) over the slice's elements of each channel, 0
 // where it has none. NCHW: a column is a channel, a run of units, and only the few columns the slice
 // touches take a warp (a warp's shuffle tree per column of the group cost the diffusion shapes' backward
-// more than its elementwise work); NHWC: a column is U channels, every row_units-th unit, each unit read
-// once for its U channels.
+// more than its elementwise work); NHWC: a column is V channels (a unit, or half of one of 8), every
+// row_units-th unit, read once for its V channels.
 template <int U>
 __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                         const mfa_gn_elem *xs, const mfa_gn_elem *dy_hats,
                                                         float mean, float rstd, float2 *channels) {
-  constexpr int CHANNELS = MFA_GN_LAYOUT == MFA_GN_NHWC ? U : 1;  // per column
+  // NHWC reads its units as halves of at most 4 channels: 16 running sums a lane for units of 8 made
+  // NVRTC 13.5 spill (fp16 NHWC backward, 48 registers).
+  constexpr int V = MFA_GN_LAYOUT == MFA_GN_NHWC && U > 4 ? 4 : U, SPLIT = U / V;  // elements read at once
+  constexpr int CHANNELS = MFA_GN_LAYOUT == MFA_GN_NHWC ? V : 1;  // per column
   const int lane = threadIdx.x & 31;
-  // 32-bit: a group on this path holds < 2^31 units
-  const int columns = static_cast<int>(args.cpg / CHANNELS), row_units = static_cast<int>(args.row_units);
-  const int first = static_cast<int>(s.first);
+  // 32-bit: a group on this path holds < 2^31 units; below, in reads of V elements
+  const int columns = static_cast<int>(args.cpg / CHANNELS), row_units = static_cast<int>(args.row_units) * SPLIT;
+  const int first = static_cast<int>(s.first) * SPLIT, units = s.units * SPLIT;
   int touched_begin = 0, touched_end = columns;
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
-  touched_begin = s.units > 0 ? first / row_units : columns;
-  touched_end = s.units > 0 ? (first + s.units - 1) / row_units + 1 : columns;
+  touched_begin = units > 0 ? first / row_units : columns;
+  touched_end = units > 0 ? (first + units - 1) / row_units + 1 : columns;
   for (int column = threadIdx.x; column < columns; column += blockDim.x)
     if (column < touched_begin || column >= touched_end)
       mfa_gn_store_channel_partial(args, s, channels, column, 0.0f, 0.0f);
 #endif
   for (int column = touched_begin + (threadIdx.x >> 5); column < touched_end; column += blockDim.x >> 5) {
 #if MFA_GN_LAYOUT == MFA_GN_NCHW
-    const int begin = max(0, column * row_units - first), end = min(s.units, (column + 1) * row_units - first);
+    const int begin = max(0, column * row_units - first), end = min(units, (column + 1) * row_units - first);
     const int step = 1;
 #else
     const int begin = ((column - first % row_units) % row_units + row_units) % row_units;
-    const int end = s.units, step = row_units;
+    const int end = units, step = row_units;
 #endif
     float a[CHANNELS] = {}, b[CHANNELS] = {};
     for (int u = begin + lane * step; u < end; u += 32 * step) {
-      float x[U], dy_hat[U];
-      mfa_gn_unit_floats<U>(xs, u, x);
-      mfa_gn_unit_floats<U>(dy_hats, u, dy_hat);
+      float x[V], dy_hat[V];
+      mfa_gn_unit_floats<V>(xs, u, x);
+      mfa_gn_unit_floats<V>(dy_hats, u, dy_hat);
 #pragma unroll
-      for (int k = 0; k < U; ++k) {
+      for (int k = 0; k < V; ++k) {
         a[k % CHANNELS] = fmaf(dy_hat[k], (x[k] - mean) * rstd, a[k % CHANNELS]);
         b[k % CHANNELS] += dy_hat[k];
       }
