@@ -281,6 +281,9 @@ constexpr int64_t kMinSliceBytes = int64_t{4} << 10;
 bool narrow_nhwc_copies(const mfa_group_norm_descriptor &d) {
   return d.layout == MFA_LAYOUT_NHWC && unit_elements(d, 16) * element_bytes(d.dtype) < 8;
 }
+int64_t slice_target_bytes(const mfa_group_norm_descriptor &d) {
+  return narrow_nhwc_copies(d) ? kSliceTargetBytes / 2 : kSliceTargetBytes;
+}
 
 // NHWC groups whose rows are narrower than a 32-byte sector, in a tensor too large to stay in L2. Measured
 // (H200, fp16 16x256x128x128, 8 channels a group: 16-byte rows 512 bytes apart): the one-pass kernel's
@@ -314,8 +317,7 @@ int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced
   if (smallest > most || scattered_rows_beyond_l2(d)) return 0;
   most = smallest > MFA_GN_CLUSTER_MAX ? most : MFA_GN_CLUSTER_MAX;
   const int64_t group_bytes = staged_group_bytes(d);
-  const int64_t target = narrow_nhwc_copies(d) ? kSliceTargetBytes / 2 : kSliceTargetBytes;
-  int64_t cluster = std::max(smallest, ceil_div(group_bytes, target));
+  int64_t cluster = std::max(smallest, ceil_div(group_bytes, slice_target_bytes(d)));
   while (cluster < most && d.n * d.groups * cluster < 2 * int64_t{std::max(sm_count, 1)} &&
          group_bytes / (cluster + 1) >= kMinSliceBytes)
     ++cluster;
@@ -334,7 +336,7 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   const int fewer = MFA_GN_CLUSTER_MAX / samples;
   const int64_t smem = onepass_smem_bound(d, fewer);
   const int64_t group_bytes = staged_group_bytes(d);
-  const bool narrow_slices_grow = narrow_nhwc_copies(d) && group_bytes / fewer > kSliceTargetBytes / 2;
+  const bool narrow_slices_grow = narrow_nhwc_copies(d) && group_bytes / fewer > slice_target_bytes(d);
   if (forced || smem > MFA_GN_SLICE_MAX_BYTES || narrow_slices_grow) return 1;
   constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
   const int64_t threads = onepass_threads(onepass_slice_units(d, fewer, vector_elements(d.dtype)));
