@@ -126,18 +126,23 @@ struct GroupNormVariant {
 // The launch order of a pass; encode indexes them with these names.
 enum Entry {
   kReduceVec, kReduceScalar, kFinalize, kApplyVec, kApplyScalar,
-  kOnePass1, kOnePass2, kOnePass4, kOnePass8, kParamGrads, kEntryCount
+  kOnePass1, kOnePass2, kOnePass4, kOnePass8, kParamGrads,
+  kOnePassBands1, kOnePassBands2, kOnePassBands4, kOnePassBands8, kEntryCount
 };
 const char *const kEntries[kEntryCount] = {
-    "mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",  "mfa_gn_apply_vec",  "mfa_gn_apply_scalar",
-    "mfa_gn_onepass_1",  "mfa_gn_onepass_2",     "mfa_gn_onepass_4", "mfa_gn_onepass_8", "mfa_gn_param_grads"};
+    "mfa_gn_reduce_vec",      "mfa_gn_reduce_scalar",   "mfa_gn_finalize",        "mfa_gn_apply_vec",
+    "mfa_gn_apply_scalar",    "mfa_gn_onepass_1",       "mfa_gn_onepass_2",       "mfa_gn_onepass_4",
+    "mfa_gn_onepass_8",       "mfa_gn_param_grads",     "mfa_gn_onepass_bands_1", "mfa_gn_onepass_bands_2",
+    "mfa_gn_onepass_bands_4", "mfa_gn_onepass_bands_8"};
 
-Entry onepass_entry(int unit) {
+// The one-pass entry for units of `unit` elements, for items of one group or of bands of several.
+Entry onepass_entry(int unit, int band) {
+  const bool bands = band > 1;
   switch (unit) {
-    case 8: return kOnePass8;
-    case 4: return kOnePass4;
-    case 2: return kOnePass2;
-    default: return kOnePass1;
+    case 8: return bands ? kOnePassBands8 : kOnePass8;
+    case 4: return bands ? kOnePassBands4 : kOnePass4;
+    case 2: return bands ? kOnePassBands2 : kOnePass2;
+    default: return bands ? kOnePassBands1 : kOnePass1;
   }
 }
 
@@ -218,9 +223,11 @@ bool column_runs(const mfa_group_norm_descriptor &d, int unit) {
   return d.pass == MFA_PASS_BACKWARD && d.layout == MFA_LAYOUT_NCHW && d.spatial % (32 * unit) == 0;
 }
 
-// Units per block of a cluster of `cluster` blocks.
-int64_t onepass_slice_units(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
+// Units per block of a cluster of `cluster` blocks; for a band of groups (onepass_band: d its items) whole
+// rows, so that each thread's units lie in one group (units wider than a row: a bound's, never launched).
+int64_t onepass_slice_units(const mfa_group_norm_descriptor &d, int64_t cluster, int unit, int band = 1) {
   const int64_t units = ceil_div(d.c / d.groups * d.spatial / unit, cluster);
+  if (band > 1) return round_up(units, std::max<int64_t>(d.c / d.groups / unit, 1));
   return column_runs(d, unit) ? round_up(units, 32) : units;
 }
 
@@ -232,17 +239,18 @@ int64_t column_slots(const mfa_group_norm_descriptor &d, int64_t cluster, int un
 
 // A block's dynamic shared memory (group_norm.cuh's mfa_gn_args): its slice of every stream, the group's
 // weight and bias as fp32, then, backward, the column slots and a float2 a channel of the group.
-int64_t onepass_smem_bytes(const mfa_group_norm_descriptor &d, int64_t cluster, int unit) {
+int64_t onepass_smem_bytes(const mfa_group_norm_descriptor &d, int64_t cluster, int unit, int band = 1) {
   const int64_t cpg = d.c / d.groups;
   const int64_t float2s = d.pass == MFA_PASS_BACKWARD ? column_slots(d, cluster, unit) + cpg : 0;
-  return staged_streams(d) * slice_bytes(d, onepass_slice_units(d, cluster, unit), unit) + 2 * 4 * cpg + 8 * float2s;
+  return staged_streams(d) * slice_bytes(d, onepass_slice_units(d, cluster, unit, band), unit) + 2 * 4 * cpg +
+         8 * float2s;
 }
 
 // The most any unit width can need (narrower units pad less, but the width is chosen at encode).
-int64_t onepass_smem_bound(const mfa_group_norm_descriptor &d, int64_t cluster) {
+int64_t onepass_smem_bound(const mfa_group_norm_descriptor &d, int64_t cluster, int band = 1) {
   int64_t most = 0;
   for (int unit = 1; unit <= vector_elements(d.dtype); unit *= 2)
-    most = std::max(most, onepass_smem_bytes(d, cluster, unit));
+    most = std::max(most, onepass_smem_bytes(d, cluster, unit, band));
   return most;
 }
 
@@ -296,6 +304,32 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
          d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes;
 }
 
+// Groups side by side in a one-pass item (args.band). The NHWC forward of a tensor beyond L2 whose groups'
+// rows are narrower than 64 bytes takes bands of adjacent groups (a power of two of them, up to
+// MFA_GN_MAX_BAND) with rows of 64 bytes, each group's statistics kept apart: the narrower a row, the more
+// of its sectors' requests it takes per byte. Measured (H100, fp16 NHWC forward, the groups of the same
+// tensor made wider): 32x512x64x64 with rows of 32 bytes 138-140 us, of 64 bytes 116-117; 32x256x64x64 with
+// rows of 16 bytes (three launches) 108-116 us, of 32 bytes 72-74, of 64 bytes 62-65. A band's rows hold
+// at most 32 elements (32 units of any width: kernel's mfa_gn_band_of), and its groups a power of two of
+// channels. forced_band (> 0: MFA_GN_BAND) asks for that many where those rules allow.
+int onepass_band(const mfa_group_norm_descriptor &d, int forced_band) {
+  const int64_t cpg = d.c / d.groups, row_bytes = cpg * element_bytes(d.dtype);
+  if (d.pass != MFA_PASS_FORWARD || d.layout != MFA_LAYOUT_NHWC || (cpg & (cpg - 1)) != 0) return 1;
+  int band = 1;
+  if (forced_band > 0)
+    band = forced_band;
+  else if (d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes)
+    while (band < MFA_GN_MAX_BAND && band * row_bytes < 64) band *= 2;
+  while (band > 1 && (d.groups % band != 0 || band * cpg > 32)) band /= 2;
+  return band;
+}
+
+// The descriptor of a pass's one-pass items: bands of `band` groups as its groups.
+mfa_group_norm_descriptor onepass_items(mfa_group_norm_descriptor d, int band) {
+  d.groups /= band;
+  return d;
+}
+
 // Blocks per (n, group) of the one-pass kernel, 0 for the three-launch path (before sm_90 the caller
 // never asks, nor for scattered_rows_beyond_l2). The smallest cluster whose shared memory holds the group
 // (with any unit's padding), grown to slices of about kSliceTargetBytes, then until the grid has about two
@@ -307,10 +341,10 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 // stay at 8.
 // forced_cluster: -1 chooses; 0 asks for the three-launch path; 1..MFA_GN_CLUSTER_WIDE_MAX that size
 // (the three-launch path if the group does not fit it).
-int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int most) {
+int onepass_cluster(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int most, int band = 1) {
   if (forced_cluster == 0) return 0;
   int64_t smallest = 1;
-  while (smallest <= MFA_GN_CLUSTER_WIDE_MAX && onepass_smem_bound(d, smallest) > MFA_GN_SLICE_MAX_BYTES)
+  while (smallest <= MFA_GN_CLUSTER_WIDE_MAX && onepass_smem_bound(d, smallest, band) > MFA_GN_SLICE_MAX_BYTES)
     ++smallest;
   if (d.n * d.groups * MFA_GN_CLUSTER_WIDE_MAX > INT_MAX) return 0;
   if (forced_cluster > 0) return forced_cluster >= smallest ? forced_cluster : 0;
@@ -344,6 +378,35 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   if (4 * d.n * d.groups * fewer > 3 * per_sm * sm_count) return 1;
   cluster = fewer;
   return samples;
+}
+
+// The one-pass plan: blocks per item (0: the three-launch path), samples a cluster holds, groups an item
+// holds. A band its clusters cannot hold falls back to single groups.
+struct OnePassChoice {
+  int cluster = 0, samples = 1, band = 1;
+};
+OnePassChoice onepass_choice(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int forced_band,
+                             int most) {
+  OnePassChoice choice;
+  choice.band = onepass_band(d, forced_band);
+  choice.cluster = onepass_cluster(onepass_items(d, choice.band), sm_count, forced_cluster, most, choice.band);
+  if (choice.cluster == 0 && choice.band > 1) {
+    choice.band = 1;
+    choice.cluster = onepass_cluster(d, sm_count, forced_cluster, most);
+  }
+  choice.samples = cluster_samples(d, sm_count, forced_cluster > 0, choice.cluster);
+  return choice;
+}
+
+// MFA_GN_BAND forces bands of 1, 2, 4 or 8 groups where onepass_band allows them (tests: small tensors); unset
+// or "auto" chooses.
+int forced_band_from_environment() {
+  const char *text = std::getenv("MFA_GN_BAND");
+  if (text == nullptr || std::strcmp(text, "auto") == 0 || *text == 0) return -1;
+  const std::string value(text);
+  require(value == "1" || value == "2" || value == "4" || value == "8", MFA_STATUS_INVALID_ARGUMENT,
+          "environment variable MFA_GN_BAND is \"", text, "\": use auto, 1, 2, 4 or 8");
+  return std::stoi(value);
 }
 
 // MFA_GN_CLUSTER forces the one-pass plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
@@ -519,6 +582,7 @@ struct mfa_group_norm_pipeline {
   mfa::Plan plan;
   int onepass_cluster = 0;  // blocks per (n, group) of the one-pass kernel; 0: the three-launch path
   int cluster_samples = 1;  // samples a one-pass cluster holds its group in (cluster_samples)
+  int band = 1;             // groups of a one-pass item (onepass_band)
   mfa::CUfunction functions[mfa::kEntryCount] = {};
 };
 
@@ -556,11 +620,12 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
 // by every pipeline of the variant (a smaller, shape-dependent value would undercut another pipeline's).
 void allow_onepass_launches(const mfa_group_norm_pipeline &pipeline) {
   for (int unit : {1, 2, 4, 8}) {
-    check_cuda(driver().cuFuncSetAttribute(pipeline.functions[onepass_entry(unit)],
-                                           CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, MFA_GN_SLICE_MAX_BYTES),
+    const CUfunction function = pipeline.functions[onepass_entry(unit, pipeline.band)];
+    check_cuda(driver().cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                           MFA_GN_SLICE_MAX_BYTES),
                "cuFuncSetAttribute(mfa_gn_onepass, MAX_DYNAMIC_SHARED_SIZE_BYTES)");
     if (pipeline.onepass_cluster * pipeline.cluster_samples > MFA_GN_CLUSTER_MAX)
-      check_cuda(driver().cuFuncSetAttribute(pipeline.functions[onepass_entry(unit)],
+      check_cuda(driver().cuFuncSetAttribute(function,
                                              CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
                  "cuFuncSetAttribute(mfa_gn_onepass, NON_PORTABLE_CLUSTER_SIZE_ALLOWED)");
   }
@@ -570,16 +635,18 @@ void allow_onepass_launches(const mfa_group_norm_pipeline &pipeline) {
 // SMs of one GPC with room for its blocks), for the widest unit's entry at the most shared memory any
 // unit needs.
 bool onepass_cluster_fits(const mfa_group_norm_pipeline &pipeline) {
-  const mfa_group_norm_descriptor &d = pipeline.descriptor;
+  const mfa_group_norm_descriptor items = onepass_items(pipeline.descriptor, pipeline.band);
   const int cluster = pipeline.onepass_cluster * pipeline.cluster_samples;
-  const int unit = unit_elements(d, 16);
-  DependentLaunch launch(static_cast<unsigned>(cluster),
-                         static_cast<unsigned>(onepass_threads(onepass_slice_units(d, pipeline.onepass_cluster, unit))),
-                         static_cast<unsigned>(cluster),
-                         static_cast<unsigned>(onepass_smem_bound(d, pipeline.onepass_cluster)), nullptr);
+  const int unit = unit_elements(pipeline.descriptor, 16);
+  DependentLaunch launch(
+      static_cast<unsigned>(cluster),
+      static_cast<unsigned>(onepass_threads(onepass_slice_units(items, pipeline.onepass_cluster, unit, pipeline.band))),
+      static_cast<unsigned>(cluster), static_cast<unsigned>(onepass_smem_bound(items, pipeline.onepass_cluster, pipeline.band)),
+      nullptr);
   launch.config.numAttrs = 1;  // the cluster shape alone: the query launches nothing
   int clusters = 0;
-  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.functions[onepass_entry(unit)], &launch.config),
+  check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.functions[onepass_entry(unit, pipeline.band)],
+                                                   &launch.config),
              "cuOccupancyMaxActiveClusters(mfa_gn_onepass)");
   return clusters >= 1;
 }
@@ -588,10 +655,16 @@ bool onepass_cluster_fits(const mfa_group_norm_pipeline &pipeline) {
 // where a cluster does not hold every sample) the per-channel sums.
 void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOperands &ops, void *stream,
                     mfa_gn_args &args) {
-  const mfa_group_norm_descriptor &d = pipeline.descriptor;
+  // the kernel's groups are the items (bands of pipeline.band groups); its unit lies within one group
+  const int band = pipeline.band;
+  const mfa_group_norm_descriptor d = onepass_items(pipeline.descriptor, band);
   const int cluster = pipeline.onepass_cluster;
-  const int unit = unit_elements(d, element_alignment(ops));
-  args.slice_units = onepass_slice_units(d, cluster, unit);
+  const int unit = unit_elements(pipeline.descriptor, element_alignment(ops));
+  args.groups = d.groups;
+  args.cpg = d.c / d.groups;
+  args.div_groups = divisor_of(d.groups);
+  args.band = band;
+  args.slice_units = onepass_slice_units(d, cluster, unit, band);
   // summing by channel as it goes costs the backward without dweight (measured, H200: up to 1.3 us)
   args.column_slots = ops.dweight ? static_cast<int>(column_slots(d, cluster, unit)) : 0;
   args.cluster_samples = pipeline.cluster_samples;
@@ -607,8 +680,8 @@ void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOper
   DependentLaunch(static_cast<unsigned>(d.n * d.groups * cluster),
                   static_cast<unsigned>(onepass_threads(args.slice_units)),
                   static_cast<unsigned>(cluster * pipeline.cluster_samples),
-                  static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit)), stream)
-      .start(pipeline.functions[onepass_entry(unit)], params, "cuLaunchKernelEx(mfa_gn_onepass)");
+                  static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit, band)), stream)
+      .start(pipeline.functions[onepass_entry(unit, band)], params, "cuLaunchKernelEx(mfa_gn_onepass)");
   if (d.pass != MFA_PASS_BACKWARD || !ops.dweight || pipeline.cluster_samples == d.n) return;
   DependentLaunch(static_cast<unsigned>(ceil_div(d.c, MFA_GN_THREADS)), MFA_GN_THREADS, 1, 0, stream)
       .start(pipeline.functions[kParamGrads], params, "cuLaunchKernelEx(mfa_gn_param_grads)");
@@ -646,6 +719,7 @@ void encode(const mfa_group_norm_pipeline &pipeline, void *stream, const GroupNo
   args.div_tiles = divisor_of(plan.tiles);
   args.weight_dtype = d.weight_dtype;
   args.eps = d.eps;
+  args.band = 1;
 
   if (pipeline.onepass_cluster > 0) return launch_onepass(pipeline, ops, stream, args);
   const bool vec = vector_path(d, ops);
@@ -719,10 +793,12 @@ MFA_API mfa_status mfa_group_norm_pipeline_create(mfa_context *context, const mf
     for (int entry = 0; entry < mfa::kEntryCount; ++entry)
       pipeline->functions[entry] = pipeline->context->function(*lookup.kernel, mfa::kEntries[entry]);
     if (pipeline->context->compute_capability() >= 90) {  // thread-block clusters
-      const int forced = mfa::forced_cluster_from_environment();
+      const int forced = mfa::forced_cluster_from_environment(), forced_band = mfa::forced_band_from_environment();
       const auto choose = [&](int most) {
-        pipeline->onepass_cluster = mfa::onepass_cluster(checked, sm_count, forced, most);
-        pipeline->cluster_samples = mfa::cluster_samples(checked, sm_count, forced > 0, pipeline->onepass_cluster);
+        const mfa::OnePassChoice choice = mfa::onepass_choice(checked, sm_count, forced, forced_band, most);
+        pipeline->onepass_cluster = choice.cluster;
+        pipeline->cluster_samples = choice.samples;
+        pipeline->band = choice.band;
         if (pipeline->onepass_cluster > 0) mfa::allow_onepass_launches(*pipeline);
       };
       choose(MFA_GN_CLUSTER_WIDE_MAX);
@@ -794,12 +870,28 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
     mfa::require_arg(out_cluster, "out_cluster");
     mfa::require_arg(out_threads, "out_threads");
     mfa::require_arg(out_vector_elements, "out_vector_elements");
-    int cluster = mfa::onepass_cluster(checked, sm_count, forced_cluster, MFA_GN_CLUSTER_WIDE_MAX);
-    mfa::cluster_samples(checked, sm_count, forced_cluster > 0, cluster);
+    const mfa::OnePassChoice choice =
+        mfa::onepass_choice(checked, sm_count, forced_cluster, -1, MFA_GN_CLUSTER_WIDE_MAX);
     const int unit = mfa::unit_elements(checked, vectorized ? 16 : mfa::element_bytes(checked.dtype));
-    *out_cluster = cluster;
-    *out_threads = cluster ? mfa::onepass_threads(mfa::onepass_slice_units(checked, cluster, unit)) : 0;
+    const mfa_group_norm_descriptor items = mfa::onepass_items(checked, choice.band);
+    *out_cluster = choice.cluster;
+    *out_threads =
+        choice.cluster ? mfa::onepass_threads(mfa::onepass_slice_units(items, choice.cluster, unit, choice.band)) : 0;
     *out_vector_elements = unit;
+  });
+}
+
+MFA_API mfa_status mfa_group_norm_plan_band(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
+                                            int32_t forced_cluster, int32_t forced_band, int32_t *out_band) {
+  return mfa::abi_call([&] {
+    const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
+    mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
+    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
+                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_WIDE_MAX, "])");
+    mfa::require(forced_band == -1 || forced_band == 1 || forced_band == 2 || forced_band == 4 || forced_band == 8,
+                 MFA_STATUS_INVALID_ARGUMENT, "forced_band is ", forced_band, " (must be -1, 1, 2, 4 or 8)");
+    mfa::require_arg(out_band, "out_band");
+    *out_band = mfa::onepass_choice(checked, sm_count, forced_cluster, forced_band, MFA_GN_CLUSTER_WIDE_MAX).band;
   });
 }
 

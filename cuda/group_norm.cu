@@ -748,6 +748,26 @@ __device__ __forceinline__ mfa_gn_unit<U> mfa_gn_unit_of(const float (&v)[U]) {
 // Whether the slice is copied in chunks that the first pass takes as they land (MFA_GN_MAX_CHUNKS).
 constexpr bool kChunkedStage = MFA_GN_PASS == MFA_GN_BACKWARD && MFA_GN_LAYOUT == MFA_GN_NCHW;
 
+// An item's groups (args.band, in the entries for bands: the forward NHWC's; elsewhere 1, a constant) and
+// the one this thread's units belong to: blocks are whole warps and slices whole rows of at most 32 units,
+// so thread t always reads column t % row_units of a row, which lies in group (t % row_units) / (row_units /
+// groups).
+constexpr bool kHasBands = MFA_GN_PASS == MFA_GN_FORWARD && MFA_GN_LAYOUT == MFA_GN_NHWC;
+struct mfa_gn_band {
+  int groups, row_units, mine;
+  long long cpg;  // channels of one group
+};
+template <bool BANDS>
+__device__ __forceinline__ mfa_gn_band mfa_gn_band_of(const mfa_gn_args &args) {
+  if constexpr (!BANDS) {
+    return {1, 1, 0, args.cpg};
+  } else {
+    const int row_units = static_cast<int>(args.row_units);
+    return {args.band, row_units, static_cast<int>(threadIdx.x & (row_units - 1)) / (row_units / args.band),
+            static_cast<int>(args.cpg) / args.band};
+  }
+}
+
 // Where (n, group) and a block's slice of it are.
 struct mfa_gn_slice {
   long long item, n, group;
@@ -757,6 +777,7 @@ struct mfa_gn_slice {
   unsigned rank, blocks;               // within (n, group)
   unsigned first_rank, cluster_blocks;  // the cluster rank of (n, group)'s first block; the cluster's blocks
   int chunk_units, chunks;              // the slice's copies in chunks (mfa_gn_stage_item)
+  mfa_gn_band band;                     // the item's groups
 };
 
 template <int U>
@@ -863,9 +884,13 @@ __device__ __forceinline__ mfa_gn_table_entry mfa_gn_table_load(const mfa_gn_arg
     entry.bias = mfa_gn_param_bits(args.bias, args.weight_dtype, c);
   }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-  if (threadIdx.x < 3)
-    entry.pivot_candidate = mfa_gn_group_element_bits(
-        args, s.n, s.group, mfa_gn_pivot_position(args.cpg * args.spatial - 1, threadIdx.x));
+  const mfa_gn_band &band = s.band;
+  if (threadIdx.x < 3 * band.groups) {  // candidate threadIdx.x % 3 of the item's group threadIdx.x / 3
+    const int group = band.groups == 1 ? 0 : threadIdx.x / 3, candidate = threadIdx.x - 3 * group;
+    const long long size = band.cpg * args.spatial;  // elements, counted channel-major from the item's first
+    entry.pivot_candidate = mfa_gn_group_element_bits(args, s.n, s.group,
+                                                      group * size + mfa_gn_pivot_position(size - 1, candidate));
+  }
 #else
   if (threadIdx.x < 2) entry.statistic = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
 #endif
@@ -883,51 +908,72 @@ __device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, cons
     table[args.cpg + j] = mfa_gn_param(args.bias, args.weight_dtype, s.group * args.cpg + j, 0.0f);
   }
 #if MFA_GN_PASS == MFA_GN_FORWARD
-  if (threadIdx.x < 3) scalars[threadIdx.x] = mfa_gn_element_value(args, entry.pivot_candidate);
+  if (threadIdx.x < 3 * s.band.groups)
+    scalars[threadIdx.x] = mfa_gn_element_value(args, entry.pivot_candidate);
 #else
   if (threadIdx.x < 2) scalars[threadIdx.x] = entry.statistic;
 #endif
 }
 
-// The merge of every thread's accumulator over the blocks of (n, group) (fp32 forward: moments; 16-bit
-// forward and backward: sums): the warps' fixed shuffle trees, the warps in order, then the blocks in rank
-// order, read by every block through distributed shared memory, so that every thread of every block
-// returns the same bits. Its cluster barrier also publishes the blocks' earlier shared-memory stores.
-template <class Acc>
-__device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice &s) {
-  constexpr int FIELDS = sizeof(Acc) / sizeof(float);
-  __shared__ Acc warp_acc[MFA_GN_WARPS];
-  __shared__ Acc block_acc, cluster_acc;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  acc = mfa_gn_warp_merge(acc);
-  if (lane == 0) warp_acc[warp] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Acc total = warp_acc[0];
-    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) total = mfa_gn_merge(total, warp_acc[w]);
-    block_acc = cluster_acc = total;
+// The merge of every thread's accumulator over the blocks of (n, group), per group of the item where it
+// holds several (fp32 forward: moments; 16-bit forward and backward: sums): the warps' fixed shuffle
+// trees, the warps in order, then the blocks in rank order, read by every block through distributed
+// shared memory, so that every thread of every block has the same bits. Returns the total of the thread's
+// group; *totals (unless null) points to every group's, in shared memory. (A returned pointer alone cost
+// the variants without bands registers: fp16 NCHW backward onepass_1 32 -> 48.) Its cluster barrier also
+// publishes the blocks' earlier shared-memory stores.
+template <bool BANDS = false, class Acc>
+__device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice &s, const Acc **totals = nullptr) {
+  constexpr int FIELDS = sizeof(Acc) / sizeof(float), MAX_GROUPS = BANDS ? MFA_GN_MAX_BAND : 1;
+  __shared__ Acc warp_acc[MFA_GN_WARPS * MAX_GROUPS];
+  __shared__ Acc block_acc[MAX_GROUPS], cluster_acc[MAX_GROUPS];
+  // (one group: the code as it was before bands, constant indices included)
+  const mfa_gn_band &band = s.band;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, groups = BANDS ? band.groups : 1;
+  if (groups == 1) {
+    acc = mfa_gn_warp_merge(acc);
+    if (lane == 0) warp_acc[warp] = acc;
+  } else {  // lanes of one column first (lane % row_units), then the columns of each group
+    const int columns = band.row_units / groups;
+    for (int offset = 16; offset >= band.row_units; offset >>= 1) acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
+    for (int offset = columns >> 1; offset > 0; offset >>= 1) acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
+    if (lane < band.row_units && lane % columns == 0) warp_acc[warp * groups + lane / columns] = acc;
   }
+  __syncthreads();
+  if (groups == 1 ? threadIdx.x == 0 : threadIdx.x < groups) {  // thread g merges group g
+    const int g = groups == 1 ? 0 : threadIdx.x;
+    Acc total = warp_acc[g];
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) total = mfa_gn_merge(total, warp_acc[w * groups + g]);
+    block_acc[g] = cluster_acc[g] = total;
+  }
+  const int mine = groups == 1 ? 0 : band.mine;
+  if (totals) *totals = cluster_acc;
   if (s.cluster_blocks == 1) {  // no cluster barrier (its release is a GPU-wide memory barrier) for one block
     __syncthreads();
-    return cluster_acc;
+    return cluster_acc[mine];
   }
   mfa_cluster_arrive();  // releases block_acc to the cluster
   mfa_cluster_wait();
   const unsigned blocks = s.blocks;
-  if (warp == 0) {
+  const auto merge_blocks = [&](int g) {  // lane k reads block k: the remote latencies overlap
     Acc mine = {};
-    if (lane < static_cast<int>(blocks)) {  // lane k reads block k: the remote latencies overlap
-      const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc), s.first_rank + lane);
+    if (lane < static_cast<int>(blocks)) {
+      const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc[g]), s.first_rank + lane);
       float *fields = reinterpret_cast<float *>(&mine);
 #pragma unroll
       for (int i = 0; i < FIELDS; ++i) fields[i] = mfa_cluster_load_f32(remote + 4 * i);
     }
     Acc total = {};
     for (unsigned rank = 0; rank < blocks; ++rank) total = mfa_gn_merge(total, mfa_gn_shfl(mine, rank));
-    if (lane == 0) cluster_acc = total;
+    if (lane == 0) cluster_acc[g] = total;
+  };
+  if (groups == 1) {
+    if (warp == 0) merge_blocks(0);
+  } else {  // warp w merges groups w, w + warps, ... (blocks of 64 threads have 2 warps for up to 8 groups)
+    for (int g = warp; g < groups; g += static_cast<int>(blockDim.x >> 5)) merge_blocks(g);
   }
   __syncthreads();
-  return cluster_acc;
+  return cluster_acc[mine];
 }
 
 // No block leaves (with its shared memory) while another may still read its published accumulator.
@@ -979,45 +1025,70 @@ __device__ __forceinline__ void mfa_gn_each_landed_chunk(const mfa_gn_slice &s, 
 }
 
 #if MFA_GN_PASS == MFA_GN_FORWARD
-// The group's moments of x' - p from every thread's sums over the cluster. 16-bit: the shifted sums
-// themselves, added (M2 = sum d^2 - (sum d)^2 / M at the end, M the group's size: Chan's merge at every
-// step of the trees, a division each, cost ~150 instructions a thread, against ~40 elementwise ones per
-// 8-element unit). fp32: each thread's M2 about its own mean by a second pass over shared memory, then
-// Chan's merge.
-template <int U>
-__device__ __forceinline__ mfa_gn_acc mfa_gn_group_moments(const mfa_gn_args &args, const mfa_gn_slice &s,
-                                                           const mfa_gn_elem *xs, const mfa_gn_sums &sums,
-                                                           float pivot) {
-  if constexpr (kSixteenBit) {
-    const mfa_gn_pair total = mfa_gn_cluster_merge(mfa_gn_pair{sums.sum, sums.squares}, s);
-    const float count = static_cast<float>(args.cpg * args.spatial);
-    const float mean = total.a / count;
-    return {count, mean, fmaxf(total.b - total.a * mean, 0.0f)};
-  } else {
-    mfa_gn_acc acc = mfa_gn_moments_of(sums);
-    const float center = pivot + acc.mean;  // its rounding moves M2 by a negligible (error)^2 * count
-    acc.m2 = 0.0f;
-    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-      float v[U];
-      mfa_gn_unit_floats<U>(xs, u, v);
+// What the cluster merges for a group: 16-bit, the shifted sums (M2 = sum d^2 - (sum d)^2 / M at the
+// end, M the group's size: Chan's merge at every step of the trees, a division each, cost ~150
+// instructions a thread, against ~40 elementwise ones per 8-element unit); fp32, the moments, each
+// thread's M2 about its own mean by a second pass over shared memory, then Chan's merge.
+#if MFA_GN_DTYPE != MFA_GN_F32
+using mfa_gn_total = mfa_gn_pair;
+#else
+using mfa_gn_total = mfa_gn_acc;
+#endif
+
+// The totals of every group of the item (s.band.groups) from every thread's sums over the cluster.
+template <int U, bool BANDS>
+__device__ __forceinline__ const mfa_gn_total *mfa_gn_group_totals(const mfa_gn_slice &s, const mfa_gn_elem *xs,
+                                                                  const mfa_gn_sums &sums, float pivot) {
+  const mfa_gn_total *totals = nullptr;
+#if MFA_GN_DTYPE != MFA_GN_F32
+  mfa_gn_cluster_merge<BANDS>(mfa_gn_pair{sums.sum, sums.squares}, s, &totals);
+#else
+  mfa_gn_acc acc = mfa_gn_moments_of(sums);
+  const float center = pivot + acc.mean;  // its rounding moves M2 by a negligible (error)^2 * count
+  acc.m2 = 0.0f;
+  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+    float v[U];
+    mfa_gn_unit_floats<U>(xs, u, v);
 #pragma unroll
-      for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
-    }
-    return mfa_gn_cluster_merge(acc, s);
+    for (int k = 0; k < U; ++k) acc.m2 = fmaf(v[k] - center, v[k] - center, acc.m2);
   }
+  mfa_gn_cluster_merge<BANDS>(acc, s, &totals);
+#endif
+  return totals;
 }
 
-// One (n, group) from its staged slices: statistics, cluster merge, y.
-template <int U>
+// A group's mean of x' - p and rstd from its total.
+struct mfa_gn_group_stats {
+  float mean_p, rstd;
+};
+__device__ __forceinline__ mfa_gn_group_stats mfa_gn_stats_of(const mfa_gn_args &args, const mfa_gn_band &band,
+                                                              const mfa_gn_total &total) {
+#if MFA_GN_DTYPE != MFA_GN_F32
+  const float count = static_cast<float>(band.cpg * args.spatial);
+  const float mean = total.a / count;
+  const mfa_gn_acc moments = {count, mean, fmaxf(total.b - total.a * mean, 0.0f)};
+#else
+  const mfa_gn_acc moments = total;
+#endif
+  return {moments.mean, 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps)};
+}
+
+__device__ __forceinline__ float mfa_gn_pivot_of(const float *scalars, int group) {
+  return mfa_gn_median3(scalars[3 * group], scalars[3 * group + 1], scalars[3 * group + 2]);
+}
+
+// One item (n, group, or a band of groups) from its staged slices: statistics, cluster merge, y.
+template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                             const mfa_gn_buffer &buffer, float *table, const float *scalars) {
   mfa_gn_elem *xs = buffer.first;
   const bool has_residual = args.residual != nullptr;
-  const float pivot = mfa_gn_median3(scalars[0], scalars[1], scalars[2]);
+  const mfa_gn_band &band = s.band;
+  const float pivot = mfa_gn_pivot_of(scalars, band.mine);
 
   // 1. x' = x + residual (rounded as the caller's own sum would be; kept, and written to x_sum), and the
   // moments of this thread's x' - p (kSixteenBit: shifted sums; fp32: its mean, then the squares about
-  // it), merged over the cluster (mfa_gn_group_moments).
+  // it), merged over the cluster (mfa_gn_group_totals).
   mfa_gn_sums sums = {0.0f, 0.0f, 0.0f};
   for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
     float v[U];
@@ -1038,16 +1109,17 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       else sums.sum += v[k] - pivot;
     }
   }
-  const mfa_gn_acc moments = mfa_gn_group_moments<U>(args, s, xs, sums, pivot);
-  const float mean_p = moments.mean;
-  const float rstd = 1.0f / sqrtf(fmaxf(moments.m2 / moments.count, 0.0f) + args.eps);
+  const mfa_gn_total *totals = mfa_gn_group_totals<U, BANDS>(s, xs, sums, pivot);
+  const mfa_gn_group_stats mine = mfa_gn_stats_of(args, band, totals[band.mine]);
 
   // 2. y = act(x' * scale + shift) per channel (kSixteenBit; fp32: ((x' - p) - mean_p) * scale + b) with
-  // scale = rstd * w, shift = b - (p + mean_p) * scale.
+  // scale = rstd * w, shift = b - (p + mean_p) * scale, rstd, p and mean_p those of the channel's group.
   float *scale = table, *shift = table + args.cpg;
   for (int j = threadIdx.x; j < args.cpg; j += blockDim.x) {
-    scale[j] *= rstd;
-    if (kSixteenBit) shift[j] -= (pivot + mean_p) * scale[j];
+    const int group = band.groups == 1 ? 0 : j / static_cast<int>(band.cpg);
+    const mfa_gn_group_stats stats = band.groups == 1 ? mine : mfa_gn_stats_of(args, band, totals[group]);
+    scale[j] *= stats.rstd;
+    if (kSixteenBit) shift[j] -= (mfa_gn_pivot_of(scalars, group) + stats.mean_p) * scale[j];
   }
   __syncthreads();
   mfa_gn_elem *y = mfa_gn_group_of(args.y, s);
@@ -1058,17 +1130,18 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 #pragma unroll
     for (int k = 0; k < U; ++k) {
       const int j = mfa_gn_element_channel(channel, k);
-      const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mean_p;
+      const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mine.mean_p;
       v[k] = mfa_gn_activate(fmaf(centered, scale[j], shift[j]));
     }
     mfa_gn_unit_store<U>(y + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(v));
   }
-  if (s.rank == 0 && threadIdx.x == 0) {
-    if (args.mean) args.mean[s.item] = pivot + mean_p;
-    if (args.rstd) args.rstd[s.item] = rstd;
+  if (s.rank == 0 && threadIdx.x < band.groups) {
+    const int group = threadIdx.x;
+    const mfa_gn_group_stats stats = band.groups == 1 ? mine : mfa_gn_stats_of(args, band, totals[group]);
+    if (args.mean) args.mean[s.item * band.groups + group] = mfa_gn_pivot_of(scalars, group) + stats.mean_p;
+    if (args.rstd) args.rstd[s.item * band.groups + group] = stats.rstd;
   }
 }
-
 #else  // backward
 // dx = rstd * w * dy^ - k1 - xhat * k2 with k1 = rstd * sum(w dy^) / M, k2 = rstd * sum(w dy^ xhat) / M
 // (M = cpg * spatial) and dy^ = dy * act'(xhat * w + b). dweight and dbias sum (dy^ xhat, dy^) per channel
@@ -1247,9 +1320,10 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, c
   return sums;
 }
 
-template <int U>
+template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                             const mfa_gn_buffer &buffer, float *table, const float *scalars) {
+  static_assert(!BANDS, "the backward holds one group an item");
   mfa_gn_elem *xs = buffer.first, *dys = buffer.second;  // dy, then dy^
   const float *weight = table, *bias = table + args.cpg;
   const float mean = scalars[0], rstd = scalars[1];
@@ -1320,13 +1394,13 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 // A cooperative grid holding one sample at a time, every block a contiguous chunk of it (full-line copies
 // in NHWC too) and the group sums merged through global partials and arrival counts, spent 16-20 us a
 // sample in its two grid barriers: 330 us for the 128 MB tensors, H200.)
-template <int U>
+template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   // Launched with programmatic stream serialization: the block may be resident before the previous grid
   // in the stream is done (its launch latency hidden); it waits for that grid before reading anything.
   mfa_grid_dependency_wait();
   mfa_grid_launch_dependents();
-  __shared__ float scalars[3];
+  __shared__ float scalars[BANDS ? 3 * MFA_GN_MAX_BAND : 3];  // forward: pivot candidates; backward: mean, rstd
   // A cluster per (n, group), or (cluster_samples > 1, backward) per group, holding it in cluster_samples
   // samples, blocks / cluster_samples blocks each.
   const unsigned cluster_blocks = mfa_cluster_blocks(), cluster_rank = mfa_cluster_rank();
@@ -1339,6 +1413,7 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   mfa_gn_slice s = mfa_gn_slice_of<U>(args, item, cluster_rank - sample * blocks, blocks);
   s.first_rank = sample * blocks;
   s.cluster_blocks = cluster_blocks;
+  s.band = mfa_gn_band_of<BANDS>(args);
   const mfa_gn_buffer buffer = mfa_gn_buffer_of(args);
   float *table = reinterpret_cast<float *>(mfa_gn_shared + args.streams * args.slice_bytes);
   const mfa_gn_table_entry entry = mfa_gn_table_load(args, s);
@@ -1346,7 +1421,7 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   mfa_gn_table_store(args, s, entry, table, scalars);
   if (!kChunkedStage) mfa_cp_async_wait<0>();  // its one chunk: the whole slice
   __syncthreads();  // the table (and the slice, unless its chunks are waited for as the first pass goes)
-  mfa_gn_item<U>(args, s, buffer, table, scalars);
+  mfa_gn_item<U, BANDS>(args, s, buffer, table, scalars);
   mfa_gn_cluster_exit(cluster_blocks);
 }
 #endif
@@ -1369,26 +1444,40 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
   mfa_gn_apply_pass<1>(args);
 }
 
-// The one-pass entries, one per unit of U elements, exist in every variant so that the host finds the
-// same functions everywhere; it launches them only on sm_90+ (where they have a body) and with units of
-// at most 16 bytes.
+// The one-pass entries, one per unit of U elements, and for items of several groups (args.band > 1:
+// "bands", the forward NHWC only), exist in every variant so that the host finds the same functions
+// everywhere; it launches them only on sm_90+ (where they have a body) and with units of at most 16 bytes.
+// Bands have entries of their own: their run-time group arithmetic in the single-group kernel cost the
+// diffusion shapes (H100, fp16 2x1280x16x16 NHWC forward 4.92 -> 5.1-5.3 us).
 #ifdef MFA_GN_HAS_ONEPASS
-#define MFA_GN_ONEPASS_BODY(U) \
-  if constexpr (U * sizeof(mfa_gn_elem) <= 16) mfa_gn_onepass<U>(args);
+#define MFA_GN_ONEPASS_BODY(U, BANDS) \
+  if constexpr (U * sizeof(mfa_gn_elem) <= 16 && (!BANDS || kHasBands)) mfa_gn_onepass<U, BANDS>(args);
 #else
-#define MFA_GN_ONEPASS_BODY(U)
+#define MFA_GN_ONEPASS_BODY(U, BANDS)
 #endif
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_1(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(1)
+  MFA_GN_ONEPASS_BODY(1, false)
 }
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_2(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(2)
+  MFA_GN_ONEPASS_BODY(2, false)
 }
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_4(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(4)
+  MFA_GN_ONEPASS_BODY(4, false)
 }
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_8(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(8)
+  MFA_GN_ONEPASS_BODY(8, false)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_1(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(1, true)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_2(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(2, true)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_4(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(4, true)
+}
+extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_8(const mfa_gn_args args) {
+  MFA_GN_ONEPASS_BODY(8, true)
 }
 // After the one-pass backward, launched before it ends (programmatic dependent launch, as the one-pass
 // kernel): its wait returns once the partials are written.

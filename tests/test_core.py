@@ -325,6 +325,10 @@ NULL_ARGUMENTS = {
         lambda: lib.mfa_group_norm_plan_describe(mfa_c._ffi.new_struct("mfa_group_norm_descriptor", n=1, c=1, spatial=1,
                                                                       groups=1), 132, 1, -1, N, _out("int32_t"),
                                                  _out("int32_t")),
+    "mfa_group_norm_plan_band.descriptor": lambda: lib.mfa_group_norm_plan_band(N, 132, -1, -1, _out("int32_t")),
+    "mfa_group_norm_plan_band.out_band":
+        lambda: lib.mfa_group_norm_plan_band(mfa_c._ffi.new_struct("mfa_group_norm_descriptor", n=1, c=1, spatial=1,
+                                                                  groups=1), 132, -1, -1, N),
     "mfa_attention_pipeline_create.descriptor":
         lambda: lib.mfa_attention_pipeline_create(N, N, _out("mfa_attention_pipeline *")),
     "mfa_attention_pipeline_get_info.pipeline":

@@ -10,7 +10,7 @@ import pytest
 import mfa_c
 from mfa_c._tensors import DTYPES, TensorView
 from mfa_c.gemm import _float64
-from mfa_c.group_norm import TOLERANCES, _layout_strides, group_norm_plan, group_norm_validate
+from mfa_c.group_norm import TOLERANCES, _layout_strides, group_norm_band, group_norm_plan, group_norm_validate
 from conftest import rel_error
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32"]
@@ -209,7 +209,8 @@ def test_variant_compiles_for_sm90a(index):
     assert [r["kernel"] for r in reports] == ["mfa_gn_reduce_vec", "mfa_gn_reduce_scalar", "mfa_gn_finalize",
                                               "mfa_gn_apply_vec", "mfa_gn_apply_scalar", "mfa_gn_onepass_1",
                                               "mfa_gn_onepass_2", "mfa_gn_onepass_4", "mfa_gn_onepass_8",
-                                              "mfa_gn_param_grads"]
+                                              "mfa_gn_param_grads", "mfa_gn_onepass_bands_1", "mfa_gn_onepass_bands_2",
+                                              "mfa_gn_onepass_bands_4", "mfa_gn_onepass_bands_8"]
     for report in reports:
         print(f"{report['variant']} {report['kernel']}: {report['registers']} registers, "
               f"{report['static_shared_bytes']} B smem, spills {report['spill_store_bytes']}/{report['spill_load_bytes']}")
@@ -219,8 +220,9 @@ def test_variant_compiles_for_sm90a(index):
         # other computes); its forward stays at the 64 that let six 32 KB-slice blocks share one
         most = 255 if "onepass" not in report["kernel"] else 64 if report["variant"].startswith("group_norm.fwd") else 128
         assert 0 < report["registers"] <= most, report
-        # the one-pass kernel's slices are dynamic: its static part is the sums' scratch only
-        assert report["static_shared_bytes"] <= (1024 if "onepass" in report["kernel"] else 48 * 1024), report
+        # the one-pass kernel's slices are dynamic: its static part is the sums' scratch only (the forward
+        # NHWC's, MFA_GN_MAX_BAND groups' of fp32 moments: 1056 bytes)
+        assert report["static_shared_bytes"] <= (1536 if "onepass" in report["kernel"] else 48 * 1024), report
     assert len({r["variant"] for r in reports}) == 1
 
 
@@ -236,17 +238,19 @@ PLAN_SHAPES = SD_SHAPES + LARGE_SHAPES + [
     (65535, 4, 1, 1), (2, 1 << 20, 1, 1), (1, 32, 1, 1 << 18), (2, 64, 33, 1), (2, 4096, 8, 8)]
 
 
-def _smem_bytes(cluster, c, spatial, groups, dtype, streams, layout="nchw"):
+def _smem_bytes(cluster, c, spatial, groups, dtype, streams, layout="nchw", band=1):
     """The most a one-pass block's dynamic shared memory may take (onepass_smem_bound): its slice of every
     stream, padded to 16 bytes, and the group's weight and bias as fp32, for the widest-padding unit; the
     backward (2 streams) adds a float2 a channel of the group and, where NCHW channels are whole runs of
-    32 units (slices rounded to runs), a float2 a warp for each channel a slice touches."""
-    cpg = c // groups
+    32 units (slices rounded to runs), a float2 a warp for each channel a slice touches. A band of groups
+    (NHWC forward) is an item of band * cpg channels, its slices whole rows."""
+    cpg = c // groups * band
 
     def of(unit):
         runs = streams == 2 and layout == "nchw" and spatial % (32 * unit) == 0
         units = -(-(cpg * spatial // unit) // cluster)
         units = -(-units // 32) * 32 if runs else units
+        units = -(-units // (cpg // unit)) * (cpg // unit) if band > 1 else units
         slots = (-(-units // (spatial // unit)) + 1) * THREADS // 32 if runs else 0
         float2s = cpg + slots if streams == 2 else 0
         return streams * -(-(units * unit * ELEMENT_BYTES[dtype]) // 16) * 16 + 8 * cpg + 8 * float2s
@@ -271,8 +275,14 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                 assert vectorized or unit == 1, what
                 run = spatial if layout == "nchw" else c // groups
                 assert run % unit == 0, what  # a unit stays inside one channel (NCHW) or one group's row (NHWC)
-                # wide clusters (up to 16 blocks) only for groups that 8 blocks cannot hold
-                portable = _smem_bytes(CLUSTER_MAX, c, spatial, groups, dtype, streams, layout) <= SLICE_MAX_BYTES
+                band, cpg = plan["band"], c // groups
+                if band > 1:  # onepass_band: NHWC forward beyond L2, 64-byte rows of at most 32 elements
+                    assert pass_ == "forward" and layout == "nhwc" and plan["cluster"] > 0, what
+                    assert n * c * spatial * ELEMENT_BYTES[dtype] > 32 << 20, what
+                    assert cpg & (cpg - 1) == 0 and groups % band == 0 and band * cpg <= 32, what
+                    assert band in (2, 4, 8) and band // 2 * cpg * ELEMENT_BYTES[dtype] < 64, what
+                # wide clusters (up to 16 blocks) only for items that 8 blocks cannot hold
+                portable = _smem_bytes(CLUSTER_MAX, c, spatial, groups, dtype, streams, layout, band) <= SLICE_MAX_BYTES
                 if plan["cluster"] == 0:
                     # the three-launch path only where the largest cluster's shared memory cannot hold the group
                     assert plan["threads"] == 0, what
@@ -283,7 +293,7 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                     continue
                 assert 1 <= plan["cluster"] <= (CLUSTER_MAX if portable else WIDE_MAX), what
                 assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= THREADS, what
-                assert _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout) <= SLICE_MAX_BYTES, what
+                assert _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout, band) <= SLICE_MAX_BYTES, what
                 assert n * groups * plan["cluster"] < 2 ** 31, what  # the grid
 
 
@@ -315,17 +325,20 @@ def test_plan_fills_the_device_on_the_diffusion_shapes():
 
 
 def test_plan_keeps_the_large_fp16_tensors_on_chip():
-    """In one pass, except NHWC groups of 16-byte rows (8 channels of fp16) in 128 MB: three launches.
-    The 1 MB backward groups (x and dy) of 8x512x128x128, which 8 blocks cannot hold, in 16."""
+    """In one pass, except the NHWC backward of 16-byte rows (8 channels of fp16) in 128 MB: three launches.
+    The NHWC forward takes bands of 64-byte rows (4 groups of 8 channels, 2 of 16), 1 MB items in 16
+    blocks; the 1 MB backward groups (x and dy) of 8x512x128x128, which 8 blocks cannot hold, 16 too."""
     for pass_ in ("forward", "backward"):
         for layout in LAYOUTS:
             for n, c, h, w in LARGE_SHAPES:
                 plan = group_norm_plan(n, c, h * w, 32, layout=layout, pass_=pass_)
-                if layout == "nhwc" and c // 32 * 2 < 32:
+                band = 64 // (c // 32 * 2) if layout == "nhwc" and pass_ == "forward" else 1
+                assert plan["band"] == band, (layout, pass_, plan)
+                if layout == "nhwc" and pass_ == "backward" and c // 32 * 2 < 32:
                     assert plan["cluster"] == 0, plan
                     assert group_norm_plan(n, c, h * w, 32, layout=layout, cluster=8)["cluster"] == 8
                     continue
-                wide = pass_ == "backward" and c == 512
+                wide = (pass_ == "backward" and c == 512) or band > 1
                 assert plan["cluster"] == (WIDE_MAX if wide else CLUSTER_MAX), (layout, pass_, plan)
                 assert plan["vector_elements"] == 8, (layout, plan)
     assert group_norm_plan(2, 320, 64 * 64, 32, pass_="backward", cluster=16)["cluster"] == 16
@@ -343,6 +356,21 @@ def test_forced_plans():
     assert group_norm_plan(1, 32, 1 << 11, 1, cluster=2)["cluster"] == 2
     with pytest.raises(mfa_c.MFAError, match="forced_cluster is 17"):
         group_norm_plan(n, c, spatial, groups, cluster=17)
+    # bands: asked for, taken where the rules allow (NHWC forward, 2^k channels a group, rows of <= 32
+    # elements), on any tensor
+    for band in (1, 2, 4, 8):  # 8 channels a group: rows of 32 channels at most
+        assert group_norm_band(n, c, spatial, groups, band=band, layout="nhwc") == min(band, 4)
+        assert group_norm_band(n, c, spatial, groups, band=band, layout="nchw") == 1
+        assert group_norm_band(n, c, spatial, groups, band=band, layout="nhwc", pass_="backward") == 1
+    assert group_norm_band(2, 64, spatial, 16, band=8, layout="nhwc", dtype="float32") == 8  # 8 x 4 channels
+    assert group_norm_band(2, 40, spatial, 4, band=2, layout="nhwc") == 1  # 10 channels a group
+    assert group_norm_band(2, 16, spatial, 2, band=4, layout="nhwc") == 2  # two groups: a band of 2 at most
+    for band in (2, 4, 8):  # 2 channels a group: item rows narrower than the widest unit (8)
+        assert group_norm_band(2, 32, 25, 16, band=band, layout="nhwc") == band
+    assert group_norm_band(n, c, spatial, groups, layout="nhwc") == 1  # chosen: a small tensor stays in L2
+    assert group_norm_band(1, 32, 1 << 11, 1, cluster=1, band=1) == 1
+    with pytest.raises(mfa_c.MFAError, match="forced_band is 3"):
+        group_norm_band(n, c, spatial, groups, band=3)
     with pytest.raises(mfa_c.MFAError, match="sm_count is 0"):
         group_norm_plan(n, c, spatial, groups, sm_count=0)
     with pytest.raises(mfa_c.MFAError, match="descriptor->groups is 5"):
@@ -567,15 +595,19 @@ def test_errors_on_the_gpu_path(ctx, torch_cuda):
 FORCED_PLANS = ["split", 1, 2, 3, 4, 5, 6, 7, 8, 12, 16]  # 12, 16: wide, non-portable clusters
 
 
-def _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, activation=None, residual=None):
-    """(y, mean, rstd, x_sum) from a fresh pipeline created under MFA_GN_CLUSTER=plan, outputs NaN-poisoned."""
+def _forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, layout, activation=None, residual=None,
+                       band="auto"):
+    """(y, mean, rstd, x_sum) from a fresh pipeline created under MFA_GN_CLUSTER=plan (and MFA_GN_BAND=band),
+    outputs NaN-poisoned."""
     monkeypatch.setenv("MFA_GN_CLUSTER", str(plan))
+    monkeypatch.setenv("MFA_GN_BAND", str(band))
     n, c = x.shape[:2]
     dtype = str(x.dtype).removeprefix("torch.")
     pipeline = mfa_c.GroupNormPipeline(n, c, math.prod(x.shape[2:]), groups, dtype=dtype,
                                        weight_dtype=dtype if weight is not None else None, layout=layout,
                                        activation=activation, residual=residual is not None)
     monkeypatch.delenv("MFA_GN_CLUSTER")
+    monkeypatch.delenv("MFA_GN_BAND")
     outputs = {"y": torch.full_like(x, float("nan")),
                "mean": torch.full((n, groups), float("nan"), device="cuda"),
                "rstd": torch.full((n, groups), float("nan"), device="cuda")}
@@ -725,6 +757,43 @@ def test_onepass_forward_is_deterministic(ctx, torch_cuda, rng, monkeypatch, sha
             assert torch.equal(a, b), plan
 
 
+# NHWC groups of 4, 8, 2 and 8 channels (fp16 rows of 8 to 16 bytes); the last with blocks left empty by
+# slices of whole rows (33 positions of 4 units in 8 blocks).
+BAND_CASES = [((2, 64, 16, 16), 16), ((3, 128, 9, 7), 16), ((2, 32, 5, 5), 16), ((1, 256, 33, 1), 32)]
+
+
+@pytest.mark.parametrize("shape, groups", BAND_CASES)
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+def test_bands_match_float64(ctx, torch_cuda, rng, monkeypatch, shape, groups, dtype):
+    """The NHWC forward with bands of adjacent groups in one cluster (MFA_GN_BAND, as large tensors take
+    them), at several cluster sizes, with a residual and SiLU: every group's statistics its own (groups
+    offset by different means), within tolerance of float64, and the same bits run after run."""
+    torch = torch_cuda
+    n, c = shape[:2]
+    spatial = math.prod(shape[2:])
+    offsets = torch.from_numpy(rng.uniform(-20.0, 20.0, groups)).repeat_interleave(c // groups).to("cuda")
+    x = _torch_input(torch, rng, shape, dtype, "nhwc")
+    x = (x + offsets.to(x.dtype).view(1, c, 1, 1)).contiguous(memory_format=torch.channels_last)
+    residual = _torch_input(torch, rng, shape, dtype, "nhwc")
+    weight, bias = _affine(torch, rng, c, dtype)
+    summed = x + residual
+    reference = mfa_c.group_norm_reference(summed, groups, weight, bias, activation="silu")
+    ran = []
+    for band in (2, 4, 8):
+        for plan in (1, 3, 8):
+            if group_norm_band(n, c, spatial, groups, cluster=plan, band=band, dtype=dtype, layout="nhwc") != band:
+                continue
+            run = [_forward_with_plan(torch, monkeypatch, plan, x, groups, weight, bias, "nhwc", "silu", residual, band)
+                   for _ in range(2)]
+            y, mean, rstd, x_sum = run[0]
+            _assert_forward_close(y, mean, rstd, reference, dtype, (band, plan))
+            assert torch.equal(x_sum, summed), (band, plan)
+            for first, second in zip(run[0], run[1]):
+                assert torch.equal(first, second), (band, plan)
+            ran.append((band, plan))
+    assert len(ran) >= 3, ran
+
+
 def _backward_with_plan(torch, monkeypatch, plan, dy, x, weight, bias, mean, rstd, groups, layout, activation):
     """(dx, dweight, dbias) from a fresh backward pipeline created under MFA_GN_CLUSTER=plan, outputs
     NaN-poisoned."""
@@ -818,4 +887,8 @@ def test_benchmark_shapes_backward(ctx, torch_cuda, rng, shape, layout):
 def test_bad_forced_plan_names_the_variable(ctx, monkeypatch):
     monkeypatch.setenv("MFA_GN_CLUSTER", "17")
     with pytest.raises(mfa_c.MFAError, match="MFA_GN_CLUSTER"):
+        mfa_c.GroupNormPipeline(2, 8, 16, 4)
+    monkeypatch.setenv("MFA_GN_CLUSTER", "auto")
+    monkeypatch.setenv("MFA_GN_BAND", "3")
+    with pytest.raises(mfa_c.MFAError, match="MFA_GN_BAND"):
         mfa_c.GroupNormPipeline(2, 8, 16, 4)

@@ -122,15 +122,30 @@ _FORCED_CLUSTER = {None: -1, "auto": -1, "split": 0}
 
 def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, cluster=None, **descriptor):
     """A pass's launch plan on an sm_90+ device of `sm_count` SMs (no GPU needed): {"cluster": blocks per
-    (n, group) of the one-pass kernel, 0 for the three-launch path; "threads": per block;
-    "vector_elements": per copy}. vectorized=False: the tensors are aligned to their element size only.
-    `cluster` forces one ("split", or 1..16) as the environment variable MFA_GN_CLUSTER does for pipelines."""
+    item of the one-pass kernel, 0 for the three-launch path; "threads": per block; "vector_elements": per
+    copy; "band": groups an item holds (1, or a band of adjacent NHWC groups)}. vectorized=False: the
+    tensors are aligned to their element size only. `cluster` forces one ("split", or 1..16) as the
+    environment variable MFA_GN_CLUSTER does for pipelines."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
     forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
-    out = [ffi.new("int32_t *") for _ in range(3)]
+    out = [ffi.new("int32_t *") for _ in range(4)]
     check(lib.mfa_group_norm_plan_describe(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count),
-                                           int(bool(vectorized)), forced, *out))
-    return {"cluster": out[0][0], "threads": out[1][0], "vector_elements": out[2][0]}
+                                           int(bool(vectorized)), forced, *out[:3]))
+    check(lib.mfa_group_norm_plan_band(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count), forced, -1,
+                                       out[3]))
+    return {"cluster": out[0][0], "threads": out[1][0], "vector_elements": out[2][0], "band": out[3][0]}
+
+
+def group_norm_band(n, c, spatial, groups, *, sm_count=132, cluster=None, band=None, **descriptor):
+    """The groups a one-pass item holds where `band` (1, 2, 4 or 8) is asked for, as the environment variable
+    MFA_GN_BAND does for pipelines (None: chosen), and `cluster` as in group_norm_plan: 1 where the shape
+    allows no such band (mfa_group_norm_plan_band)."""
+    fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
+    forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
+    out = ffi.new("int32_t *")
+    check(lib.mfa_group_norm_plan_band(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count), forced,
+                                       -1 if band is None else int(band), out))
+    return out[0]
 
 
 def group_norm_validate(descriptor, tensors):
