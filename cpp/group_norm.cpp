@@ -304,7 +304,7 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
          d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes;
 }
 
-// Groups side by side in a one-pass item (args.band). The NHWC forward of a tensor beyond L2 whose groups'
+// Groups side by side in a one-pass item (args.band). An NHWC pass over a tensor beyond L2 whose groups'
 // rows are narrower than 64 bytes takes bands of adjacent groups (a power of two of them, up to
 // MFA_GN_MAX_BAND) with rows of 64 bytes, each group's statistics kept apart: the narrower a row, the more
 // of its sectors' requests it takes per byte. Measured (H100, fp16 NHWC forward, the groups of the same
@@ -314,7 +314,7 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 // channels. forced_band (> 0: MFA_GN_BAND) asks for that many where those rules allow.
 int onepass_band(const mfa_group_norm_descriptor &d, int forced_band) {
   const int64_t cpg = d.c / d.groups, row_bytes = cpg * element_bytes(d.dtype);
-  if (d.pass != MFA_PASS_FORWARD || d.layout != MFA_LAYOUT_NHWC || (cpg & (cpg - 1)) != 0) return 1;
+  if (d.layout != MFA_LAYOUT_NHWC || (cpg & (cpg - 1)) != 0) return 1;
   int band = 1;
   if (forced_band > 0)
     band = forced_band;
@@ -381,19 +381,20 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
 }
 
 // The one-pass plan: blocks per item (0: the three-launch path), samples a cluster holds, groups an item
-// holds. A band its clusters cannot hold falls back to single groups.
+// holds. A band its clusters cannot hold halves (the backward's two streams: 16x256x128x128 takes bands
+// of 2 groups, 1 MB of x and dy). Bands, on tensors beyond L2, keep a cluster per sample (the dweight and
+// dbias of their groups then take the second launch).
 struct OnePassChoice {
   int cluster = 0, samples = 1, band = 1;
 };
 OnePassChoice onepass_choice(const mfa_group_norm_descriptor &d, int sm_count, int forced_cluster, int forced_band,
                              int most) {
   OnePassChoice choice;
-  choice.band = onepass_band(d, forced_band);
-  choice.cluster = onepass_cluster(onepass_items(d, choice.band), sm_count, forced_cluster, most, choice.band);
-  if (choice.cluster == 0 && choice.band > 1) {
-    choice.band = 1;
-    choice.cluster = onepass_cluster(d, sm_count, forced_cluster, most);
+  for (choice.band = onepass_band(d, forced_band); choice.band > 1; choice.band /= 2) {
+    choice.cluster = onepass_cluster(onepass_items(d, choice.band), sm_count, forced_cluster, most, choice.band);
+    if (choice.cluster > 0) return choice;
   }
+  choice.cluster = onepass_cluster(d, sm_count, forced_cluster, most);
   choice.samples = cluster_samples(d, sm_count, forced_cluster > 0, choice.cluster);
   return choice;
 }

@@ -748,11 +748,11 @@ __device__ __forceinline__ mfa_gn_unit<U> mfa_gn_unit_of(const float (&v)[U]) {
 // Whether the slice is copied in chunks that the first pass takes as they land (MFA_GN_MAX_CHUNKS).
 constexpr bool kChunkedStage = MFA_GN_PASS == MFA_GN_BACKWARD && MFA_GN_LAYOUT == MFA_GN_NCHW;
 
-// An item's groups (args.band, in the entries for bands: the forward NHWC's; elsewhere 1, a constant) and
+// An item's groups (args.band, in the entries for bands: NHWC's; elsewhere 1, a constant) and
 // the one this thread's units belong to: blocks are whole warps and slices whole rows of at most 32 units,
 // so thread t always reads column t % row_units of a row, which lies in group (t % row_units) / (row_units /
 // groups).
-constexpr bool kHasBands = MFA_GN_PASS == MFA_GN_FORWARD && MFA_GN_LAYOUT == MFA_GN_NHWC;
+constexpr bool kHasBands = MFA_GN_LAYOUT == MFA_GN_NHWC;
 struct mfa_gn_band {
   int groups, row_units, mine;
   long long cpg;  // channels of one group
@@ -892,7 +892,10 @@ __device__ __forceinline__ mfa_gn_table_entry mfa_gn_table_load(const mfa_gn_arg
                                                       group * size + mfa_gn_pivot_position(size - 1, candidate));
   }
 #else
-  if (threadIdx.x < 2) entry.statistic = threadIdx.x == 0 ? args.mean[s.item] : args.rstd[s.item];
+  if (threadIdx.x < 2 * s.band.groups) {  // group threadIdx.x / 2 of the item: mean, rstd
+    const long long g = s.band.groups == 1 ? s.item : s.item * s.band.groups + (threadIdx.x >> 1);
+    entry.statistic = (threadIdx.x & 1) == 0 ? args.mean[g] : args.rstd[g];
+  }
 #endif
   return entry;
 }
@@ -911,7 +914,7 @@ __device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, cons
   if (threadIdx.x < 3 * s.band.groups)
     scalars[threadIdx.x] = mfa_gn_element_value(args, entry.pivot_candidate);
 #else
-  if (threadIdx.x < 2) scalars[threadIdx.x] = entry.statistic;
+  if (threadIdx.x < 2 * s.band.groups) scalars[threadIdx.x] = entry.statistic;
 #endif
 }
 
@@ -1193,7 +1196,8 @@ __device__ __forceinline__ void mfa_gn_cluster_param_grads(const mfa_gn_args &ar
 template <int U>
 __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                         const mfa_gn_elem *xs, const mfa_gn_elem *dy_hats,
-                                                        float mean, float rstd, float2 *channels) {
+                                                        float mean, float rstd, const float *scalars,
+                                                        float2 *channels) {
   // NHWC reads its units as halves of at most 4 channels: 16 running sums a lane for units of 8 made
   // NVRTC 13.5 spill (fp16 NHWC backward, 48 registers).
   constexpr int V = MFA_GN_LAYOUT == MFA_GN_NHWC && U > 4 ? 4 : U, SPLIT = U / V;  // elements read at once
@@ -1218,6 +1222,10 @@ __device__ __forceinline__ void mfa_gn_channel_partials(const mfa_gn_args &args,
     const int begin = ((column - first % row_units) % row_units + row_units) % row_units;
     const int end = units, step = row_units;
 #endif
+    if (s.band.groups > 1) {  // the column's group's (scalars: each group's mean and rstd), not the thread's
+      const int group = column * CHANNELS / static_cast<int>(s.band.cpg);
+      mean = scalars[2 * group], rstd = scalars[2 * group + 1];
+    }
     float a[CHANNELS] = {}, b[CHANNELS] = {};
     for (int u = begin + lane * step; u < end; u += 32 * step) {
       float x[V], dy_hat[V];
@@ -1323,10 +1331,9 @@ __device__ __forceinline__ mfa_gn_acc mfa_gn_run_sums(const mfa_gn_args &args, c
 template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                             const mfa_gn_buffer &buffer, float *table, const float *scalars) {
-  static_assert(!BANDS, "the backward holds one group an item");
   mfa_gn_elem *xs = buffer.first, *dys = buffer.second;  // dy, then dy^
   const float *weight = table, *bias = table + args.cpg;
-  const float mean = scalars[0], rstd = scalars[1];
+  const float mean = scalars[2 * s.band.mine], rstd = scalars[2 * s.band.mine + 1];  // of this thread's group
   // after the table: mfa_gn_run_sums' slots, then (the cluster holds every sample) the block's channel sums
   float2 *const slots = reinterpret_cast<float2 *>(table + 2 * args.cpg);
   float2 *const channels = args.cluster_samples == args.n ? slots + args.column_slots : nullptr;
@@ -1358,11 +1365,11 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
     });
     if (channels && args.dweight) {  // the merge's barrier publishes them to the cluster
       __syncthreads();                // every dy^ stored
-      mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, channels);
+      mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, scalars, channels);
     }
   }
-  sums = mfa_gn_cluster_merge(sums, s);
-  const float inverse_count = 1.0f / static_cast<float>(args.cpg * args.spatial);
+  sums = mfa_gn_cluster_merge<BANDS>(sums, s);
+  const float inverse_count = 1.0f / static_cast<float>(s.band.cpg * args.spatial);
   const float k1 = rstd * sums.b * inverse_count, k2 = rstd * sums.a * inverse_count;
 
   // 2. dx
@@ -1385,7 +1392,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   // 3. dweight and dbias: summed over the cluster, or the slice's channel sums for mfa_gn_param_grads,
   // after dx's stores are issued (their drain overlaps this pass; before the merge it cost up to 8%)
   if (channels) mfa_gn_cluster_param_grads(args, s, channels);
-  else if (!args.column_slots) mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, nullptr);
+  else if (!args.column_slots) mfa_gn_channel_partials<U>(args, s, xs, dys, mean, rstd, scalars, nullptr);
 }
 #endif
 
@@ -1445,7 +1452,7 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
 }
 
 // The one-pass entries, one per unit of U elements, and for items of several groups (args.band > 1:
-// "bands", the forward NHWC only), exist in every variant so that the host finds the same functions
+// "bands", NHWC only), exist in every variant so that the host finds the same functions
 // everywhere; it launches them only on sm_90+ (where they have a body) and with units of at most 16 bytes.
 // Bands have entries of their own: their run-time group arithmetic in the single-group kernel cost the
 // diffusion shapes (H100, fp16 2x1280x16x16 NHWC forward 4.92 -> 5.1-5.3 us).

@@ -44,7 +44,7 @@
 // whose first pass is cheap, gained nothing; NHWC (its scattered copies bound by issue) lost 3-4%, in a
 // build that also carried the register cost noted at mfa_gn_item, not measured apart. Both copy in one chunk.
 #define MFA_GN_MAX_CHUNKS 8
-// The one-pass NHWC forward of a tensor beyond L2 takes a band of up to this many adjacent groups per
+// The one-pass NHWC kernel on a tensor beyond L2 takes a band of up to this many adjacent groups per
 // cluster (args.band), so that its rows are at least 64 bytes (cpp/group_norm.cpp onepass_band).
 #define MFA_GN_MAX_BAND 8
 // Floats per (n, group) in the workspace's group_stats (forward: pivot p, mean of x' - p, rstd; one spare).
@@ -98,7 +98,7 @@ struct mfa_gn_args {
   // slice_units multiples of 32), then, where cluster_samples == n, cpg float2 (the block's channel sums)
   int column_slots;
   int cluster_samples;                   // one pass: samples a cluster holds its group in (1, or backward n)
-  // one pass, forward: groups side by side in an item (1, or in NHWC a power of two up to MFA_GN_MAX_BAND,
+  // one pass: groups side by side in an item (1, or in NHWC a power of two up to MFA_GN_MAX_BAND,
   // with rows of at most 32 units: group j of the band owns units of columns [j, j + 1) * row_units /
   // band of each row, and slices are whole rows). groups, cpg and div_groups then describe the items:
   // the band's groups / band, its cpg * band.

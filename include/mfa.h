@@ -451,9 +451,9 @@ MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_no
 MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
                                                 int32_t vectorized, int32_t forced_cluster, int32_t *out_cluster,
                                                 int32_t *out_threads, int32_t *out_vector_elements);
-/* The groups side by side in one cluster's item of that plan (*out_band: 1, or 2, 4, 8 in the NHWC
- * forward of tensors beyond L2 whose groups' rows of channels are narrower than 64 bytes: adjacent
- * groups share a cluster, which reads wider rows); mfa_group_norm_plan_describe's cluster and threads
+/* The groups side by side in one cluster's item of that plan (*out_band: 1, or 2, 4, 8 in NHWC passes
+ * over tensors beyond L2 whose groups' rows of channels are narrower than 64 bytes: adjacent groups
+ * share a cluster, which reads wider rows); mfa_group_norm_plan_describe's cluster and threads
  * are those of such an item. forced_cluster as there; forced_band: -1 chooses, 1, 2, 4 or 8 asks for
  * that band where the shape allows one (as the environment variable MFA_GN_BAND does for pipelines). */
 MFA_API mfa_status mfa_group_norm_plan_band(const mfa_group_norm_descriptor *descriptor, int32_t sm_count,
