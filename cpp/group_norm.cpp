@@ -639,11 +639,10 @@ bool onepass_cluster_fits(const mfa_group_norm_pipeline &pipeline) {
   const mfa_group_norm_descriptor items = onepass_items(pipeline.descriptor, pipeline.band);
   const int cluster = pipeline.onepass_cluster * pipeline.cluster_samples;
   const int unit = unit_elements(pipeline.descriptor, 16);
-  DependentLaunch launch(
-      static_cast<unsigned>(cluster),
-      static_cast<unsigned>(onepass_threads(onepass_slice_units(items, pipeline.onepass_cluster, unit, pipeline.band))),
-      static_cast<unsigned>(cluster), static_cast<unsigned>(onepass_smem_bound(items, pipeline.onepass_cluster, pipeline.band)),
-      nullptr);
+  const int64_t slice_units = onepass_slice_units(items, pipeline.onepass_cluster, unit, pipeline.band);
+  const int64_t smem = onepass_smem_bound(items, pipeline.onepass_cluster, pipeline.band);
+  DependentLaunch launch(static_cast<unsigned>(cluster), static_cast<unsigned>(onepass_threads(slice_units)),
+                         static_cast<unsigned>(cluster), static_cast<unsigned>(smem), nullptr);
   launch.config.numAttrs = 1;  // the cluster shape alone: the query launches nothing
   int clusters = 0;
   check_cuda(driver().cuOccupancyMaxActiveClusters(&clusters, pipeline.functions[onepass_entry(unit, pipeline.band)],

@@ -938,7 +938,8 @@ __device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice 
     if (lane == 0) warp_acc[warp] = acc;
   } else {  // lanes of one column first (lane % row_units), then the columns of each group
     const int columns = band.row_units / groups;
-    for (int offset = 16; offset >= band.row_units; offset >>= 1) acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
+    for (int offset = 16; offset >= band.row_units; offset >>= 1)
+      acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
     for (int offset = columns >> 1; offset > 0; offset >>= 1) acc = mfa_gn_merge(acc, mfa_gn_shfl_down(acc, offset));
     if (lane < band.row_units && lane % columns == 0) warp_acc[warp * groups + lane / columns] = acc;
   }
@@ -1462,30 +1463,18 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
 #else
 #define MFA_GN_ONEPASS_BODY(U, BANDS)
 #endif
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_1(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(1, false)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_2(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(2, false)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_4(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(4, false)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_8(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(8, false)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_1(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(1, true)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_2(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(2, true)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_4(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(4, true)
-}
-extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_onepass_bands_8(const mfa_gn_args args) {
-  MFA_GN_ONEPASS_BODY(8, true)
-}
+#define MFA_GN_ONEPASS_ENTRY(NAME, U, BANDS)                                                   \
+  extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) NAME(const mfa_gn_args args) { \
+    MFA_GN_ONEPASS_BODY(U, BANDS)                                                             \
+  }
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_1, 1, false)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_2, 2, false)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_4, 4, false)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_8, 8, false)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_bands_1, 1, true)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_bands_2, 2, true)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_bands_4, 4, true)
+MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_bands_8, 8, true)
 // After the one-pass backward, launched before it ends (programmatic dependent launch, as the one-pass
 // kernel): its wait returns once the partials are written.
 extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_param_grads(const mfa_gn_args args) {

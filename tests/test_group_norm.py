@@ -293,7 +293,8 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                     continue
                 assert 1 <= plan["cluster"] <= (CLUSTER_MAX if portable else WIDE_MAX), what
                 assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= THREADS, what
-                assert _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout, band) <= SLICE_MAX_BYTES, what
+                smem = _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout, band)
+                assert smem <= SLICE_MAX_BYTES, what
                 assert n * groups * plan["cluster"] < 2 ** 31, what  # the grid
 
 
@@ -760,20 +761,26 @@ def test_onepass_forward_is_deterministic(ctx, torch_cuda, rng, monkeypatch, sha
 BAND_CASES = [((2, 64, 16, 16), 16), ((3, 128, 9, 7), 16), ((2, 32, 5, 5), 16), ((1, 256, 33, 1), 32)]
 
 
+def _banded_input(torch, rng, shape, groups, dtype):
+    """An NHWC input whose groups are offset by different means (-20 to 20: a band that mixed its groups'
+    statistics would fail), and the affine parameters."""
+    c = shape[1]
+    offsets = torch.from_numpy(rng.uniform(-20.0, 20.0, groups)).repeat_interleave(c // groups).to("cuda")
+    x = _torch_input(torch, rng, shape, dtype, "nhwc")
+    x = (x + offsets.to(x.dtype).view(1, c, 1, 1)).contiguous(memory_format=torch.channels_last)
+    return x, *_affine(torch, rng, c, dtype)
+
+
 @pytest.mark.parametrize("shape, groups", BAND_CASES)
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 def test_bands_match_float64(ctx, torch_cuda, rng, monkeypatch, shape, groups, dtype):
     """The NHWC forward with bands of adjacent groups in one cluster (MFA_GN_BAND, as large tensors take
-    them), at several cluster sizes, with a residual and SiLU: every group's statistics its own (groups
-    offset by different means), within tolerance of float64, and the same bits run after run."""
+    them), at several cluster sizes, with a residual and SiLU: every group's statistics its own, within
+    tolerance of float64, and the same bits run after run."""
     torch = torch_cuda
-    n, c = shape[:2]
-    spatial = math.prod(shape[2:])
-    offsets = torch.from_numpy(rng.uniform(-20.0, 20.0, groups)).repeat_interleave(c // groups).to("cuda")
-    x = _torch_input(torch, rng, shape, dtype, "nhwc")
-    x = (x + offsets.to(x.dtype).view(1, c, 1, 1)).contiguous(memory_format=torch.channels_last)
+    n, c, spatial = shape[0], shape[1], math.prod(shape[2:])
+    x, weight, bias = _banded_input(torch, rng, shape, groups, dtype)
     residual = _torch_input(torch, rng, shape, dtype, "nhwc")
-    weight, bias = _affine(torch, rng, c, dtype)
     summed = x + residual
     reference = mfa_c.group_norm_reference(summed, groups, weight, bias, activation="silu")
     ran = []
@@ -845,17 +852,12 @@ def test_every_backward_plan_matches_float64(ctx, torch_cuda, rng, monkeypatch, 
 @pytest.mark.parametrize("shape, groups", BAND_CASES)
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
 def test_backward_bands_match_float64(ctx, torch_cuda, rng, monkeypatch, shape, groups, dtype):
-    """The NHWC backward with bands of adjacent groups (MFA_GN_BAND) at several cluster sizes, groups offset
-    by different means: no worse against float64 than twice the split path's error (plus a floor), and
-    the same bits twice."""
+    """The NHWC backward with bands of adjacent groups (MFA_GN_BAND) at several cluster sizes: no worse
+    against float64 than twice the split path's error (plus a floor), and the same bits twice."""
     torch = torch_cuda
-    n, c = shape[:2]
-    spatial = math.prod(shape[2:])
-    offsets = torch.from_numpy(rng.uniform(-20.0, 20.0, groups)).repeat_interleave(c // groups).to("cuda")
-    x = _torch_input(torch, rng, shape, dtype, "nhwc")
-    x = (x + offsets.to(x.dtype).view(1, c, 1, 1)).contiguous(memory_format=torch.channels_last)
+    n, c, spatial = shape[0], shape[1], math.prod(shape[2:])
+    x, weight, bias = _banded_input(torch, rng, shape, groups, dtype)
     dy = _torch_input(torch, rng, shape, dtype, "nhwc")
-    weight, bias = _affine(torch, rng, c, dtype)
     _, mean, rstd = mfa_c.group_norm(x, groups, weight, bias, activation="silu", return_stats=True)
     refs = _torch_backward_reference(torch, x, weight, bias, dy, groups, "silu")
     floor = TOLERANCES[dtype] * (1 if dtype != "float32" else 10)

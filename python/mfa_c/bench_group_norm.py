@@ -168,7 +168,8 @@ def _plan_text(context, shape, groups, dtype, layout, pass_):
     if context.compute_capability < (9, 0) or plan["cluster"] == 0:
         return "3 launches"
     band = f", bands of {plan['band']} groups" if plan["band"] > 1 else ""
-    return f"one pass: cluster {plan['cluster']} x {plan['threads']} threads, {plan['vector_elements']}-element copies{band}"
+    copies = f"{plan['vector_elements']}-element copies"
+    return f"one pass: cluster {plan['cluster']} x {plan['threads']} threads, {copies}{band}"
 
 
 def _group_norm_row(torch, context, shape, groups, dtype, layout, activation, pass_, reps):
