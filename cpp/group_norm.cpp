@@ -382,8 +382,9 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
 
 // The one-pass plan: blocks per item (0: the three-launch path), samples a cluster holds, groups an item
 // holds. A band its clusters cannot hold halves (the backward's two streams: 16x256x128x128 takes bands
-// of 2 groups, 1 MB of x and dy). Bands, on tensors beyond L2, keep a cluster per sample (the dweight and
-// dbias of their groups then take the second launch).
+// of 2 groups, 1 MB of x and dy; measured, H100, fp16: 336 us in three launches, 273 in bands of 2).
+// Bands, on tensors beyond L2, keep a cluster per sample (the dweight and dbias of their groups then take
+// the second launch).
 struct OnePassChoice {
   int cluster = 0, samples = 1, band = 1;
 };

@@ -768,7 +768,7 @@ __device__ __forceinline__ mfa_gn_band mfa_gn_band_of(const mfa_gn_args &args) {
   }
 }
 
-// Where (n, group) and a block's slice of it are.
+// Where an item (n, group, or n and a band of groups) and a block's slice of it are.
 struct mfa_gn_slice {
   long long item, n, group;
   long long base;   // element index of the group's first element
@@ -960,15 +960,15 @@ __device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice 
   mfa_cluster_wait();
   const unsigned blocks = s.blocks;
   const auto merge_blocks = [&](int g) {  // lane k reads block k: the remote latencies overlap
-    Acc mine = {};
+    Acc theirs = {};
     if (lane < static_cast<int>(blocks)) {
       const unsigned remote = mfa_cluster_map(mfa_smem_addr(&block_acc[g]), s.first_rank + lane);
-      float *fields = reinterpret_cast<float *>(&mine);
+      float *fields = reinterpret_cast<float *>(&theirs);
 #pragma unroll
       for (int i = 0; i < FIELDS; ++i) fields[i] = mfa_cluster_load_f32(remote + 4 * i);
     }
     Acc total = {};
-    for (unsigned rank = 0; rank < blocks; ++rank) total = mfa_gn_merge(total, mfa_gn_shfl(mine, rank));
+    for (unsigned rank = 0; rank < blocks; ++rank) total = mfa_gn_merge(total, mfa_gn_shfl(theirs, rank));
     if (lane == 0) cluster_acc[g] = total;
   };
   if (groups == 1) {
@@ -1146,6 +1146,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
     if (args.rstd) args.rstd[s.item * band.groups + group] = stats.rstd;
   }
 }
+
 #else  // backward
 // dx = rstd * w * dy^ - k1 - xhat * k2 with k1 = rstd * sum(w dy^) / M, k2 = rstd * sum(w dy^ xhat) / M
 // (M = cpg * spatial) and dy^ = dy * act'(xhat * w + b). dweight and dbias sum (dy^ xhat, dy^) per channel

@@ -138,8 +138,8 @@ def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, clu
 
 def group_norm_band(n, c, spatial, groups, *, sm_count=132, cluster=None, band=None, **descriptor):
     """The groups a one-pass item holds where `band` (1, 2, 4 or 8) is asked for, as the environment variable
-    MFA_GN_BAND does for pipelines (None: chosen), and `cluster` as in group_norm_plan: 1 where the shape
-    allows no such band (mfa_group_norm_plan_band)."""
+    MFA_GN_BAND does for pipelines (None: chosen), and `cluster` as in group_norm_plan: at most `band`,
+    halved where the shape or the clusters' shared memory allow no wider (mfa_group_norm_plan_band)."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
     forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
     out = ffi.new("int32_t *")
