@@ -400,15 +400,26 @@ OnePassChoice onepass_choice(const mfa_group_norm_descriptor &d, int sm_count, i
   return choice;
 }
 
+// The bands a caller may ask for (onepass_band takes them where its rules allow).
+bool is_band_size(int64_t band) { return band == 1 || band == 2 || band == 4 || band == 8; }
+
 // MFA_GN_BAND forces bands of 1, 2, 4 or 8 groups where onepass_band allows them (tests: small tensors); unset
 // or "auto" chooses.
 int forced_band_from_environment() {
   const char *text = std::getenv("MFA_GN_BAND");
   if (text == nullptr || std::strcmp(text, "auto") == 0 || *text == 0) return -1;
-  const std::string value(text);
-  require(value == "1" || value == "2" || value == "4" || value == "8", MFA_STATUS_INVALID_ARGUMENT,
-          "environment variable MFA_GN_BAND is \"", text, "\": use auto, 1, 2, 4 or 8");
-  return std::stoi(value);
+  char *end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  require(*end == 0 && is_band_size(value), MFA_STATUS_INVALID_ARGUMENT, "environment variable MFA_GN_BAND is \"",
+          text, "\": use auto, 1, 2, 4 or 8");
+  return static_cast<int>(value);
+}
+
+// The plan queries' device (sm_count SMs) and forced cluster (-1: chosen).
+void require_plan_query(int32_t sm_count, int32_t forced_cluster) {
+  require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
+  require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
+          "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_WIDE_MAX, "])");
 }
 
 // MFA_GN_CLUSTER forces the one-pass plan for tests and measurements: unset or "auto" chooses, "split" (or 0)
@@ -865,9 +876,7 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
                                                 int32_t *out_threads, int32_t *out_vector_elements) {
   return mfa::abi_call([&] {
     const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
-    mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
-    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
-                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_WIDE_MAX, "])");
+    mfa::require_plan_query(sm_count, forced_cluster);
     mfa::require_arg(out_cluster, "out_cluster");
     mfa::require_arg(out_threads, "out_threads");
     mfa::require_arg(out_vector_elements, "out_vector_elements");
@@ -886,11 +895,8 @@ MFA_API mfa_status mfa_group_norm_plan_band(const mfa_group_norm_descriptor *des
                                             int32_t forced_cluster, int32_t forced_band, int32_t *out_band) {
   return mfa::abi_call([&] {
     const mfa_group_norm_descriptor checked = mfa::validate_descriptor(descriptor);
-    mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
-    mfa::require(forced_cluster >= -1 && forced_cluster <= MFA_GN_CLUSTER_WIDE_MAX, MFA_STATUS_INVALID_ARGUMENT,
-                 "forced_cluster is ", forced_cluster, " (must be in [-1, ", MFA_GN_CLUSTER_WIDE_MAX, "])");
-    mfa::require(forced_band == -1 || forced_band == 1 || forced_band == 2 || forced_band == 4 || forced_band == 8,
-                 MFA_STATUS_INVALID_ARGUMENT, "forced_band is ", forced_band, " (must be -1, 1, 2, 4 or 8)");
+    mfa::require_plan_query(sm_count, forced_cluster);
+    mfa::require(forced_band == -1 || mfa::is_band_size(forced_band), MFA_STATUS_INVALID_ARGUMENT, "forced_band is ", forced_band, " (must be -1, 1, 2, 4 or 8)");
     mfa::require_arg(out_band, "out_band");
     *out_band = mfa::onepass_choice(checked, sm_count, forced_cluster, forced_band, MFA_GN_CLUSTER_WIDE_MAX).band;
   });

@@ -1115,13 +1115,16 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   }
   const mfa_gn_total *totals = mfa_gn_group_totals<U, BANDS>(s, xs, sums, pivot);
   const mfa_gn_group_stats mine = mfa_gn_stats_of(args, band, totals[band.mine]);
+  const auto stats_of = [&](int group) {
+    return band.groups == 1 ? mine : mfa_gn_stats_of(args, band, totals[group]);
+  };
 
   // 2. y = act(x' * scale + shift) per channel (kSixteenBit; fp32: ((x' - p) - mean_p) * scale + b) with
   // scale = rstd * w, shift = b - (p + mean_p) * scale, rstd, p and mean_p those of the channel's group.
   float *scale = table, *shift = table + args.cpg;
   for (int j = threadIdx.x; j < args.cpg; j += blockDim.x) {
     const int group = band.groups == 1 ? 0 : j / static_cast<int>(band.cpg);
-    const mfa_gn_group_stats stats = band.groups == 1 ? mine : mfa_gn_stats_of(args, band, totals[group]);
+    const mfa_gn_group_stats stats = stats_of(group);
     scale[j] *= stats.rstd;
     if (kSixteenBit) shift[j] -= (mfa_gn_pivot_of(scalars, group) + stats.mean_p) * scale[j];
   }
@@ -1141,7 +1144,7 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   }
   if (s.rank == 0 && threadIdx.x < band.groups) {
     const int group = threadIdx.x;
-    const mfa_gn_group_stats stats = band.groups == 1 ? mine : mfa_gn_stats_of(args, band, totals[group]);
+    const mfa_gn_group_stats stats = stats_of(group);
     if (args.mean) args.mean[s.item * band.groups + group] = mfa_gn_pivot_of(scalars, group) + stats.mean_p;
     if (args.rstd) args.rstd[s.item * band.groups + group] = stats.rstd;
   }

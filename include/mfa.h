@@ -441,7 +441,7 @@ MFA_API mfa_status mfa_group_norm_variant_count(int64_t *out_count);
 MFA_API mfa_status mfa_group_norm_variant_descriptor(int64_t index, mfa_group_norm_descriptor *out_descriptor);
 /* The launch plan of the descriptor's pass on a device of `sm_count` SMs (sm_90+), for tests and
  * tuning: the one-pass kernel runs a cluster of *out_cluster blocks of *out_threads threads per
- * (n, group), copying units of *out_vector_elements elements (up to 16 bytes: as wide as the shape
+ * item ((n, group), or n and a band of groups: mfa_group_norm_plan_band), copying units of *out_vector_elements elements (up to 16 bytes: as wide as the shape
  * allows, and 1 with `vectorized` = 0: tensors aligned to their element size only); *out_cluster 0 is
  * the three-launch path (a group too large for a cluster's shared memory). Clusters of more than 8
  * blocks (groups that 8 cannot hold) are checked against the device when a pipeline is made, which

@@ -120,6 +120,11 @@ def group_norm_compile_report(arch="sm_90a", *, n=1, c=1, spatial=1, groups=1, *
 _FORCED_CLUSTER = {None: -1, "auto": -1, "split": 0}
 
 
+def _forced_cluster(cluster):
+    """The C ABI's forced_cluster for a plan query's `cluster` (None/"auto", "split" or a size)."""
+    return _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
+
+
 def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, cluster=None, **descriptor):
     """A pass's launch plan on an sm_90+ device of `sm_count` SMs (no GPU needed): {"cluster": blocks per
     item of the one-pass kernel, 0 for the three-launch path; "threads": per block; "vector_elements": per
@@ -127,7 +132,7 @@ def group_norm_plan(n, c, spatial, groups, *, sm_count=132, vectorized=True, clu
     tensors are aligned to their element size only. `cluster` forces one ("split", or 1..16) as the
     environment variable MFA_GN_CLUSTER does for pipelines."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
-    forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
+    forced = _forced_cluster(cluster)
     out = [ffi.new("int32_t *") for _ in range(4)]
     check(lib.mfa_group_norm_plan_describe(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count),
                                            int(bool(vectorized)), forced, *out[:3]))
@@ -141,7 +146,7 @@ def group_norm_band(n, c, spatial, groups, *, sm_count=132, cluster=None, band=N
     MFA_GN_BAND does for pipelines (None: chosen), and `cluster` as in group_norm_plan: at most `band`,
     halved where the shape or the clusters' shared memory allow no wider (mfa_group_norm_plan_band)."""
     fields = _descriptor_fields(n, c, spatial, groups, **descriptor)
-    forced = _FORCED_CLUSTER[cluster] if cluster in _FORCED_CLUSTER else int(cluster)
+    forced = _forced_cluster(cluster)
     out = ffi.new("int32_t *")
     check(lib.mfa_group_norm_plan_band(new_struct("mfa_group_norm_descriptor", **fields), int(sm_count), forced,
                                        -1 if band is None else int(band), out))
