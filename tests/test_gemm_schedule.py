@@ -60,6 +60,12 @@ def expected_plan(m, n, tiles, k_iters, sm_count, requested):
     return SK, sk_tiles
 
 
+def whole_tile_parts(tiles, k_iters, sm_count):
+    """The most parts, at least two, that split every tile's k steps evenly with a unit each on at most
+    sm_count units; 0 where there are none."""
+    return next((p for p in range(sm_count // tiles, 1, -1) if k_iters % p == 0), 0)
+
+
 def kernel_shape(m, n):
     """The kernel's (rows, columns): a 16-bit problem of at most 64 rows and more columns runs as C^T."""
     return (n, m) if m <= 64 < n else (m, n)
@@ -130,6 +136,12 @@ def check_schedule(m, n, k, batch, sm_count, tile_n, requested):
         assert np.all((k_begin[~sk_items] == 0) & (k_end[~sk_items] == k_iters)), where
         sk_work = np.bincount(block[sk_items], weights=(k_end - k_begin)[sk_items], minlength=grid)
         assert sk_work.max() - sk_work.min() <= 1, where
+        parts = whole_tile_parts(tiles, k_iters, sm_count) if sk_tiles == tiles else 0
+        if parts:  # a unit for each equal part of each tile: one segment a block
+            assert grid == tiles * parts and np.all(np.bincount(block) == 1), where
+            assert np.all(k_end - k_begin == k_iters // parts), where
+        else:
+            assert grid == min(sm_count, sk_tiles * k_iters), where
         if tiles > 2 * sm_count:
             assert np.all(np.bincount(block[~sk_items], minlength=grid) == (tiles - sk_tiles) // grid), where
     else:
@@ -184,6 +196,18 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
 def test_auto_follows_the_rules(m, n, k, tile_n, want):
     kind, _, _ = describe(m, n, k, sm_count=132, tile_n=tile_n)
     assert kind == want
+
+
+@pytest.mark.parametrize("m, n, k, tile_n, grid", [
+    (16, 4096, 14336, 64, 128),   # 32 tiles of 224 k steps: 4 parts of 56
+    (64, 4096, 11008, 64, 128),   # 32 tiles of 172 k steps: 4 parts of 43
+    (16, 1024, 11008, 64, 8 * 4), # 8 tiles of 172 k steps: 16 parts would fit, 4 is the most that divides
+    (16, 4096, 8320, 64, 64),     # 130 k steps: 2 parts of 65
+    (16, 4096, 8384, 64, 132),    # 131 k steps: no whole parts, cut over every SM
+])
+def test_few_stream_k_tiles_split_into_whole_parts(m, n, k, tile_n, grid):
+    kind, _, it = describe(m, n, k, sm_count=132, tile_n=tile_n, schedule=SK)
+    assert kind == SK and int(it["block"].max()) + 1 == grid
 
 
 def test_the_hybrid_splits_the_tail_wave_plus_one():
