@@ -206,9 +206,10 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 // ----- sm_90a kernel: TMA boxes, wgmma tile, ring depth -----
 // A block computes BM x BN tiles with two consumer warpgroups (64 rows each) and one producer
 // warpgroup. BN is the variant's choice, a multiple of 16 from 64 to 256 (wgmma's n; chosen so that the
-// tiles fill the SMs' waves, cpp/gemm.cpp): a generated source defines MFA_SM90_BN, the host passes it to
-// the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the contiguous
-// dimension.
+// tiles fill the SMs' waves, cpp/gemm.cpp), or from 16 where B is K-major (the narrow tiles of thin
+// problems, whose few rows fill the tile's width): a generated source defines MFA_SM90_BN, the host
+// passes it to the formulas below. TMA boxes are 64 elements (128 bytes, the swizzle span) wide on the
+// contiguous dimension.
 #define MFA_SM90_BM 128
 #define MFA_SM90_BK 64
 #define MFA_SM90_THREADS 384
@@ -217,24 +218,28 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
 // B's region of a stage holds whole 64-wide boxes: an N-major B (TRANS_B = 0) arrives as square boxes
 // side by side, the last one loaded whole even where the tile uses part of it (144 wide: 192 columns).
+// A narrow tile's K-major B is one box of BN rows.
 MFA_HOST_DEVICE constexpr int mfa_sm90_b_region_cols(int bn) {
-  return (bn + MFA_SM90_BOX - 1) / MFA_SM90_BOX * MFA_SM90_BOX;
+  return bn < MFA_SM90_BOX ? bn : (bn + MFA_SM90_BOX - 1) / MFA_SM90_BOX * MFA_SM90_BOX;
 }
 MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) {
   return (MFA_SM90_BM + mfa_sm90_b_region_cols(bn)) * MFA_SM90_BK * 2;
 }
-// The epilogue's staging: two 8 KB buffers (64 rows of one 128-byte swizzle span) per consumer warpgroup.
+// The epilogue's staging: two 8 KB buffers (64 rows of one 128-byte swizzle span) per consumer
+// warpgroup, for tiles of at least one whole 16-bit chunk (64 columns); narrow tiles write C from
+// registers and give that room to the ring.
 #define MFA_SM90_STAGING_BYTES (2 * 2 * 8192)
+MFA_HOST_DEVICE constexpr int mfa_sm90_staging_bytes(int bn) { return bn < MFA_SM90_BOX ? 0 : MFA_SM90_STAGING_BYTES; }
 // As many stages as fit beside the staging buffers, 1 KB of alignment slack and two 8-byte mbarriers a
 // stage: 4 of 48 KB for 128 x 256 (and 208, 224, 240), 4 of 40 KB for 128 x 192 (and 144 .. 176), 6 of 32 KB
-// for 128 x 128 (and 80 .. 112), 8 of 24 KB for 128 x 64.
+// for 128 x 128 (and 80 .. 112), 8 of 24 KB for 128 x 64; 10 to 12 of 18-22 KB for the narrow tiles.
 MFA_HOST_DEVICE constexpr int mfa_sm90_stages(int bn) {
-  return (MFA_SM90_SMEM_LIMIT - 1024 - MFA_SM90_STAGING_BYTES) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
+  return (MFA_SM90_SMEM_LIMIT - 1024 - mfa_sm90_staging_bytes(bn)) / (mfa_sm90_stage_bytes(bn) + 2 * 8);
 }
 // The ring, the staging buffers, the ring's mbarriers, and 1 KB so the ring can start on a 1024-byte
 // (swizzle atom) boundary.
 MFA_HOST_DEVICE constexpr int mfa_sm90_smem_bytes(int bn) {
-  return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + MFA_SM90_STAGING_BYTES + 1024;
+  return mfa_sm90_stages(bn) * (mfa_sm90_stage_bytes(bn) + 2 * 8) + mfa_sm90_staging_bytes(bn) + 1024;
 }
 
 // ----- sm_90a fp32-accurate kernel (gemm_sm90_tf32.cu): 128 x 128 tiles, k-tiles of 32 fp32 -----

@@ -246,7 +246,10 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
 #define MFA_WGMMA_R104 "%104, %105, %106, %107, %108, %109, %110, %111"
 #define MFA_WGMMA_R112 "%112, %113, %114, %115, %116, %117, %118, %119"
 #define MFA_WGMMA_R120 "%120, %121, %122, %123, %124, %125, %126, %127"
-#define MFA_WGMMA_B32 MFA_WGMMA_R0 ", " MFA_WGMMA_R8 ", " MFA_WGMMA_R16 ", " MFA_WGMMA_R24
+#define MFA_WGMMA_B8 MFA_WGMMA_R0
+#define MFA_WGMMA_B16 MFA_WGMMA_B8 ", " MFA_WGMMA_R8
+#define MFA_WGMMA_B24 MFA_WGMMA_B16 ", " MFA_WGMMA_R16
+#define MFA_WGMMA_B32 MFA_WGMMA_B24 ", " MFA_WGMMA_R24
 #define MFA_WGMMA_B40 MFA_WGMMA_B32 ", " MFA_WGMMA_R32
 #define MFA_WGMMA_B48 MFA_WGMMA_B40 ", " MFA_WGMMA_R40
 #define MFA_WGMMA_B56 MFA_WGMMA_B48 ", " MFA_WGMMA_R48
@@ -262,7 +265,10 @@ __device__ __forceinline__ void mfa_fence_operand(float &reg) { asm volatile("" 
 #define MFA_ACC8(d, i)                                                                                                \
   "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),                         \
       "+f"(d[i + 6]), "+f"(d[i + 7])
-#define MFA_ACC32(d) MFA_ACC8(d, 0), MFA_ACC8(d, 8), MFA_ACC8(d, 16), MFA_ACC8(d, 24)
+#define MFA_ACC8_0(d) MFA_ACC8(d, 0)
+#define MFA_ACC16(d) MFA_ACC8(d, 0), MFA_ACC8(d, 8)
+#define MFA_ACC24(d) MFA_ACC16(d), MFA_ACC8(d, 16)
+#define MFA_ACC32(d) MFA_ACC24(d), MFA_ACC8(d, 24)
 #define MFA_ACC40(d) MFA_ACC32(d), MFA_ACC8(d, 32)
 #define MFA_ACC48(d) MFA_ACC40(d), MFA_ACC8(d, 40)
 #define MFA_ACC56(d) MFA_ACC48(d), MFA_ACC8(d, 48)
@@ -310,7 +316,13 @@ template <int N, int IN_DTYPE, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void mfa_wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
                                              int scale_d) {
   static_assert(IN_DTYPE == 1 || IN_DTYPE == 2, "wgmma operands are f16 or bf16");
-  if constexpr (N == 64)
+  if constexpr (N == 16)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n16k16", MFA_WGMMA_B8, MFA_ACC8_0, "%8", "%9", "%10", "%11", "%12");
+  else if constexpr (N == 32)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n32k16", MFA_WGMMA_B16, MFA_ACC16, "%16", "%17", "%18", "%19", "%20");
+  else if constexpr (N == 48)
+    MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n48k16", MFA_WGMMA_B24, MFA_ACC24, "%24", "%25", "%26", "%27", "%28");
+  else if constexpr (N == 64)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n64k16", MFA_WGMMA_B32, MFA_ACC32, "%32", "%33", "%34", "%35", "%36");
   else if constexpr (N == 80)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n80k16", MFA_WGMMA_B40, MFA_ACC40, "%40", "%41", "%42", "%43", "%44");
@@ -337,7 +349,7 @@ __device__ __forceinline__ void mfa_wgmma_ss(float (&d)[N / 2], unsigned long lo
   else if constexpr (N == 256)
     MFA_WGMMA_TYPED(MFA_WGMMA_SS, "m64n256k16", MFA_WGMMA_B128, MFA_ACC128, "%128", "%129", "%130", "%131", "%132");
   else
-    static_assert(N == 64, "shared-memory wgmma shapes: m64nNk16, N a multiple of 16 from 64 to 256");
+    static_assert(N == 64, "shared-memory wgmma shapes: m64nNk16, N a multiple of 16 from 16 to 256");
 }
 
 // D(64xN, f32) = A(64x16) * B(16xN) + (scale_d ? D : 0) with A from registers: a[0..3] hold the

@@ -235,7 +235,10 @@ typedef struct mfa_gemm_descriptor {
 typedef struct mfa_gemm_tuning {
   mfa_struct_header header;
   int32_t tile_n;    /* 16-bit inputs on the Hopper path: the tile's width, a multiple of 16 from 64 to 256
-                      * (rows: 128; 0.3.0 took 64, 128, 192 and 256 only); 0: the library's choice.
+                      * (rows: 128; 0.3.0 took 64, 128, 192 and 256 only), or 16, 32 or 48 where the
+                      * kernel reads B K-major (NT, TT, or a problem of at most 64 rows and more columns,
+                      * which runs as C^T; else MFA_STATUS_INVALID_ARGUMENT); 0: the library's choice,
+                      * which is such a narrow tile for fewer than 64 columns with a K-major B.
                       * Other inputs and paths accept 0 only. */
   int32_t cluster_m; /* 16-bit inputs on the Hopper path: blocks of a thread-block cluster, stacked along
                       * M, that share each B tile by TMA multicast: 1, or 2 with tile_n 128 or 256;
@@ -281,8 +284,8 @@ MFA_API mfa_status mfa_gemm_validate(const mfa_gemm_descriptor *descriptor, cons
                                      const mfa_tensor *c, const mfa_tensor *bias);
 
 /* How the Hopper kernel's persistent units share out the work of a descriptor (m, n, k, batch and
- * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (a multiple of 16 from 64 to
- * 256; 0: the descriptor's chained mfa_gemm_tuning, else the library's own choice for that device): the
+ * schedule are read) on a device of `sm_count` SMs with tiles of 128 x tile_n (as mfa_gemm_tuning's tile_n;
+ * 0: the descriptor's chained mfa_gemm_tuning, else the library's own choice for that device): the
  * MFA_SCHEDULE_* chosen, the workspace it needs, and every unit's work items, unit by unit in the order
  * each unit runs them. A unit is a block, or, where the tuning (or the library) chooses cluster_m 2, a
  * cluster of two blocks (sm_count / 2 of them) whose tiles are 256 x tile_n, each block computing one

@@ -512,7 +512,7 @@ def skip_unless_hopper_applies(ctx, path):
 
 def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha=1.0, beta=0.0, c0=None,
                   bias=None, activation="none", path="auto", layout="compact", context_note="", tile_n=None,
-                  cluster_m=None):
+                  cluster_m=None, schedule="auto"):
     """Runs mfa_c.gemm into a NaN-poisoned (or, for beta != 0, a copy of c0) output, checks it is written
     in place, finite, within tolerance of the float64 reference, and nothing around it changed."""
     shape = (*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]),
@@ -521,8 +521,8 @@ def run_and_check(torch, a, b, *, dtype, precision, out_dtype, trans="NN", alpha
     if beta:
         c.copy_(c0)  # c is an input too
     out = mfa_c.gemm(a, b, trans_a=trans[0] == "T", trans_b=trans[1] == "T", alpha=alpha, beta=beta, c=c,
-                     bias=bias, activation=activation, precision=precision, path=path, tile_n=tile_n,
-                     cluster_m=cluster_m)
+                     bias=bias, activation=activation, precision=precision, path=path, schedule=schedule,
+                     tile_n=tile_n, cluster_m=cluster_m)
     torch.cuda.synchronize()
     assert out is c or out.data_ptr() == c.data_ptr(), "the result was not written into c"
     assert out.dtype == getattr(torch, out_dtype)

@@ -115,7 +115,7 @@ def test_tune_stores_a_winner_that_the_next_pipeline_uses(ctx, torch_cuda, tmp_p
     assert {(row["tile_n"], row["cluster_m"], row["schedule"]) for row in rows} == \
         {(tile_n, cluster_m, schedule) for tile_n, cluster_m in gemm_tuning.TILES
          for schedule in ("data_parallel", "stream_k")}
-    assert len(gemm_tuning.TILES) == 13 + 2  # every width, and the 128 and 256 wide pairs
+    assert len(gemm_tuning.TILES) == 16 + 2  # every width (NT: the narrow ones too), the 128 and 256 wide pairs
     assert winner == max(rows, key=lambda row: row["tflops"])
 
     def suffix(row):

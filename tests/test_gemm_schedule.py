@@ -44,15 +44,15 @@ def _descriptor(**fields):
     return new_struct("mfa_gemm_descriptor", **fields)
 
 
-def expected_plan(m, n, tiles, k_iters, sm_count, requested):
+def expected_plan(m, n, tiles, k_iters, sm_count, requested, tile_n):
     """(kind, Stream-K tiles) by the rules of HOPPER_GEMM.md plus our measured rules for sub-wave and thin
     problems (cpp/gemm_schedule.cpp), written independently of the library."""
     if requested == DP or tiles == 0 or k_iters == 0:
         return DP, 0
     tail = tiles % sm_count
     sk_tiles = tiles if tiles <= 2 * sm_count else sm_count + tail
-    if min(m, n) <= 64:  # thin: Stream-K from 128 k steps a tile and 8 a block
-        loses = k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
+    if min(m, n) <= 64:  # thin: Stream-K from 128 k steps a tile and 8 a block, in tiles 64 wide or more
+        loses = tile_n < 64 or k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
     else:  # a full wave at least, and 24 Stream-K k steps a block
         loses = tiles < sm_count or sk_tiles * k_iters < 24 * sm_count
     if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or loses):
@@ -76,7 +76,7 @@ def check_schedule(m, n, k, batch, sm_count, tile_n, requested):
     m, n = kernel_shape(m, n)
     tiles = -(-m // BM) * -(-n // tile_n) * batch
     k_iters = -(-k // BK)
-    want_kind, sk_tiles = expected_plan(m, n, tiles, k_iters, sm_count, requested)
+    want_kind, sk_tiles = expected_plan(m, n, tiles, k_iters, sm_count, requested, tile_n)
     where = f"m={m} n={n} k={k} batch={batch} sms={sm_count} tile_n={tile_n} requested={requested}"
     assert kind == want_kind, where
     block, tile, k_begin, k_end, partial, first = (it[name] for name in
@@ -192,6 +192,8 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
     (1024, 1024, 1024, 128, DP),   # 64 tiles of 16 k steps: 7.8 a block, too little to pay the fix-up
     (1024, 1024, 1024, 64, DP),    # 128 tiles: the only wave is nearly full
     (64, 4096, 14336, 64, SK),     # thin: 32 tiles of 224 k steps on 132 SMs
+    (16, 4096, 14336, 16, DP),     # thin in narrow tiles: their deeper ring keeps data-parallel level
+    (33, 4096, 11008, 48, DP),
 ])
 def test_auto_follows_the_rules(m, n, k, tile_n, want):
     kind, _, _ = describe(m, n, k, sm_count=132, tile_n=tile_n)

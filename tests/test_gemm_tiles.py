@@ -1,6 +1,7 @@
 """The Hopper GEMM's tiles (128 rows by any multiple of 16 from 64 to 256 columns, the 128 and 256 wide
-ones also in clusters of two blocks sharing B), the variant table that picks one, the mfa_gemm_tuning struct
-that forces one, and the tuning records `python -m mfa_c tune gemm` stores.
+ones also in clusters of two blocks sharing B, and the narrow 16, 32 and 48 of problems of a few columns
+with a K-major B), the variant table that picks one, the mfa_gemm_tuning struct that forces one, and the
+tuning records `python -m mfa_c tune gemm` stores.
 
 CPU: every tile compiles for sm_90a (every 16-bit input, output and transpose) without spills; the table
 picks the documented tile per shape class; the tuning struct is validated; tuning records round-trip, a
@@ -24,7 +25,8 @@ from conftest import assert_status, ffi, lib, rel_error, tolerance
 from test_gemm import (ACTIVATIONS, OUTPUTS, TRANSPOSES, Inputs, check_reports, run_and_check,
                        skip_unless_hopper_applies)
 
-TILES = gemm_tuning.TILES  # (tile_n, cluster_m)
+# (tile_n, cluster_m) of the tiles that take any transpose; the narrow ones have tests of their own
+TILES = tuple(tile for tile in gemm_tuning.TILES if tile[0] not in gemm_tuning.NARROW_WIDTHS)
 DTYPES_16 = ("float16", "bfloat16")
 TILE_VARIANTS = [(tile, dtype, out, trans) for tile in TILES for dtype in DTYPES_16 for out in OUTPUTS
                  for trans in TRANSPOSES]
@@ -80,7 +82,9 @@ def test_every_tile_compiles_without_spills(tile_reports, variant):
     (1024, 1024, 1024, 1, (64, 1)),    # 32 wide tiles, 64 of 128 x 128, 128 of 128 x 64: one wave each
     (256, 256, 256, 1, (64, 1)),
     (64, 4096, 4096, 1, (64, 1)),      # an LLM decode shape, run as C^T: 32 tiles by Stream-K
-    (16, 14336, 4096, 1, (64, 1)),     # the same, 112 tiles
+    (16, 14336, 4096, 1, (16, 1)),     # 16 rows, run as C^T: the narrow tile of their width, 112 tiles
+    (33, 4096, 4096, 1, (48, 1)),      # 33 rows: 48 wide
+    (17, 4096, 4096, 2, (32, 1)),
 ])
 def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, batch, tile):
     # An fp32 C: these NN problems run as they are (a 16-bit C may run transposed, the test below).
@@ -132,18 +136,57 @@ def _table_tile(monkeypatch, m, n, k, batch, trans, out_dtype="float16", forced_
     return int(tile_n), int(cluster or 1), variant.endswith(".swap-ab")
 
 
+@pytest.mark.parametrize("m, n, trans, tile_n", [
+    (8192, 16, "NT", 16),   # a K-major B of 16 columns: one narrow tile wide
+    (8192, 40, "TT", 48),
+    (8192, 16, "NN", 64),   # an N-major B arrives in 64-wide boxes: no narrow tile (an fp32 C: not C^T)
+    (8192, 64, "NT", 64),
+])
+def test_few_columns_with_a_k_major_b_take_a_narrow_tile(monkeypatch, m, n, trans, tile_n):
+    assert _table_tile(monkeypatch, m, n, 4096, 1, trans, out_dtype="float32") == (tile_n, 1, False)
+
+
+NARROW_VARIANTS = [(width, dtype, out, trans) for width in (16, 32, 48) for dtype in DTYPES_16 for out in OUTPUTS
+                   for trans in ("NT", "TT")]
+
+
+@pytest.mark.parametrize("width, dtype, out, trans", NARROW_VARIANTS, ids=["-".join(map(str, v)) for v in NARROW_VARIANTS])
+def test_narrow_tiles_compile_without_spills(width, dtype, out, trans):
+    reports = mfa_c.compile_report(arch="sm_90a", dtype=dtype, out_dtype=out, trans_a=trans[0] == "T", trans_b=True,
+                                   path="hopper", tile_n=width)
+    check_reports(reports, "sm_90a")
+    hopper = [r for r in reports if r["kernel"] == "mfa_gemm_sm90"]
+    assert len(hopper) == 1 and hopper[0]["variant"].endswith(_tile_suffix(width)), hopper
+    # B's region is the tile's rows and there are no staging buffers: the ring takes their room (gemm.cuh)
+    stage = (128 + width) * 64 * 2 + 2 * 8
+    stages = (227 * 1024 - 1024) // stage
+    assert stages >= 9 and hopper[0]["dynamic_shared_bytes"] == stages * stage + 1024
+
+
+def test_a_narrow_tile_on_an_n_major_b_is_refused(monkeypatch):
+    monkeypatch.delenv("MFA_SM90_TILE_N", raising=False)
+    with pytest.raises(mfa_c.MFAError, match="tile_n is 32: tiles narrower than 64 need a K-major B"):
+        mfa_c.compile_report(arch="sm_90a", m=1000, n=30, k=64, dtype="float16", out_dtype="float32", path="hopper",
+                             tile_n=32)
+    monkeypatch.setenv("MFA_SM90_TILE_N", "16")
+    with pytest.raises(mfa_c.MFAError, match="MFA_SM90_TILE_N is 16"):
+        mfa_c.compile_report(arch="sm_90a", m=1000, n=30, k=64, dtype="float16", out_dtype="float32", path="hopper")
+
+
 THIN_VARIANTS = [(dtype, out, trans) for dtype in DTYPES_16 for out in OUTPUTS for trans in TRANSPOSES]
 
 
 @pytest.mark.parametrize("dtype, out, trans", THIN_VARIANTS, ids=["-".join(v) for v in THIN_VARIANTS])
 def test_thin_problems_compile_as_c_transposed_without_spills(dtype, out, trans):
     """At most 64 rows and more columns: the kernel is given C^T = op(B)^T op(A)^T, whose operands are read with
-    the other transposes, and writes C transposed."""
+    the other transposes, and writes C transposed; its B (op(A)^T) is K-major where A is not transposed, and
+    then the tile is as narrow as the rows."""
     reports = mfa_c.compile_report(arch="sm_90a", m=16, n=4096, k=4096, dtype=dtype, out_dtype=out,
                                    trans_a=trans[0] == "T", trans_b=trans[1] == "T", path="hopper")
     check_reports(reports, "sm_90a")
     hopper = [r["variant"] for r in reports if r["kernel"] == "mfa_gemm_sm90"]
-    assert len(hopper) == 1 and hopper[0].endswith(".128x64.swap-ab"), hopper
+    width = 64 if trans[0] == "T" else 16
+    assert len(hopper) == 1 and hopper[0].endswith(f".128x{width}.swap-ab"), hopper
     assert f".{trans.lower()}." in hopper[0], hopper  # the key names the caller's transposes
 
 
@@ -176,7 +219,8 @@ def _tuned_descriptor(tuning_fields, **fields):
 
 @pytest.mark.parametrize("tuning_fields, fields, expected, name", [
     (dict(tile_n=88), {}, "INVALID_ARGUMENT", "tuning->tile_n is 88"),
-    (dict(tile_n=48), {}, "INVALID_ARGUMENT", "tuning->tile_n is 48"),
+    (dict(tile_n=48), {}, "INVALID_ARGUMENT", "tuning->tile_n is 48: tiles narrower than 64 need a K-major B"),
+    (dict(tile_n=8), {}, "INVALID_ARGUMENT", "tuning->tile_n is 8"),
     (dict(tile_n=272), {}, "INVALID_ARGUMENT", "tuning->tile_n is 272"),
     (dict(tile_n=512), {}, "INVALID_ARGUMENT", "tuning->tile_n is 512"),
     (dict(tile_n=-1), {}, "INVALID_ARGUMENT", "tuning->tile_n is -1"),
@@ -273,7 +317,7 @@ def test_records_round_trip_and_replace_per_key(tmp_path):
     assert gemm_tuning.lookup(DEVICE, _fields(k=1025), tmp_path) is None     # and every size
     assert gemm_tuning.lookup(DEVICE, _fields(dtype="bfloat16"), tmp_path) is None
     assert gemm_tuning.lookup(DEVICE, _fields(out_dtype="float32"), tmp_path) is None
-    for tile_n, cluster_m in ((88, 1), (48, 1), (64, 2), (144, 2), (256, 3)):
+    for tile_n, cluster_m in ((88, 1), (8, 1), (48, 2), (64, 2), (144, 2), (256, 3)):
         with pytest.raises(ValueError):
             gemm_tuning.store_record(DEVICE, first, tile_n, cluster_m, "auto", 1.0, directory=tmp_path)
 
@@ -367,6 +411,36 @@ def test_every_tile_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, 
     run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
                   beta=beta, c0=c0, bias=bias, activation=activation, path="hopper", layout="padded", tile_n=tile[0],
                   cluster_m=tile[1], context_note=f"tile {_tile_suffix(*tile)} {activation} beta {beta}")
+
+
+@pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
+@pytest.mark.parametrize("m, n, k, batch, trans, width", [
+    (1, 4096, 1000, 1, "NN", 16),   # decode: one row, run as C^T
+    (7, 1000, 4099, 2, "NT", 16),
+    (17, 777, 517, 1, "NN", 32),
+    (33, 300, 2000, 1, "NT", 48),
+    (48, 129, 64, 1, "NN", 48),
+    (500, 40, 700, 1, "NT", 48),    # few columns with a K-major B, as it is
+    (300, 100, 333, 3, "TT", 16),   # forced narrower than n: seven columns of tiles
+])
+def test_narrow_tiles_against_float64(ctx, torch_cuda, rng, m, n, k, batch, trans, width, schedule):
+    """Narrow tiles at odd shapes, both schedules, every epilogue term; the thin ones are the library's own
+    choice (checked on the pipeline), the last is forced."""
+    skip_unless_hopper_applies(ctx, "hopper")
+    dtype, out_dtype = rng.choice(DTYPES_16), str(rng.choice(OUTPUTS))
+    forced = width if (m, n) == (300, 100) else None
+    with mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype, trans_a=trans[0] == "T",
+                            trans_b=trans[1] == "T", path="hopper", schedule=schedule, tile_n=forced,
+                            context=ctx) as pipeline:
+        assert f".128x{width}" in pipeline.info["variant"] and pipeline.info["schedule"] == schedule, pipeline.info
+    inputs = Inputs(torch_cuda, rng)
+    a, b = inputs.operands(m, n, k, dtype, trans, "padded", batch=(batch,) if batch > 1 else ())
+    activation = str(rng.choice(ACTIVATIONS))
+    bias = inputs.randn((1, n), out_dtype)[0]
+    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
+    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
+                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper", tile_n=forced, schedule=schedule,
+                  context_note=f"{m}x{n}x{k} batch {batch} {trans} {schedule} {activation}")
 
 
 @pytest.mark.parametrize("m, n, k, batch", [(1500, 1530, 100, 1), (1600, 700, 67, 1), (700, 1600, 130, 2)])

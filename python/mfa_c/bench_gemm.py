@@ -109,8 +109,8 @@ def tune_gemm(m, n, k, dtype="fp16", trans="NN", out_dtype=None, reps=20, store=
     out_dtype = out_dtype or dtype
     case = _GemmCase(torch, context, m, n, k, dtype, "default", trans, out_dtype=out_dtype, with_peer=False)
     schedules = ("data_parallel", "stream_k") if k > 0 else ("data_parallel",)
-    candidates = [(tile, schedule) for tile in _TILES for schedule in schedules]
     try:
+        candidates = [(tile, schedule) for tile in _TILES if _fits(case, tile) for schedule in schedules]
         launches = [case.ours(schedule, tile) for tile, schedule in candidates]
         times = _median_ms_alternating(torch, launches, reps)
         rows = [{"tile_n": tile[0], "cluster_m": tile[1], "schedule": schedule, "tflops": round(case.tflops(ms), 2),
@@ -126,6 +126,20 @@ def tune_gemm(m, n, k, dtype="fp16", trans="NN", out_dtype=None, reps=20, store=
         path = gemm_tuning.store_record(context.name, fields, winner["tile_n"], winner["cluster_m"], winner["schedule"],
                                         winner["tflops"])
     return rows, winner, path
+
+
+def _fits(case, tile):
+    """Whether the library takes this tile for the case's problem: narrow widths need the kernel to read B
+    K-major, which the library decides (the problem may run as C^T) and refuses otherwise."""
+    if tile[0] not in gemm_tuning.NARROW_WIDTHS:
+        return True
+    try:
+        case.variant("data_parallel", tile)
+    except MFAError as error:
+        if error.status != lib.MFA_STATUS_INVALID_ARGUMENT:
+            raise
+        return False
+    return True
 
 
 def ratio_summary(rows):

@@ -20,8 +20,10 @@ from ._ffi import lib, text
 
 FILE_NAME = "gemm-tuning.json"
 FORMAT_VERSION = 1
-# The Hopper tile's widths (cpp/gemm.cpp): wgmma's n, a multiple of 16 from 64 to 256.
-TILE_WIDTHS = tuple(range(64, 257, 16))
+# The Hopper tile's widths (cpp/gemm.cpp): wgmma's n, a multiple of 16 from 64 to 256, and the narrow
+# ones, which only a problem whose kernel reads B K-major takes.
+NARROW_WIDTHS = (16, 32, 48)
+TILE_WIDTHS = NARROW_WIDTHS + tuple(range(64, 257, 16))
 CLUSTER_SIZES = (1, 2)
 # The Hopper tiles a tuning run measures: every width alone, and the widths a cluster can split in pairs.
 TILES = tuple((tile_n, cluster_m) for tile_n in TILE_WIDTHS for cluster_m in CLUSTER_SIZES
