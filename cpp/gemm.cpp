@@ -390,8 +390,8 @@ int narrow_width(int64_t n) {
   return static_cast<int>((std::max<int64_t>(n, 1) + kHopperWidthStep - 1) / kHopperWidthStep * kHopperWidthStep);
 }
 
-// MFA_SM90_TILE_N (a multiple of 16 from 16 to 256; under 64 with a K-major B) and MFA_SM90_CLUSTER_M (1 or 2) force the tile on
-// problems of any size, for testing; zeros where unset.
+// MFA_SM90_TILE_N (a multiple of 16 from 16 to 256; under 64 with a K-major B) and MFA_SM90_CLUSTER_M
+// (1 or 2) force the tile on problems of any size, for testing; zeros where unset.
 HopperTile forced_tile() {
   HopperTile forced;
   if (const char *text = std::getenv("MFA_SM90_TILE_N")) {
@@ -741,7 +741,7 @@ bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOp
   OperandMaps maps = operand_maps(d, kops, tile.tile_n, tile.cluster_m);
   // C^T's tiles go out transposed by TMA for a 16-bit C (gemm_sm90.cu; the map is C's own either way),
   // except a thin problem's: its tiles' 64 columns hold a few rows of C, which element by element stores
-  // alone (16 x 4096 x 4096: 22 TFLOPS staged against 26, H200).
+  // alone (16 x 4096 x 4096: 22 TFLOPS staged against 26, H200). Narrow tiles have no staging buffers.
   const bool staged = !pipeline.hopper_swapped ||
                       (element_bytes(d.c_dtype) == 2 && !swaps_by_shape(pipeline.descriptor));
   args.c_by_tma = staged && tile.tile_n >= kNarrowBelow && store_c_by_tma(pipeline.descriptor, ops, maps);

@@ -5,10 +5,10 @@
 // that share their B tile: each block loads half of it, multicast into both blocks' rings, so a block
 // pulls (128 + BN / 2) x 64 elements from L2 a stage instead of (128 + BN) x 64.
 //
-// Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16),
-// MFA_OUT_DTYPE (1 f16, 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (a multiple of 16 from 64 to
-// 256: the tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a kernel
-// given C^T = op(B)^T op(A)^T, MFA_SM90_C_TRANSPOSED 1. PTX ISA section numbers below follow the PTX ISA
+// Included after gemm.cuh by a generated source that defines MFA_IN_DTYPE (1 f16, 2 bf16), MFA_OUT_DTYPE (1 f16,
+// 2 bf16, 3 f32), MFA_TRANS_A, MFA_TRANS_B, MFA_SM90_BN (a multiple of 16 from 64 to 256, or from 16 with a
+// K-major B: the tile's width), MFA_SM90_CLUSTER_M (1 or 2: blocks of a cluster, stacked along M) and, for a
+// kernel given C^T = op(B)^T op(A)^T, MFA_SM90_C_TRANSPOSED 1. PTX ISA section numbers below follow the PTX ISA
 // 9.0 document.
 #include "ptx_cluster.cuh"
 #include "ptx_sm90.cuh"

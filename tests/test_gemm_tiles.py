@@ -150,7 +150,8 @@ NARROW_VARIANTS = [(width, dtype, out, trans) for width in (16, 32, 48) for dtyp
                    for trans in ("NT", "TT")]
 
 
-@pytest.mark.parametrize("width, dtype, out, trans", NARROW_VARIANTS, ids=["-".join(map(str, v)) for v in NARROW_VARIANTS])
+@pytest.mark.parametrize("width, dtype, out, trans", NARROW_VARIANTS,
+                         ids=["-".join(map(str, v)) for v in NARROW_VARIANTS])
 def test_narrow_tiles_compile_without_spills(width, dtype, out, trans):
     reports = mfa_c.compile_report(arch="sm_90a", dtype=dtype, out_dtype=out, trans_a=trans[0] == "T", trans_b=True,
                                    path="hopper", tile_n=width)
