@@ -130,9 +130,10 @@ bool is_float_dtype(int32_t dtype) {
   return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
 }
 
-// The Hopper tile's widths: wgmma's n, whole n8 blocks for each consumer's half (gemm_sm90.cu); under
-// kNarrowBelow only where the kernel's B is K-major (narrow_tile_applies).
-constexpr int kHopperWidthStep = 16, kHopperMinWidth = 16, kHopperMaxWidth = 256, kNarrowBelow = 64;
+// The Hopper tile's widths: wgmma's n, whole n8 blocks for each consumer's half (gemm_sm90.cu); the
+// narrow ones (mfa_sm90_narrow) only where the kernel's B is K-major (narrow_tile_applies).
+constexpr int kHopperWidthStep = 16, kHopperMinWidth = 16, kHopperMaxWidth = 256;
+constexpr const char *kHopperWidths = "a multiple of 16 from 16 to 256";
 bool hopper_tile_width(int64_t tile_n) {
   return tile_n % kHopperWidthStep == 0 && tile_n >= kHopperMinWidth && tile_n <= kHopperMaxWidth;
 }
@@ -142,8 +143,8 @@ bool pairs_split(int64_t tile_n) { return tile_n % 128 == 0; }
 // Tiles narrower than 64 columns read B as one K-major box (gemm.cuh): refused where the kernel's problem
 // has an N-major B. `what` names where the width came from.
 void require_width_fits(const mfa_gemm_descriptor &kernel_d, int32_t tile_n, const char *what) {
-  require(tile_n == 0 || tile_n >= kNarrowBelow || kernel_d.trans_b, MFA_STATUS_INVALID_ARGUMENT, what, " is ", tile_n,
-          ": tiles narrower than 64 need a K-major B (NT or TT, or a 16-bit problem of at most 64 rows and more "
+  require(tile_n == 0 || !mfa_sm90_narrow(tile_n) || kernel_d.trans_b, MFA_STATUS_INVALID_ARGUMENT, what,
+          " is ", tile_n, ": tiles narrower than 64 need a K-major B (NT or TT, or a 16-bit problem of at most 64 rows and more "
           "columns, which runs as C^T)");
 }
 
@@ -156,7 +157,7 @@ mfa_gemm_tuning tuning_of(const mfa_gemm_descriptor &descriptor) {
   std::memcpy(&tuning, chained, std::min<size_t>(chained->header.size, sizeof tuning));
   tuning.header.size = sizeof tuning;
   require(tuning.tile_n == 0 || hopper_tile_width(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT, "tuning->tile_n is ",
-          tuning.tile_n, " (must be 0 or a multiple of 16 from 16 to 256)");
+          tuning.tile_n, " (must be 0 or ", kHopperWidths, ")");
   require(tuning.cluster_m >= 0 && tuning.cluster_m <= 2, MFA_STATUS_INVALID_ARGUMENT, "tuning->cluster_m is ",
           tuning.cluster_m, " (must be 0, 1 or 2)");
   require(tuning.cluster_m != 2 || tuning.tile_n == 0 || pairs_split(tuning.tile_n), MFA_STATUS_INVALID_ARGUMENT,
@@ -385,7 +386,7 @@ HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wan
 // 14.0), 16 x 14336 x 4096 41.3 -> 37.5, 16 x 11008 x 4096 35.7 -> 33.5, 32 x 4096 x 4096 19.1 -> 17.2.
 // Splitting more columns over narrow tiles reads the weight once per tile column instead (64 x 11008 x
 // 4096: 36.2 us in one 64-wide column, 44.3 in two 32-wide ones), so the tile covers all of n.
-bool narrow_tile_applies(const mfa_gemm_descriptor &d) { return d.trans_b && d.n < kNarrowBelow; }
+bool narrow_tile_applies(const mfa_gemm_descriptor &d) { return d.trans_b && d.n < MFA_SM90_BOX; }
 int narrow_width(int64_t n) {
   return static_cast<int>((std::max<int64_t>(n, 1) + kHopperWidthStep - 1) / kHopperWidthStep * kHopperWidthStep);
 }
@@ -399,7 +400,7 @@ HopperTile forced_tile() {
     const bool number =
         !value.empty() && value.size() <= 3 && value.find_first_not_of("0123456789") == std::string::npos;
     require(number && hopper_tile_width(std::stoi(value)), MFA_STATUS_INVALID_ARGUMENT, "MFA_SM90_TILE_N is \"",
-            value, "\" (must be a multiple of 16 from 16 to 256)");
+            value, "\" (must be ", kHopperWidths, ")");
     forced.tile_n = std::stoi(value);
   }
   if (const char *text = std::getenv("MFA_SM90_CLUSTER_M")) {
@@ -744,7 +745,7 @@ bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOp
   // alone (16 x 4096 x 4096: 22 TFLOPS staged against 26, H200). Narrow tiles have no staging buffers.
   const bool staged = !pipeline.hopper_swapped ||
                       (element_bytes(d.c_dtype) == 2 && !swaps_by_shape(pipeline.descriptor));
-  args.c_by_tma = staged && tile.tile_n >= kNarrowBelow && store_c_by_tma(pipeline.descriptor, ops, maps);
+  args.c_by_tma = staged && !mfa_sm90_narrow(tile.tile_n) && store_c_by_tma(pipeline.descriptor, ops, maps);
   // A persistent grid of the schedule's units: at most one block per SM (the dynamic shared memory
   // allows no second) and no more clusters than the device holds (plan_hopper), so that all are
   // resident at once, which Stream-K's waits rely on.
@@ -896,7 +897,7 @@ MFA_API mfa_status mfa_gemm_schedule_describe(const mfa_gemm_descriptor *descrip
     const mfa_gemm_descriptor d = mfa::validate_descriptor(descriptor);
     mfa::require(sm_count >= 1, MFA_STATUS_INVALID_ARGUMENT, "sm_count is ", sm_count, " (must be >= 1)");
     mfa::require(tile_n == 0 || mfa::hopper_tile_width(tile_n), MFA_STATUS_INVALID_ARGUMENT, "tile_n is ", tile_n,
-                 " (must be 0 or a multiple of 16 from 16 to 256)");
+                 " (must be 0 or ", mfa::kHopperWidths, ")");
     mfa::require_arg(out_count, "out_count");
     mfa::require(capacity >= 0 && (capacity == 0 || out_items), MFA_STATUS_INVALID_ARGUMENT,
                  "out_items is NULL with capacity ", capacity);

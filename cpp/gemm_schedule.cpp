@@ -40,14 +40,13 @@ constexpr int kMinBlockKSteps = 24;   // Stream-K k steps each block needs to pa
 constexpr int kMaxThin = 64;          // rows or columns of a thin problem, whose cost is reading B
 constexpr int kMinThinKSteps = 128;   // ... which Stream-K spreads out from tiles this long
 constexpr int kMinThinBlockKSteps = 8;
-constexpr int kMinThinWidth = 64;     // ... in tiles this wide
 
 // Whether Stream-K's fix-up pays for the SMs it keeps busy (the rules above).
 bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms, int tile_n) {
   const int64_t tail = tiles % sms;
   if (tail == 0 || 2 * tail >= sms || k_iters <= kMaxDpKSteps) return false;
   if (std::min(m, n) <= kMaxThin)
-    return tile_n >= kMinThinWidth && k_iters >= kMinThinKSteps &&
+    return !mfa_sm90_narrow(tile_n) && k_iters >= kMinThinKSteps &&
            sk_tiles * k_iters >= int64_t{kMinThinBlockKSteps} * sms;
   return tiles >= sms && sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
 }

@@ -216,11 +216,13 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 #define MFA_SM90_CLEAR_FLAGS_THREADS 256  // the one block that zeroes Stream-K's flags (gemm_sm90.cu)
 #define MFA_SM90_BOX 64
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
+// Narrow tiles, narrower than one box (16, 32, 48): K-major B only, no staging buffers (below).
+MFA_HOST_DEVICE constexpr bool mfa_sm90_narrow(int bn) { return bn < MFA_SM90_BOX; }
 // B's region of a stage holds whole 64-wide boxes: an N-major B (TRANS_B = 0) arrives as square boxes
 // side by side, the last one loaded whole even where the tile uses part of it (144 wide: 192 columns).
 // A narrow tile's K-major B is one box of BN rows.
 MFA_HOST_DEVICE constexpr int mfa_sm90_b_region_cols(int bn) {
-  return bn < MFA_SM90_BOX ? bn : (bn + MFA_SM90_BOX - 1) / MFA_SM90_BOX * MFA_SM90_BOX;
+  return mfa_sm90_narrow(bn) ? bn : (bn + MFA_SM90_BOX - 1) / MFA_SM90_BOX * MFA_SM90_BOX;
 }
 MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) {
   return (MFA_SM90_BM + mfa_sm90_b_region_cols(bn)) * MFA_SM90_BK * 2;
@@ -229,7 +231,9 @@ MFA_HOST_DEVICE constexpr int mfa_sm90_stage_bytes(int bn) {
 // warpgroup, for tiles of at least one whole 16-bit chunk (64 columns); narrow tiles write C from
 // registers and give that room to the ring.
 #define MFA_SM90_STAGING_BYTES (2 * 2 * 8192)
-MFA_HOST_DEVICE constexpr int mfa_sm90_staging_bytes(int bn) { return bn < MFA_SM90_BOX ? 0 : MFA_SM90_STAGING_BYTES; }
+MFA_HOST_DEVICE constexpr int mfa_sm90_staging_bytes(int bn) {
+  return mfa_sm90_narrow(bn) ? 0 : MFA_SM90_STAGING_BYTES;
+}
 // As many stages as fit beside the staging buffers, 1 KB of alignment slack and two 8-byte mbarriers a
 // stage: 4 of 48 KB for 128 x 256 (and 208, 224, 240), 4 of 40 KB for 128 x 192 (and 144 .. 176), 6 of 32 KB
 // for 128 x 128 (and 80 .. 112), 8 of 24 KB for 128 x 64; 10 to 12 of 18-22 KB for the narrow tiles.

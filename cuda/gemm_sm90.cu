@@ -20,7 +20,8 @@
 // The k loop steps 64 elements (128 bytes: one 128-byte swizzle span) at a time, four k16 wgmma per step.
 static_assert(MFA_SM90_BM == 128 && MFA_SM90_BK == 64 && MFA_SM90_BOX == 64,
               "the descriptors and boxes below are worked out for 128-row tiles and a 64-wide k step");
-static_assert(MFA_SM90_BN % 16 == 0 && MFA_SM90_BN >= (MFA_TRANS_B == 1 ? 16 : 64) && MFA_SM90_BN <= 256,
+static_assert(MFA_SM90_BN % 16 == 0 && MFA_SM90_BN >= 16 && MFA_SM90_BN <= 256 &&
+                  (MFA_TRANS_B == 1 || !mfa_sm90_narrow(MFA_SM90_BN)),
               "the tile's width is wgmma's n: a multiple of 16 (whole n8 blocks of both consumers' halves), "
               "from 64 where B arrives in 64-wide N-major boxes");
 static_assert(MFA_SM90_THREADS == 3 * 128, "one producer and two consumer warpgroups");
@@ -296,7 +297,7 @@ static_assert(2 * 2 * kSm90ChunkBytes == MFA_SM90_STAGING_BYTES, "two buffers fo
 // A tile whose width is not a whole number of chunks (80 .. 240 wide with 16-bit C, 80, 112, .. with fp32)
 // writes the columns past its last whole chunk from registers: a chunk-wide TMA store there would
 // overwrite the next tile's first columns.
-constexpr int kSm90WholeChunks = mfa_sm90_staging_bytes(MFA_SM90_BN) ? MFA_SM90_BN / kSm90ChunkCols : 0;
+constexpr int kSm90WholeChunks = mfa_sm90_narrow(MFA_SM90_BN) ? 0 : MFA_SM90_BN / kSm90ChunkCols;
 constexpr int kSm90TailBlock = kSm90WholeChunks * kSm90ChunkCols / 8;  // first n8 block of the fragment past them
 
 // A consumer warpgroup's two staging buffers and how many chunks it has stored: the next goes to buffer
