@@ -85,9 +85,10 @@ def attention(document):
                                lambda r: f"batch {r['params']['batch']}",
                                lambda r: f"{r['microseconds']} us: **{r['time_over_floor']:.2f}x**")
         text += ["", f"Decode (seq_q 1, GQA {document['decode_rows'][0]['params']['heads']}:"
-                 f"{document['decode_rows'][0]['params']['heads_kv']}, d128): time, and its multiple of the time to "
-                 f"read K and V once at the copy bandwidth measured in the same run "
-                 f"({document['copy_bandwidth']:.0f} GB/s)", "", markdown(["KV length", *columns], lines)]
+                 f"{document['decode_rows'][0]['params']['heads_kv']}, d128): time of one step in a graph of at "
+                 f"least 8 on cold K and V, and its multiple of the time to read K and V once at the copy "
+                 f"bandwidth measured in the same run ({document['copy_bandwidth']:.0f} GB/s)", "",
+                 markdown(["KV length", *columns], lines)]
     return "\n".join(text)
 
 

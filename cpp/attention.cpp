@@ -500,18 +500,20 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
   }
   launch(pipeline.kernel, pipeline.shape, stream, args, "cuLaunchKernel(mfa_attention_sm80)");
   if (pipeline.plan.splits > 1) {
+    // A block per (group of rows, column slice); groups past the grid's x limit loop.
     const int64_t rows = d.batch * d.heads_q * d.seq_q;
-    const int64_t cap = int64_t{std::max(pipeline.context->info().sm_count, 1)} * 16;
-    const unsigned blocks =
-        static_cast<unsigned>(std::clamp<int64_t>(rows, 1, cap));  // a block per row
+    const int64_t groups = ceil_div(rows, mfa_attn_combine_rows_per_block(pipeline.plan.splits));
+    const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(groups, 1, INT32_MAX));
+    const unsigned slices = static_cast<unsigned>(ceil_div(d.head_dim_v, MFA_ATTN_COMBINE_SLICE));
     if (pipeline.context->compute_capability() < 90) {
-      launch(pipeline.combine, {{blocks, 1, 1}, MFA_ATTN_COMBINE_THREADS, 0}, stream, args,
+      launch(pipeline.combine, {{blocks, slices, 1}, MFA_ATTN_COMBINE_THREADS, 0}, stream, args,
              "cuLaunchKernel(mfa_attention_combine)");
       return;
     }
     // sm_90+: scheduled while the attention grid runs (its launch latency hidden), waiting on griddepcontrol
     void *params[] = {&args};
     DependentLaunch(blocks, MFA_ATTN_COMBINE_THREADS, 1, 0, stream)
+        .grid_yz(slices, 1)
         .start(pipeline.combine, params, "cuLaunchKernelEx(mfa_attention_combine)");
   }
 }

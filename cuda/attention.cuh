@@ -53,8 +53,16 @@ MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_smem_bytes(int d_qk, int d_v, i
 // Masked scores and the LSE of rows that see no key (2^-inf = 0 in the softmax).
 #define MFA_ATTN_NEG_INF __int_as_float(0xff800000u)
 
-// The split-KV combine kernel: one block per query row.
+// The split-KV combine kernel: a block of 8 warps over (rows, a slice of 128 columns of d_v), as many
+// warps a row as it takes for each to hold at most 8 splits' loads (up to 8 warps: 64 splits a round).
 #define MFA_ATTN_COMBINE_THREADS 256
+#define MFA_ATTN_COMBINE_SLICE 128
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_combine_warps_per_row(int splits) {
+  return splits <= 8 ? 1 : splits <= 16 ? 2 : splits <= 32 ? 4 : 8;
+}
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_combine_rows_per_block(int splits) {
+  return MFA_ATTN_COMBINE_THREADS / 32 / mfa_attn_combine_warps_per_row(splits);
+}
 
 // A tensor map as the driver's cuTensorMapEncodeTiled fills it (CUtensorMap: 128 opaque bytes, 64-byte
 // aligned); only the Hopper path reads these, the host leaves them zero otherwise.

@@ -436,6 +436,21 @@ def test_split_kv_decode_equals_unsplit(torch_cuda, ctx, rng, seq_q, seq_k, batc
     assert float((lse_auto - lse_one).abs().max()) <= 1e-3
 
 
+@pytest.mark.parametrize("splits", [2, 9, 17, 33, 100, 256])
+@pytest.mark.parametrize("d_qk, d_v", [(80, 80), (64, 256)])
+def test_split_kv_combine_row_mappings(torch_cuda, ctx, rng, splits, d_qk, d_v):
+    # The combine gives a row 1, 2, 4 or 8 warps by the split count (past 64 splits, several rounds of
+    # loads); d_v 256 takes two column slices, d_v 80 leaves lanes of its slice idle. 15 rows: no whole
+    # number of the blocks' 8, 4, 2 rows. Deterministic: a second run gives the same bits.
+    q, k, v = dense_case(torch_cuda, rng, dtype="bfloat16", batch=1, seq_q=5, seq_k=16384 + 7, heads_q=3,
+                         heads_kv=1, d=d_qk, d_v=d_v)
+    o, lse, pipeline = run_pipeline(torch_cuda, q, k, v, path="portable", splits=splits)
+    assert pipeline.variant.endswith(f".split{splits}"), pipeline.variant
+    check_against_reference(torch_cuda, q, k, v, o, lse)
+    o_again, lse_again, _ = run_pipeline(torch_cuda, q, k, v, path="portable", splits=splits)
+    assert torch_cuda.equal(o, o_again) and torch_cuda.equal(lse, lse_again)
+
+
 def test_split_kv_with_empty_splits_and_masked_rows(torch_cuda, ctx, rng):
     # window (0, 0): each row sees one key, so most splits see nothing; seq_q > seq_k masks the first rows.
     q, k, v = dense_case(torch_cuda, rng, batch=1, seq_q=8, seq_k=5000, heads_q=4, heads_kv=4, d=64)

@@ -9,7 +9,12 @@ rotate. A row's error is ours against float64 on batch 0, head 0 (computed on th
 
 Decode table: seq_q 1 against KV 4k..128k, batch 1..64, GQA 8:1 (32 query heads, 4 key/value heads),
 head_dim 128, bf16. The floor is the time to read K and V once at the device-to-device copy bandwidth
-measured in the same run; a row gives our time over that floor (the issue's target: <= 1.25).
+measured in the same run; a row gives our time over that floor (the issue's target: <= 1.25). As in the
+GEMM and group-norm benchmarks, the inputs have copies that span four times L2 where one set fits in it;
+the graph holds at least 8 decode steps, the copies in turn, and a row reports the graph's time over its
+steps: a step reads cold K and V (a set alone spans four times L2, or the copies do), as one layer's
+decode step inside a model's graph would, and the host's launch of the graph (9 to 16 us, which a graph
+of one tiny kernel took from event to event on an H200) is not counted against a floor of 2 us.
 """
 
 import math
@@ -17,14 +22,15 @@ import math
 import mfa_c
 
 from .attention import AttentionPipeline, flops
-from .bench import (copy_bandwidth, _median_ms_alternating, ProgressBar, _require_torch_cuda, result_document,
-                    _TORCH_DTYPES)
+from .bench import (_COLD_L2_FACTOR, copy_bandwidth, _median_ms_alternating, ProgressBar, _require_torch_cuda,
+                    result_document, _TORCH_DTYPES)
 
 TOKENS, HIDDEN = 16384, 2048
 PREFILL_SEQS = (512, 1024, 2048, 4096, 8192, 16384)
 DECODE_KV = (4096, 16384, 65536, 131072)
 DECODE_BATCHES = (1, 8, 64)
 DECODE_HEADS_Q, DECODE_HEADS_KV, DECODE_HEAD_DIM = 32, 4, 128
+_DECODE_MAX_COPIES, _DECODE_MIN_STEPS = 32, 8
 PEERS = {"cudnn": ("CUDNN_ATTENTION", "cuDNN (torch SDPA)"), "flash": ("FLASH_ATTENTION", "flash (torch SDPA)")}
 
 
@@ -200,21 +206,31 @@ def _prefill_row(torch, context, dtype, d, causal, seq, reps):
 
 
 def _decode_row(torch, context, kv, batch, copy_gbs, reps):
-    q = torch.randn(batch, 1, DECODE_HEADS_Q, DECODE_HEAD_DIM, dtype=torch.bfloat16, device="cuda")
-    k, v = (torch.randn(batch, kv, DECODE_HEADS_KV, DECODE_HEAD_DIM, dtype=torch.bfloat16, device="cuda")
-            for _ in range(2))
-    pipeline, out, commands = _ours(context, q, k, v, False)
+    kv_shape = (batch, kv, DECODE_HEADS_KV, DECODE_HEAD_DIM)
+    kv_bytes = 2 * math.prod(kv_shape) * 2
+    copies = min(_DECODE_MAX_COPIES, max(1, math.ceil(_COLD_L2_FACTOR * context.l2_cache_bytes / kv_bytes)))
+    steps = copies * math.ceil(_DECODE_MIN_STEPS / copies)
+    inputs = [(torch.randn(batch, 1, DECODE_HEADS_Q, DECODE_HEAD_DIM, dtype=torch.bfloat16, device="cuda"),
+               *(torch.randn(kv_shape, dtype=torch.bfloat16, device="cuda") for _ in range(2)))
+              for _ in range(copies)]
+    pipeline = AttentionPipeline(batch, 1, kv, DECODE_HEADS_Q, DECODE_HEADS_KV, DECODE_HEAD_DIM, dtype="bfloat16",
+                                 context=context)
+    outs = [torch.empty_like(q) for q, _, _ in inputs]
+    commands = mfa_c.CommandList(context)
+    with commands.record() as stream:
+        for step in range(steps):
+            pipeline.encode(*inputs[step % copies], outs[step % copies], stream=stream)
     (ms,) = _median_ms_alternating(torch, [commands.launch], reps)
-    kv_bytes = 2 * k.numel() * k.element_size()
+    step_us = ms * 1e3 / steps
     floor_us = kv_bytes / (copy_gbs * 1e9) * 1e6
     row = {"case": f"bf16 decode kv {kv} batch {batch}",
            "params": {"dtype": "bf16", "batch": batch, "heads": DECODE_HEADS_Q, "heads_kv": DECODE_HEADS_KV,
                       "seq_q": 1, "seq_k": kv, "head_dim": DECODE_HEAD_DIM, "causal": False, "window": None,
                       "varlen": False},
-           "microseconds": round(ms * 1e3, 1), "floor_microseconds": round(floor_us, 1),
-           "time_over_floor": round(ms * 1e3 / floor_us, 3),
-           "gbs": round(kv_bytes / (ms * 1e-3) / 1e9, 1), "variant": pipeline.variant,
-           "error": float(f"{_error_head0(torch, q, k, v, out, False):.3g}")}
+           "microseconds": round(step_us, 1), "floor_microseconds": round(floor_us, 1),
+           "time_over_floor": round(step_us / floor_us, 3), "copies": copies, "steps": steps,
+           "gbs": round(kv_bytes / (step_us * 1e-6) / 1e9, 1), "variant": pipeline.variant,
+           "error": float(f"{_error_head0(torch, *inputs[0], outs[0], False):.3g}")}
     commands.close()
     pipeline.close()
     return row
