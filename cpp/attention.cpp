@@ -154,8 +154,6 @@ KernelSource source_of(const AttentionVariant &variant, const std::string &arch)
 
 bool is_hopper_arch(const std::string &arch) { return arch == "sm_90a"; }
 
-constexpr int64_t kSmemPerSm = 228 * 1024;  // sm_90's shared memory an SM (1 KB of it reserved a block)
-
 struct Plan {
   int32_t path = MFA_ATTENTION_PATH_PORTABLE;
   bool pack_gqa = false;
@@ -189,30 +187,21 @@ int64_t query_blocks(const mfa_attention_descriptor &d) { return ceil_div(packed
 
 int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.heads_kv : d.heads_q; }
 
-// Splits when the unsplit grid has fewer blocks than SMs, to the blocks an SM holds (two; the one-warp
-// decode blocks as many as their shared memory allows, at most four), every split still getting at least
-// 4 key blocks (below that the partials' traffic costs more than the parallelism buys). One-warp blocks
-// also split:
-// - to two an SM even below 4 key blocks a split (H200, bf16 decode, 4096 keys, batch 1: 16 splits of 4
-//   key blocks 19.7 us, 64 of 1 14.4 us; 16384 keys: 64 splits 22.1 us, 128 26.9 us);
-// - where the grid already fills the SMs, to about 16 blocks an SM (several waves of the three an SM
-//   holds: more K/V loads in flight, an even tail; batch 64, 256 blocks: 8 splits took 1.00-1.19x the
-//   K/V read floor, 1 split 1.22-1.33x).
+// Splits when the unsplit grid leaves SMs idle, to about two blocks an SM, every split of a 4-warp block
+// getting at least 4 key blocks (below that the partials' traffic costs more than the parallelism buys);
+// one-warp decode blocks split down to one key block. Two decode blocks an SM, not the three their shared
+// memory allows, measured faster at every batch once their copies stopped being issue-bound (H200, bf16,
+// GQA 32:4, d128, us a step): batch 1, 16384 keys: 64 splits 15.8, 99 splits 17.0; 65536 keys 40.0 and
+// 42.8; 131072 keys 72.0 and 73.6; batch 8, 4096 keys: 8 splits 23.7, 12 splits 24.8; and batch 64,
+// whose 256 blocks already hold two an SM, 4096 keys: no split 131.8, 8 splits 142.0 (16384 keys 510.5
+// and 512.7).
 int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   const int64_t blocks = d.batch * grid_heads(d) * query_blocks(d);
   const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
   const bool decode = decode_rows(d);
-  if (blocks == 0) return 1;
-  if (blocks >= sm_count) {
-    if (!decode) return 1;
-    const int64_t most = std::clamp<int64_t>(key_blocks / 4, 1, 128);
-    return static_cast<int>(std::clamp<int64_t>(16 * int64_t{sm_count} / blocks, 1, most));
-  }
-  const int64_t per_sm = decode ? std::clamp<int64_t>(kSmemPerSm / (portable_smem_bytes(d) + 1024), 1, 4) : 2;
-  // Whole waves of resident blocks: one block more than that waits for a second wave.
-  int64_t splits = std::min(int64_t{sm_count} * per_sm / blocks, key_blocks / 4);
-  if (decode) splits = std::max(splits, std::min(int64_t{sm_count} * 2 / blocks, key_blocks));
-  return static_cast<int>(std::clamp<int64_t>(splits, 1, 128));
+  if (blocks == 0 || (blocks >= sm_count && !decode)) return 1;
+  const int64_t most = decode ? key_blocks : key_blocks / 4;
+  return static_cast<int>(std::clamp<int64_t>(std::min(int64_t{sm_count} * 2 / blocks, most), 1, 128));
 }
 
 Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm_count) {

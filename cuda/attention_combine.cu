@@ -163,7 +163,7 @@ extern "C" __global__ void __launch_bounds__(MFA_ATTN_COMBINE_THREADS)
     if (place.live) sum = weighted_sum(args, row, rows, col, part, parts, shared.weights[warp], lse);
     shared.sums[warp][threadIdx.x % 32] = sum;
     __syncthreads();
-    if (place.live && part == 0 && col < DV) {
+    if (place.live && part == 0) {
       for (int other = 1; other < parts; ++other) {
         const float4 add = shared.sums[warp + other][threadIdx.x % 32];
         sum.x += add.x, sum.y += add.y, sum.z += add.z, sum.w += add.w;

@@ -451,6 +451,15 @@ def test_split_kv_combine_row_mappings(torch_cuda, ctx, rng, splits, d_qk, d_v):
     assert torch_cuda.equal(o, o_again) and torch_cuda.equal(lse, lse_again)
 
 
+def test_decode_splits_to_two_blocks_an_sm(ctx):
+    # One-warp decode blocks (a head group's 8 packed rows) split to about two an SM; a grid that already
+    # holds two an SM does not split.
+    one = AttentionPipeline(1, 1, 16384, 32, 4, 128, dtype="bfloat16", context=ctx)
+    assert one.variant.endswith(f".split{2 * ctx.sm_count // 4}"), one.variant
+    full = AttentionPipeline(-(-2 * ctx.sm_count // 4), 1, 16384, 32, 4, 128, dtype="bfloat16", context=ctx)
+    assert ".decode" in full.variant and ".split" not in full.variant, full.variant
+
+
 def test_split_kv_with_empty_splits_and_masked_rows(torch_cuda, ctx, rng):
     # window (0, 0): each row sees one key, so most splits see nothing; seq_q > seq_k masks the first rows.
     q, k, v = dense_case(torch_cuda, rng, batch=1, seq_q=8, seq_k=5000, heads_q=4, heads_kv=4, d=64)
