@@ -502,7 +502,7 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     // sm_90+: scheduled while the attention grid runs (its launch latency hidden), waiting on griddepcontrol
     void *params[] = {&args};
     DependentLaunch(blocks, MFA_ATTN_COMBINE_THREADS, 1, 0, stream)
-        .grid_yz(slices, 1)
+        .grid_y(slices)
         .start(pipeline.combine, params, "cuLaunchKernelEx(mfa_attention_combine)");
   }
 }

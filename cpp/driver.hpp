@@ -123,7 +123,7 @@ const DriverApi &driver();
 // Throws Error(MFA_STATUS_DEVICE_ERROR, or OUT_OF_MEMORY) naming the call and the driver's message.
 void check_cuda(CUresult result, const char *call);
 
-// A launch of a grid (1-D unless grid_yz says) with programmatic stream serialization, in clusters of
+// A launch of a grid (1-D unless grid_y says) with programmatic stream serialization, in clusters of
 // `cluster` blocks (1: a plain grid, no cluster scheduling). The kernel may start before the previous grid
 // in its stream ends, so it must wait on griddepcontrol before touching memory (ptx_cluster.cuh). The
 // config points into the object's own attributes (the cluster shape first), so it is not copied.
@@ -148,9 +148,8 @@ struct DependentLaunch {
   DependentLaunch(const DependentLaunch &) = delete;
   DependentLaunch &operator=(const DependentLaunch &) = delete;
 
-  DependentLaunch &grid_yz(unsigned y, unsigned z) {  // the grid's other dimensions (default 1)
-    config.gridDimY = y;
-    config.gridDimZ = z;
+  DependentLaunch &grid_y(unsigned blocks) {  // the grid's second dimension (default 1)
+    config.gridDimY = blocks;
     return *this;
   }
   void start(CUfunction function, void **params, const char *what) const {

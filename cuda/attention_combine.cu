@@ -151,7 +151,8 @@ extern "C" __global__ void __launch_bounds__(MFA_ATTN_COMBINE_THREADS)
 #endif
   __shared__ Shared shared;
   const long long rows = static_cast<long long>(args.batch) * args.heads_q * args.seq_q;
-  const int parts = mfa_attn_combine_warps_per_row(args.splits), rows_per_block = WARPS / parts;
+  const int parts = mfa_attn_combine_warps_per_row(args.splits);
+  const int rows_per_block = mfa_attn_combine_rows_per_block(args.splits);
   const int warp = threadIdx.x / 32, part = warp % parts;
   const int col = blockIdx.y * MFA_ATTN_COMBINE_SLICE + threadIdx.x % 32 * 4;
   for (long long row0 = static_cast<long long>(blockIdx.x) * rows_per_block; row0 < rows;

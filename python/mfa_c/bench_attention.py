@@ -141,18 +141,21 @@ def _sdpa_graph(torch, backend, q, k, v, causal):
         return None, None, str(error).splitlines()[0][:160]
 
 
-def _ours(context, q, k, v, causal):
-    """Our pipeline, its output and a command list of one encode."""
+def _ours(context, inputs, causal, steps=1):
+    """Our pipeline, its outputs (one per input set) and a command list of `steps` encodes, the sets of
+    `inputs` ((q, k, v) each, one shape) in turn."""
+    q, k, v = inputs[0]
     torch_dtype = str(q.dtype).split(".")[1]
     batch, seq_q, heads_q, d = q.shape
     pipeline = AttentionPipeline(batch, seq_q, k.shape[1], heads_q, k.shape[2], d, v.shape[3], dtype=torch_dtype,
                                  causal=causal, context=context)
     import torch
-    out = torch.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device)
+    outs = [torch.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device) for q, _, v in inputs]
     commands = mfa_c.CommandList(context)
     with commands.record() as stream:
-        pipeline.encode(q, k, v, out, stream=stream)
-    return pipeline, out, commands
+        for step in range(steps):
+            pipeline.encode(*inputs[step % len(inputs)], outs[step % len(inputs)], stream=stream)
+    return pipeline, outs, commands
 
 
 def _error_head0(torch, q, k, v, out, causal):
@@ -175,7 +178,7 @@ def _prefill_row(torch, context, dtype, d, causal, seq, reps):
     torch_dtype = getattr(torch, _TORCH_DTYPES[dtype])
     batch, heads = TOKENS // seq, HIDDEN // d
     q, k, v = (torch.randn(batch, seq, heads, d, dtype=torch_dtype, device="cuda") for _ in range(3))
-    pipeline, out, commands = _ours(context, q, k, v, causal)
+    pipeline, (out,), commands = _ours(context, [(q, k, v)], causal)
     peers = {name: _sdpa_graph(torch, backend, q, k, v, causal) for name, (backend, _) in PEERS.items()}
     launches = [commands.launch] + [graph.replay for graph, _, _ in peers.values() if graph is not None]
     times = iter(_median_ms_alternating(torch, launches, reps))
@@ -213,13 +216,7 @@ def _decode_row(torch, context, kv, batch, copy_gbs, reps):
     inputs = [(torch.randn(batch, 1, DECODE_HEADS_Q, DECODE_HEAD_DIM, dtype=torch.bfloat16, device="cuda"),
                *(torch.randn(kv_shape, dtype=torch.bfloat16, device="cuda") for _ in range(2)))
               for _ in range(copies)]
-    pipeline = AttentionPipeline(batch, 1, kv, DECODE_HEADS_Q, DECODE_HEADS_KV, DECODE_HEAD_DIM, dtype="bfloat16",
-                                 context=context)
-    outs = [torch.empty_like(q) for q, _, _ in inputs]
-    commands = mfa_c.CommandList(context)
-    with commands.record() as stream:
-        for step in range(steps):
-            pipeline.encode(*inputs[step % copies], outs[step % copies], stream=stream)
+    pipeline, outs, commands = _ours(context, inputs, False, steps)
     (ms,) = _median_ms_alternating(torch, [commands.launch], reps)
     step_us = ms * 1e3 / steps
     floor_us = kv_bytes / (copy_gbs * 1e9) * 1e6
