@@ -39,6 +39,7 @@ struct GemmVariant {
   int32_t path;  // MFA_GEMM_PATH_PORTABLE or MFA_GEMM_PATH_HOPPER
   int32_t in_dtype, out_dtype, math;
   int32_t trans_a, trans_b;
+  int32_t activation;     // MFA_ACTIVATION_*: compiled in (gemm.cuh, MFA_GEMM_ACTIVATION)
   int32_t tile_n = 0;     // hopper: the tile's width, MFA_SM90_BN (64 .. 256, step 16); MFA_SM90_BM rows
   int32_t cluster_m = 1;  // hopper 16-bit: MFA_SM90_CLUSTER_M, blocks of a cluster stacked along M
   bool swap_ab = false;   // hopper: the kernel computes C^T = op(B)^T op(A)^T (kernel_problem) and
@@ -56,7 +57,8 @@ struct GemmVariant {
                              : concat(".", MFA_SM90_BM, "x", tile_n, cluster_m > 1 ? concat(".cluster", cluster_m) : "");
     return concat("gemm.", path == MFA_GEMM_PATH_HOPPER ? "sm90" : "sm80", ".", math_names[math], ".",
                   dtype_name(in_dtype), "-", dtype_name(out_dtype), ".", trans_a ? 't' : 'n', trans_b ? 't' : 'n',
-                  tile, swap_ab ? ".swap-ab" : "");
+                  tile, swap_ab ? ".swap-ab" : "",
+                  activation != MFA_ACTIVATION_NONE ? concat(".", activation_name(activation)) : "");
   }
 
   std::string source() const {
@@ -66,6 +68,7 @@ struct GemmVariant {
                   "#define MFA_MATH ", math, "\n",
                   "#define MFA_TRANS_A ", kernel_trans_a(), "\n",
                   "#define MFA_TRANS_B ", kernel_trans_b(), "\n",
+                  "#define MFA_GEMM_ACTIVATION ", activation, "\n",
                   swap_ab ? "#define MFA_SM90_C_TRANSPOSED 1\n" : "",
                   path == MFA_GEMM_PATH_HOPPER && !hopper_tf32()
                       ? concat("#define MFA_SM90_BN ", tile_n, "\n#define MFA_SM90_CLUSTER_M ", cluster_m, "\n")
@@ -124,10 +127,6 @@ int32_t math_for(int32_t in_dtype, int32_t precision) {
   if (in_dtype == MFA_DTYPE_F16) return MFA_MATH_F16_MMA;
   if (in_dtype == MFA_DTYPE_BF16) return MFA_MATH_BF16_MMA;
   return precision == MFA_PRECISION_IEEE ? MFA_MATH_FFMA : MFA_MATH_TF32X3;
-}
-
-bool is_float_dtype(int32_t dtype) {
-  return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
 }
 
 // The Hopper tile's widths: wgmma's n, whole n8 blocks for each consumer's half (gemm_sm90.cu); the
@@ -255,7 +254,7 @@ HopperTile tuned_tile(const mfa_gemm_descriptor *descriptor) {
 }
 
 GemmVariant variant_for(const mfa_gemm_descriptor &d, int32_t path) {
-  return {path, d.a_dtype, d.c_dtype, math_for(d.a_dtype, d.precision), d.trans_a, d.trans_b};
+  return {path, d.a_dtype, d.c_dtype, math_for(d.a_dtype, d.precision), d.trans_a, d.trans_b, d.activation};
 }
 
 bool hopper_capable(const std::string &arch) { return arch == "sm_90a"; }
@@ -651,7 +650,6 @@ mfa_gemm_args kernel_args(const mfa_gemm_descriptor &d, const GemmOperands &ops)
   args.batch = static_cast<int>(d.batch);
   args.alpha = d.alpha;
   args.beta = d.beta;
-  args.activation = d.activation;
   args.bias_dtype = d.bias_dtype;
   return args;
 }
@@ -775,6 +773,8 @@ void encode(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOperands 
 }
 
 // ----- every variant the library can generate, for `check` and the CPU tests -----
+// Every path, input, output and transpose without an activation, then each activation for every path,
+// input and output (NN): an activation changes the epilogue only, which the transposes share.
 
 std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
   struct Input {
@@ -796,6 +796,19 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
           d.precision = input.precision;
           d.trans_a = trans >> 1;
           d.trans_b = trans & 1;
+          d.path = path;
+          all.push_back(d);
+        }
+  for (int32_t path : {MFA_GEMM_PATH_PORTABLE, MFA_GEMM_PATH_HOPPER})
+    for (const Input &input : inputs)
+      for (int32_t out : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32})
+        for (int32_t activation = MFA_ACTIVATION_RELU; activation <= MFA_ACTIVATION_SILU; ++activation) {
+          if (path == MFA_GEMM_PATH_HOPPER && input.precision == MFA_PRECISION_IEEE) continue;
+          mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
+          d.a_dtype = d.b_dtype = input.dtype;
+          d.c_dtype = out;
+          d.precision = input.precision;
+          d.activation = activation;
           d.path = path;
           all.push_back(d);
         }

@@ -45,19 +45,6 @@ namespace {
 
 const char *layout_name(int32_t layout) { return layout == MFA_LAYOUT_NHWC ? "nhwc" : "nchw"; }
 
-const char *activation_name(int32_t activation) {
-  switch (activation) {
-    case MFA_ACTIVATION_SILU: return "silu";
-    case MFA_ACTIVATION_GELU_ERF: return "gelu_erf";
-    case MFA_ACTIVATION_GELU_TANH: return "gelu_tanh";
-    default: return "none";
-  }
-}
-
-bool is_float_dtype(int32_t dtype) {
-  return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
-}
-
 // Elements per 16-byte vector.
 int vector_elements(int32_t dtype) { return 16 / element_bytes(dtype); }
 

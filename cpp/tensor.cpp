@@ -89,6 +89,20 @@ const char *dtype_name(int32_t dtype) {
   }
 }
 
+bool is_float_dtype(int32_t dtype) {
+  return dtype == MFA_DTYPE_F16 || dtype == MFA_DTYPE_BF16 || dtype == MFA_DTYPE_F32;
+}
+
+const char *activation_name(int32_t activation) {
+  switch (activation) {
+    case MFA_ACTIVATION_RELU: return "relu";
+    case MFA_ACTIVATION_SILU: return "silu";
+    case MFA_ACTIVATION_GELU_ERF: return "gelu_erf";
+    case MFA_ACTIVATION_GELU_TANH: return "gelu_tanh";
+    default: return "none";
+  }
+}
+
 bool ranges_overlap(const char *a, int64_t a_bytes, const char *b, int64_t b_bytes) {
   return a_bytes > 0 && b_bytes > 0 && a < b + b_bytes && b < a + a_bytes;
 }

@@ -51,6 +51,9 @@ std::string shape_text(const mfa_tensor &tensor);
 
 int element_bytes(int32_t dtype);
 const char *dtype_name(int32_t dtype);
+bool is_float_dtype(int32_t dtype);  // f16, bf16 or f32
+// "gelu_erf": how variant keys name MFA_ACTIVATION_* values
+const char *activation_name(int32_t activation);
 
 // Whether two byte ranges share memory.
 bool ranges_overlap(const char *a, int64_t a_bytes, const char *b, int64_t b_bytes);

@@ -23,7 +23,10 @@
 #define MFA_MATH_TF32X3 2    // fp32 split into tf32 hi + lo, three products (fp32-accurate)
 #define MFA_MATH_FFMA 3      // fp32 fused multiply-add on the CUDA cores (IEEE)
 
-// Epilogue activations: MFA_ACT_* (the values of MFA_ACTIVATION_* in mfa.h) and mfa_activate.
+// Epilogue activations: MFA_ACT_* (the values of MFA_ACTIVATION_* in mfa.h) and mfa_activate. The
+// activation is part of the variant (MFA_GEMM_ACTIVATION, set by the generated source): unrolled over a
+// 128 x 256 tile's accumulators, the four of them in one kernel doubled its NVRTC time (15.5 s against
+// 7.7 s without, sm_90a) for code that a given pipeline never runs.
 #include "activation.cuh"
 
 // ----- the persistent schedule: which k steps of which output tiles each block computes -----
@@ -160,7 +163,6 @@ struct mfa_gemm_args {
   long long batch_stride_a, batch_stride_b, batch_stride_c;
   int m, n, k, batch;
   float alpha, beta;
-  int activation;         // MFA_ACT_*
   int bias_dtype;         // MFA_GEMM_* or 0 for none
   // sm_90 kernel only: its schedule, and the Stream-K workspace (null without Stream-K): flags (zeroed
   // by encode before each launch) and partial slots, laid out as mfa_gemm_workspace_bytes says.
@@ -260,6 +262,9 @@ MFA_HOST_DEVICE constexpr int mfa_sm90_tf32_smem_bytes(int trans_b) {
 }
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#ifndef MFA_GEMM_ACTIVATION
+#error "a generated GEMM source defines MFA_GEMM_ACTIVATION"
+#endif
 // ----- device side: element conversion and the epilogue shared by every path -----
 #include "ptx.cuh"
 
@@ -325,6 +330,6 @@ __device__ __forceinline__ void mfa_epilogue_store(const mfa_gemm_args &args, in
   float value = args.alpha * acc;
   if (args.beta != 0.0f) value += args.beta * mfa_load_as_float<C_DTYPE>(args.c, index);
   if (args.bias_dtype) value += mfa_load_bias(args.bias, args.bias_dtype, col);
-  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_activate(value, args.activation));
+  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_activate(value, MFA_GEMM_ACTIVATION));
 }
 #endif

@@ -334,10 +334,10 @@ __device__ __forceinline__ void mfa_sm90_stage_pair_transposed(unsigned buffer, 
   mfa_st_shared_b16(mfa_sm90_staged_address(buffer, col + 1, byte), bits(v1));
 }
 
-// Store the (finished) accumulators of warpgroup w's 64 rows of the tile, chunk by chunk (m64nN fragment
-// layout: gemm_sm90_epilogue.cuh). Per chunk: thread 0 makes sure the buffer's previous store has read
-// it (at most one group, the other buffer's, still pending); the warpgroup writes it, fences it for the
-// async proxy, and thread 0 stores it. A kernel given C^T (16-bit C) stages each chunk transposed: its
+// Store the accumulators of warpgroup w's 64 rows of the tile (finished but for the activation, applied
+// here), chunk by chunk (m64nN fragment layout: gemm_sm90_epilogue.cuh). Per chunk: thread 0 makes sure
+// the buffer's previous store has read it (at most one group, the other buffer's, still pending); the
+// warpgroup writes it, fences it for the async proxy, and thread 0 stores it. A kernel given C^T (16-bit C) stages each chunk transposed: its
 // 64 columns are 64 rows of C, the warpgroup's 64 rows 128 bytes of each, the same box of C's map.
 __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_c, const mfa_sm90_tile &tile, int w,
                                                       mfa_sm90_staging &staging, const float (&acc)[kSm90Acc]) {
@@ -355,7 +355,7 @@ __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_
       const int j = chunk * blocks_per_chunk + jj;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        const float v0 = mfa_sm90_activated(acc[4 * j + 2 * h]), v1 = mfa_sm90_activated(acc[4 * j + 2 * h + 1]);
         if constexpr (MFA_SM90_C_TRANSPOSED)
           mfa_sm90_stage_pair_transposed(buffer, 8 * jj + 2 * (t % 4), 2 * (row0 + 8 * h), v0, v1);
         else

@@ -342,8 +342,9 @@ typedef struct mfa_kernel_report {
 #define MFA_KERNEL_REPORT_INIT \
   {MFA_HEADER_INIT(MFA_STRUCT_KERNEL_REPORT, mfa_kernel_report), {0}, {0}, 0, 0, 0, 0, 0, 0, 0.0, 0, 0}
 
-/* Number of GEMM variants the library can generate; variant i is described by
- * mfa_gemm_variant_descriptor (sizes 0). */
+/* Number of GEMM variants the library can generate (every path, input, output and transpose, then each
+ * activation for every path, input and output); variant i is described by mfa_gemm_variant_descriptor
+ * (sizes 0). */
 MFA_API mfa_status mfa_gemm_variant_count(int64_t *out_count);
 MFA_API mfa_status mfa_gemm_variant_descriptor(int64_t index, mfa_gemm_descriptor *out_descriptor);
 

@@ -289,18 +289,24 @@ SMEM_LIMIT = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024}  # opt-in maximum per b
 
 def variant_id(variant):
     trans = ("T" if variant["trans_a"] else "N") + ("T" if variant["trans_b"] else "N")
-    return f"{variant['path']}-{variant['dtype']}-{variant['precision']}-{variant['out_dtype']}-{trans}"
+    activation = "" if variant["activation"] == "none" else f"-{variant['activation']}"
+    return f"{variant['path']}-{variant['dtype']}-{variant['precision']}-{variant['out_dtype']}-{trans}{activation}"
 
 
-def test_variant_list_covers_every_input_output_transpose_and_path():
+def test_variant_list_covers_every_input_output_transpose_path_and_activation():
     count = ffi.new("int64_t *")
     assert_status(lib.mfa_gemm_variant_count(count), "SUCCESS")
-    assert len(VARIANTS) == count[0] == 84
-    listed = [(v["path"], v["dtype"], v["precision"], v["out_dtype"], v["trans_a"], v["trans_b"]) for v in VARIANTS]
-    expected = {(path, dtype, precision, out, ta, tb) for dtype, precision in INPUTS for path in paths_for(dtype, precision)
-                for out in OUTPUTS for ta in (False, True) for tb in (False, True)}
+    listed = [(v["path"], v["dtype"], v["precision"], v["out_dtype"], v["trans_a"], v["trans_b"], v["activation"])
+              for v in VARIANTS]
+    plain = {(path, dtype, precision, out, ta, tb, "none") for dtype, precision in INPUTS
+             for path in paths_for(dtype, precision) for out in OUTPUTS for ta in (False, True) for tb in (False, True)}
+    # each activation for every path, input and output, NN
+    activated = {(path, dtype, precision, out, False, False, activation) for dtype, precision in INPUTS
+                 for path in paths_for(dtype, precision) for out in OUTPUTS
+                 for activation in ACTIVATIONS if activation != "none"}
+    assert len(VARIANTS) == count[0] == len(listed) == 84 * 2
     assert len(set(listed)) == len(listed)
-    assert set(listed) == expected
+    assert set(listed) == plain | activated
 
 
 def _threads_per_block(kernel):
@@ -367,9 +373,10 @@ def test_variant_names_are_distinct(warm_sm90a_cache):
     portable module of the same types and transposes)."""
     names = {(report["variant"], "sm90" in report["kernel"])
              for variant in VARIANTS for report in mfa_c.compile_report(arch="sm_90a", **variant)}
-    assert len({variant for variant, hopper in names if not hopper}) == 48
-    # f16, bf16 and accurate fp32 inputs x 3 outputs x 4 transposes
-    assert len({variant for variant, hopper in names if hopper}) == 36
+    # 4 inputs x 3 outputs x 4 transposes, and x 4 activations (NN)
+    assert len({variant for variant, hopper in names if not hopper}) == 48 + 48
+    # f16, bf16 and accurate fp32 inputs x 3 outputs x 4 transposes, and x 4 activations (NN)
+    assert len({variant for variant, hopper in names if hopper}) == 36 + 36
 
 
 def test_portable_variant_compiles_for_sm_80():
