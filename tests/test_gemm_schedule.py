@@ -286,7 +286,8 @@ def test_stream_k_matches_float64_and_repeats_exactly(ctx, torch_cuda, rng, m, n
     with pipeline:
         assert pipeline.info["schedule"] == "stream_k" and pipeline.info["workspace_bytes"] > 0, pipeline.info
         suffix = (f".128x{tile_n}" + (f".cluster{cluster_m}" if cluster_m > 1 else "")
-                  + (".swap-ab" if kernel_shape(m, n) != (m, n) else ""))
+                  + (".swap-ab" if kernel_shape(m, n) != (m, n) else "")
+                  + ("" if activation == "none" else f".{activation}"))
         assert pipeline.info["variant"].endswith(suffix), pipeline.info
         first = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
         second = _run(torch, pipeline, a, b, c0, bias, shape, out_dtype, beta)
