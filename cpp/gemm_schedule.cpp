@@ -13,10 +13,11 @@
 //     Stream-K at 0.88-0.91x of DP with 64 k steps a tile (M 16-64, N 4096, K 4096: the fix-up of a
 //     tile split four ways costs more than the SMs it adds) and at 1.15-1.30x with K 11008 and 14336
 //     (transposed, 128 x 64 tiles; 128-row tiles had shown the same split, 0.76-0.96x against
-//     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up, in tiles of 64 columns and more.
-//     Narrow tiles (16 to 48 wide, cpp/gemm.cpp) hold 10 to 12 stages, and there data-parallel keeps up:
-//     H100, 16 x 4096 x 14336 in 128 x 16 tiles 51.0 us DP against 51.4 Stream-K, in the bench 0.96x;
-//     32 x 4096 x 11008 0.97x;
+//     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up, in every tile width. Narrow
+//     tiles (16 to 48 wide, cpp/gemm.cpp) hold 10 to 12 stages, and on an H100 data-parallel kept up
+//     (16 x 4096 x 14336 in 128 x 16 tiles 51.0 us DP against 51.4 Stream-K), but not on an H200, whose
+//     faster memory 32 SMs do not keep busy (`python -m mfa_c tune gemm`, same process: 16 x 4096 x 14336
+//     128 x 16 tiles 47.5 TFLOPS Stream-K against 38.9 DP; 32 x 4096 x 14336 128 x 32 96.1 against 77.5);
 //   - otherwise Stream-K: all tiles when there are at most two waves of them, else the hybrid: full
 //     waves DP and Stream-K for the tail wave plus one full wave, so every block gets about 1.x tiles of
 //     Stream-K work, enough that no partial segment is tiny. At most half a wave of tiles is cut into
@@ -42,20 +43,19 @@ constexpr int kMinThinKSteps = 128;   // ... which Stream-K spreads out from til
 constexpr int kMinThinBlockKSteps = 8;
 
 // Whether Stream-K's fix-up pays for the SMs it keeps busy (the rules above).
-bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms, int tile_n) {
+bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms) {
   const int64_t tail = tiles % sms;
   if (tail == 0 || 2 * tail >= sms || k_iters <= kMaxDpKSteps) return false;
   if (std::min(m, n) <= kMaxThin)
-    return !mfa_sm90_narrow(tile_n) && k_iters >= kMinThinKSteps &&
-           sk_tiles * k_iters >= int64_t{kMinThinBlockKSteps} * sms;
+    return k_iters >= kMinThinKSteps && sk_tiles * k_iters >= int64_t{kMinThinBlockKSteps} * sms;
   return tiles >= sms && sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
 }
 
 // How many of the first tiles Stream-K takes (0: none).
-int64_t stream_k_tiles(int64_t m, int64_t n, int64_t tiles, int k_iters, int sms, int tile_n, int32_t requested) {
+int64_t stream_k_tiles(int64_t m, int64_t n, int64_t tiles, int k_iters, int sms, int32_t requested) {
   if (tiles == 0 || k_iters == 0 || requested == MFA_SCHEDULE_DATA_PARALLEL) return 0;
   const int64_t sk_tiles = tiles <= 2 * int64_t{sms} ? tiles : sms + tiles % sms;
-  return requested == MFA_SCHEDULE_AUTO && !stream_k_pays(m, n, tiles, sk_tiles, k_iters, sms, tile_n) ? 0 : sk_tiles;
+  return requested == MFA_SCHEDULE_AUTO && !stream_k_pays(m, n, tiles, sk_tiles, k_iters, sms) ? 0 : sk_tiles;
 }
 
 // Where every tile is Stream-K and at most half a wave of them: the most equal parts, at least two,
@@ -78,7 +78,7 @@ mfa_gemm_schedule plan_gemm_schedule(int64_t m, int64_t n, int64_t k, int64_t ba
   const int tiles_m = ceil_div(m, tile_m), tiles_n = ceil_div(n, tile_n), k_iters = ceil_div(k, MFA_SM90_BK);
   const int64_t tiles = int64_t{tiles_m} * tiles_n * batch;
   const int sms = std::max(units, 1);  // the rules below speak of SMs: one unit runs where a block would
-  const int64_t sk_tiles = stream_k_tiles(m, n, tiles, k_iters, sms, tile_n, requested);
+  const int64_t sk_tiles = stream_k_tiles(m, n, tiles, k_iters, sms, requested);
   // Stream-K: every SM, but no more units than iterations (each unit gets at least one), or fewer
   // where whole splits of each tile fit (tile_splits). The hybrid's DP region is then whole waves of
   // `sms` tiles. DP: one unit per tile up to one per SM.
