@@ -337,8 +337,9 @@ __device__ __forceinline__ void mfa_sm90_stage_pair_transposed(unsigned buffer, 
 // Store the accumulators of warpgroup w's 64 rows of the tile (finished but for the activation, applied
 // here), chunk by chunk (m64nN fragment layout: gemm_sm90_epilogue.cuh). Per chunk: thread 0 makes sure
 // the buffer's previous store has read it (at most one group, the other buffer's, still pending); the
-// warpgroup writes it, fences it for the async proxy, and thread 0 stores it. A kernel given C^T (16-bit C) stages each chunk transposed: its
-// 64 columns are 64 rows of C, the warpgroup's 64 rows 128 bytes of each, the same box of C's map.
+// warpgroup writes it, fences it for the async proxy, and thread 0 stores it. A kernel given C^T (16-bit
+// C) stages each chunk transposed: its 64 columns are 64 rows of C, the warpgroup's 64 rows 128 bytes of
+// each, the same box of C's map.
 __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_c, const mfa_sm90_tile &tile, int w,
                                                       mfa_sm90_staging &staging, const float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
