@@ -784,34 +784,31 @@ std::vector<mfa_gemm_descriptor> all_variant_descriptors() {
                           {MFA_DTYPE_BF16, MFA_PRECISION_DEFAULT},
                           {MFA_DTYPE_F32, MFA_PRECISION_IEEE},
                           {MFA_DTYPE_F32, MFA_PRECISION_ACCURATE}};
+  // each(d) for the descriptor of every path, input and output (IEEE fp32 runs on the portable path only)
+  const auto for_each_kind = [&](auto &&each) {
+    for (int32_t path : {MFA_GEMM_PATH_PORTABLE, MFA_GEMM_PATH_HOPPER})
+      for (const Input &input : inputs)
+        for (int32_t out : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32}) {
+          if (path == MFA_GEMM_PATH_HOPPER && input.precision == MFA_PRECISION_IEEE) continue;
+          mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
+          d.a_dtype = d.b_dtype = input.dtype;
+          d.c_dtype = out;
+          d.precision = input.precision;
+          d.path = path;
+          each(d);
+        }
+  };
   std::vector<mfa_gemm_descriptor> all;
-  for (int32_t path : {MFA_GEMM_PATH_PORTABLE, MFA_GEMM_PATH_HOPPER})
-    for (const Input &input : inputs)
-      for (int32_t out : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32})
-        for (int32_t trans = 0; trans < 4; ++trans) {
-          if (path == MFA_GEMM_PATH_HOPPER && input.precision == MFA_PRECISION_IEEE) continue;
-          mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
-          d.a_dtype = d.b_dtype = input.dtype;
-          d.c_dtype = out;
-          d.precision = input.precision;
-          d.trans_a = trans >> 1;
-          d.trans_b = trans & 1;
-          d.path = path;
-          all.push_back(d);
-        }
-  for (int32_t path : {MFA_GEMM_PATH_PORTABLE, MFA_GEMM_PATH_HOPPER})
-    for (const Input &input : inputs)
-      for (int32_t out : {MFA_DTYPE_F16, MFA_DTYPE_BF16, MFA_DTYPE_F32})
-        for (int32_t activation = MFA_ACTIVATION_RELU; activation <= MFA_ACTIVATION_SILU; ++activation) {
-          if (path == MFA_GEMM_PATH_HOPPER && input.precision == MFA_PRECISION_IEEE) continue;
-          mfa_gemm_descriptor d = MFA_GEMM_DESCRIPTOR_INIT;
-          d.a_dtype = d.b_dtype = input.dtype;
-          d.c_dtype = out;
-          d.precision = input.precision;
-          d.activation = activation;
-          d.path = path;
-          all.push_back(d);
-        }
+  for_each_kind([&](mfa_gemm_descriptor d) {
+    for (int32_t trans = 0; trans < 4; ++trans) {
+      d.trans_a = trans >> 1;
+      d.trans_b = trans & 1;
+      all.push_back(d);
+    }
+  });
+  for_each_kind([&](mfa_gemm_descriptor d) {
+    for (d.activation = MFA_ACTIVATION_RELU; d.activation <= MFA_ACTIVATION_SILU; ++d.activation) all.push_back(d);
+  });
   return all;
 }
 

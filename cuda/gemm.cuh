@@ -25,8 +25,8 @@
 
 // Epilogue activations: MFA_ACT_* (the values of MFA_ACTIVATION_* in mfa.h) and mfa_activate. The
 // activation is part of the variant (MFA_GEMM_ACTIVATION, set by the generated source): unrolled over a
-// 128 x 256 tile's accumulators, the four of them in one kernel doubled its NVRTC time (15.5 s against
-// 7.7 s without, sm_90a) for code that a given pipeline never runs.
+// 128 x 256 tile's accumulators, the four of them in one kernel doubled its compile time (nvcc phases,
+// sm_90a: 15.5 s against 7.7 s without) for code that a given pipeline never runs.
 #include "activation.cuh"
 
 // ----- the persistent schedule: which k steps of which output tiles each block computes -----
