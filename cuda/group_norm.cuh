@@ -27,6 +27,9 @@
 // MFA_GN_ACTIVATION takes activation.cuh's MFA_ACT_* values.
 
 #define MFA_GN_THREADS 256
+// One-pass NHWC backward blocks of many wide units a thread at MFA_GN_THREADS take up to this many
+// (cpp/group_norm.cpp onepass_threads).
+#define MFA_GN_ONEPASS_THREADS 512
 
 // The one-pass path: clusters of at most MFA_GN_CLUSTER_MAX blocks (the portable size: every GPC holds
 // 8 blocks) of at most MFA_GN_THREADS threads, each block staging at most MFA_GN_SLICE_MAX_BYTES of

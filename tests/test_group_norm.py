@@ -230,6 +230,7 @@ def test_variant_compiles_for_sm90a(index):
 # CPU: the one-pass plan (cpp/group_norm.cpp onepass_cluster, through mfa_group_norm_plan_describe).
 
 CLUSTER_MAX, WIDE_MAX, THREADS, SLICE_MAX_BYTES = 8, 16, 256, 110 * 1024  # group_norm.cuh
+ONEPASS_THREADS = 512  # group_norm.cuh: NHWC backward blocks of many wide units
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 SD_SHAPES = [(2, c, s, s) for c, s in ((320, 64), (640, 32), (1280, 16))]
 LARGE_SHAPES = [(16, 256, 128, 128), (8, 512, 128, 128)]  # 64 MB and 128 MB of fp16
@@ -292,7 +293,10 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                             n * groups * WIDE_MAX >= 2 ** 31 or scattered), what
                     continue
                 assert 1 <= plan["cluster"] <= (CLUSTER_MAX if portable else WIDE_MAX), what
-                assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= THREADS, what
+                assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= ONEPASS_THREADS, what
+                if plan["threads"] > THREADS:  # onepass_threads: NHWC backward within L2, units of 8+ bytes
+                    assert layout == "nhwc" and pass_ == "backward" and unit * ELEMENT_BYTES[dtype] >= 8, what
+                    assert n * c * spatial * ELEMENT_BYTES[dtype] <= 32 << 20, what
                 smem = _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout, band)
                 assert smem <= SLICE_MAX_BYTES, what
                 assert n * groups * plan["cluster"] < 2 ** 31, what  # the grid
@@ -323,6 +327,18 @@ def test_plan_fills_the_device_on_the_diffusion_shapes():
                 if pass_ == "backward" and n * plan["cluster"] <= CLUSTER_MAX:
                     continue
                 assert n * 32 * plan["cluster"] >= 2 * 132 or group_bytes // (plan["cluster"] + 1) < 4096, plan
+
+
+def test_plan_widens_nhwc_blocks_of_many_wide_units():
+    """512 threads where an NHWC backward block of a tensor within L2 would hold at least 8 units of 8 bytes
+    or more a thread at 256 (onepass_threads): the 64x64 diffusion shapes of 640 and 1280 channels; 256 at
+    most forward, in NCHW, for 4-byte units (320 channels), for fewer units a thread (32x32) and beyond L2."""
+    for pass_ in ("forward", "backward"):
+        for layout in LAYOUTS:
+            for n, c, h, w in [(2, c, s, s) for c in (320, 640, 1280) for s in (64, 32)] + LARGE_SHAPES:
+                plan = group_norm_plan(n, c, h * w, 32, layout=layout, pass_=pass_)
+                wide = layout == "nhwc" and pass_ == "backward" and c >= 640 and h == 64 and n == 2
+                assert plan["threads"] == ONEPASS_THREADS if wide else plan["threads"] <= THREADS, (c, h, layout, plan)
 
 
 def test_plan_keeps_the_large_fp16_tensors_on_chip():
