@@ -1471,9 +1471,9 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
 #else
 #define MFA_GN_ONEPASS_BODY(U, BANDS)
 #endif
-#define MFA_GN_ONEPASS_ENTRY(NAME, U, BANDS)                                                   \
+#define MFA_GN_ONEPASS_ENTRY(NAME, U, BANDS)                                                         \
   extern "C" __global__ void __launch_bounds__(MFA_GN_ONEPASS_BLOCK) NAME(const mfa_gn_args args) { \
-    MFA_GN_ONEPASS_BODY(U, BANDS)                                                             \
+    MFA_GN_ONEPASS_BODY(U, BANDS)                                                                   \
   }
 MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_1, 1, false)
 MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_2, 2, false)

@@ -32,9 +32,10 @@
 #define MFA_GN_ONEPASS_THREADS 512
 
 // The one-pass path: clusters of at most MFA_GN_CLUSTER_MAX blocks (the portable size: every GPC holds
-// 8 blocks) of at most MFA_GN_THREADS threads, each block staging at most MFA_GN_SLICE_MAX_BYTES of
-// shared memory (its slice of each input stream plus the group's per-channel table), so that two blocks
-// share an SM and one copies while the other computes or stores.
+// 8 blocks) of at most MFA_GN_THREADS threads (MFA_GN_ONEPASS_THREADS for some NHWC backward passes),
+// each block staging at most MFA_GN_SLICE_MAX_BYTES of shared memory (its slice of each input stream plus
+// the group's per-channel table), so that two blocks share an SM and one copies while the other computes
+// or stores.
 #define MFA_GN_CLUSTER_MAX 8
 // Groups too large for MFA_GN_CLUSTER_MAX blocks may take up to this many: the non-portable size Hopper
 // schedules (checked with cuOccupancyMaxActiveClusters when the pipeline is made).
