@@ -359,6 +359,20 @@ def test_plan_keeps_the_large_fp16_tensors_on_chip():
     assert group_norm_plan(2, 320, 64 * 64, 32, pass_="backward", cluster=16)["cluster"] == 16
 
 
+def test_bench_rows_name_the_forced_cluster(monkeypatch):
+    """A bench row's plan is the one its pipelines run: MFA_GN_CLUSTER forces both."""
+    from types import SimpleNamespace
+    from mfa_c.bench_group_norm import _plan_text
+    context = SimpleNamespace(sm_count=132, compute_capability=(9, 0))
+    monkeypatch.delenv("MFA_GN_CLUSTER", raising=False)
+    chosen = _plan_text(context, (2, 320, 64, 64), 32, "fp16", "nchw", "backward")
+    assert chosen.startswith("one pass: cluster 4 x "), chosen
+    monkeypatch.setenv("MFA_GN_CLUSTER", "16")
+    assert _plan_text(context, (2, 320, 64, 64), 32, "fp16", "nchw", "backward").startswith("one pass: cluster 16 x ")
+    monkeypatch.setenv("MFA_GN_CLUSTER", "split")
+    assert _plan_text(context, (2, 320, 64, 64), 32, "fp16", "nchw", "backward") == "3 launches"
+
+
 def test_forced_plans():
     n, c, spatial, groups = 2, 64, 16 * 16, 8  # 2048 elements a group: 256 units of 8
     assert group_norm_plan(n, c, spatial, groups, cluster="split")["cluster"] == 0

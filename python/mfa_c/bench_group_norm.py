@@ -11,6 +11,7 @@ forward graph is built on the capture stream, where autograd replays the backwar
 """
 
 import math
+import os
 
 import numpy as np
 
@@ -162,9 +163,11 @@ class _GroupNormCase:
 
 
 def _plan_text(context, shape, groups, dtype, layout, pass_):
+    """The row's plan as the pipelines take it: MFA_GN_CLUSTER forces the cluster for both (MFA_GN_BAND's
+    bands are not shown)."""
     n, c = shape[:2]
     plan = group_norm_plan(n, c, math.prod(shape[2:]), groups, sm_count=context.sm_count, dtype=_TORCH_DTYPES[dtype],
-                           layout=layout, pass_=pass_)
+                           layout=layout, pass_=pass_, cluster=os.environ.get("MFA_GN_CLUSTER") or None)
     if context.compute_capability < (9, 0) or plan["cluster"] == 0:
         return "3 launches"
     band = f", bands of {plan['band']} groups" if plan["band"] > 1 else ""
