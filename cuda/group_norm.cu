@@ -36,10 +36,12 @@
 #endif
 // 16-bit inputs and outputs: shifted sums, folded scale and shift, fast activations (see below).
 constexpr bool kSixteenBit = MFA_GN_DTYPE != MFA_GN_F32;
-// The most threads a one-pass block has (cpp/group_norm.cpp onepass_threads: the NHWC backward alone
-// takes more than MFA_GN_THREADS; the other variants keep their code as compiled for 256).
-#define MFA_GN_ONEPASS_BLOCK \
-  (MFA_GN_LAYOUT == MFA_GN_NHWC && MFA_GN_PASS == MFA_GN_BACKWARD ? MFA_GN_ONEPASS_THREADS : MFA_GN_THREADS)
+// The most threads a one-pass block has (cpp/group_norm.cpp onepass_threads: the NHWC backward of single
+// groups alone takes more than MFA_GN_THREADS; the other entries keep their code as compiled for 256, and
+// bands, which run beyond L2, their registers: at a bound of 512, NVRTC 13.x's ptxas gave the SiLU and
+// tanh-GELU backward's onepass_bands_8 40 registers and spilled 12-16 bytes).
+#define MFA_GN_ONEPASS_BLOCK(BANDS) \
+  (MFA_GN_LAYOUT == MFA_GN_NHWC && MFA_GN_PASS == MFA_GN_BACKWARD && !(BANDS) ? MFA_GN_ONEPASS_THREADS : MFA_GN_THREADS)
 
 // ----- elements: VEC consecutive elements at base[index] as fp32 -----
 
@@ -932,7 +934,7 @@ __device__ __forceinline__ void mfa_gn_table_store(const mfa_gn_args &args, cons
 template <bool BANDS = false, class Acc>
 __device__ __forceinline__ Acc mfa_gn_cluster_merge(Acc acc, const mfa_gn_slice &s, const Acc **totals = nullptr) {
   constexpr int FIELDS = sizeof(Acc) / sizeof(float), MAX_GROUPS = BANDS ? MFA_GN_MAX_BAND : 1;
-  __shared__ Acc warp_acc[MFA_GN_ONEPASS_BLOCK / 32 * MAX_GROUPS];
+  __shared__ Acc warp_acc[MFA_GN_ONEPASS_BLOCK(BANDS) / 32 * MAX_GROUPS];
   __shared__ Acc block_acc[MAX_GROUPS], cluster_acc[MAX_GROUPS];
   // (one group: the code as it was before bands, constant indices included)
   const mfa_gn_band &band = s.band;
@@ -1471,9 +1473,9 @@ extern "C" __global__ void __launch_bounds__(MFA_GN_THREADS) mfa_gn_apply_scalar
 #else
 #define MFA_GN_ONEPASS_BODY(U, BANDS)
 #endif
-#define MFA_GN_ONEPASS_ENTRY(NAME, U, BANDS)                                                         \
-  extern "C" __global__ void __launch_bounds__(MFA_GN_ONEPASS_BLOCK) NAME(const mfa_gn_args args) { \
-    MFA_GN_ONEPASS_BODY(U, BANDS)                                                                   \
+#define MFA_GN_ONEPASS_ENTRY(NAME, U, BANDS)                                                               \
+  extern "C" __global__ void __launch_bounds__(MFA_GN_ONEPASS_BLOCK(BANDS)) NAME(const mfa_gn_args args) { \
+    MFA_GN_ONEPASS_BODY(U, BANDS)                                                                          \
   }
 MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_1, 1, false)
 MFA_GN_ONEPASS_ENTRY(mfa_gn_onepass_2, 2, false)

@@ -296,6 +296,7 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                 assert plan["threads"] % 32 == 0 and 64 <= plan["threads"] <= ONEPASS_THREADS, what
                 if plan["threads"] > THREADS:  # onepass_threads: NHWC backward within L2, units of 8+ bytes
                     assert layout == "nhwc" and pass_ == "backward" and unit * ELEMENT_BYTES[dtype] >= 8, what
+                    assert band == 1, what  # the band entries are bounded at 256 threads
                     assert n * c * spatial * ELEMENT_BYTES[dtype] <= 32 << 20, what
                 smem = _smem_bytes(plan["cluster"], c, spatial, groups, dtype, streams, layout, band)
                 assert smem <= SLICE_MAX_BYTES, what
