@@ -279,14 +279,17 @@ int64_t slice_target_bytes(const mfa_group_norm_descriptor &d) {
 // bandwidth; the three launches read whole rows of C channels and reach 23%. Up to 21 MB (the diffusion
 // shapes, 20-byte rows) the one pass ran 2-3x faster than the three launches.
 constexpr int64_t kL2ResidentBytes = int64_t{32} << 20;
+bool beyond_l2(const mfa_group_norm_descriptor &d) {
+  return d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes;
+}
 bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
-  return d.layout == MFA_LAYOUT_NHWC && d.c / d.groups * element_bytes(d.dtype) < 32 &&
-         d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes;
+  return d.layout == MFA_LAYOUT_NHWC && d.c / d.groups * element_bytes(d.dtype) < 32 && beyond_l2(d);
 }
 
 // Threads per block: about two units each (a block's copies all in flight), whole warps, 64 to 256, or
 // to 512 for an NHWC backward of single groups (band 1: the kernel's band entries are bounded at 256)
-// within L2 whose slices hold at least 8 units of 8 bytes or more a thread at 256. Measured (H200): four
+// within L2 whose slices (of a cluster of `cluster` blocks) hold at least 8 units of 8 bytes or more a
+// thread at 256. Measured (H200): four
 // units a thread made the diffusion shapes' one-pass blocks 64 threads long chains (fp16 2x1280x16x16 NHWC
 // backward 11.8 us, two a thread 9.9 us); one a thread was no faster. 512 threads (fp16, same machine,
 // best of two runs): 2x640x64x64 NHWC backward 33.1 -> 28.0 us, with SiLU 35.5 -> 32.0; 2x1280x64x64 NHWC
@@ -294,10 +297,10 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
 // 4-byte units (2x320x64x64 NHWC forward 14.6 -> 16.6, one run), with 5 units a thread (2x1280x32x32 NHWC
 // backward 14.9 -> 17.7), in NCHW (2x640x64x64 backward 21.2 -> 24.6) and beyond L2 (16x256x128x128 NHWC
 // SiLU backward 288 -> 346).
-int onepass_threads(const mfa_group_norm_descriptor &d, int64_t slice_units, int unit, int band) {
+int onepass_threads(const mfa_group_norm_descriptor &d, int64_t cluster, int unit, int band) {
+  const int64_t slice_units = onepass_slice_units(d, cluster, unit, band);
   const bool wide = d.layout == MFA_LAYOUT_NHWC && d.pass == MFA_PASS_BACKWARD && band == 1 &&
-                    unit * element_bytes(d.dtype) >= 8 && slice_units >= 8 * int64_t{MFA_GN_THREADS} &&
-                    d.n * d.c * d.spatial * element_bytes(d.dtype) <= kL2ResidentBytes;
+                    unit * element_bytes(d.dtype) >= 8 && slice_units >= 8 * int64_t{MFA_GN_THREADS} && !beyond_l2(d);
   const int64_t most = wide ? MFA_GN_ONEPASS_THREADS : MFA_GN_THREADS;
   return static_cast<int>(std::clamp<int64_t>(round_up(ceil_div(slice_units, 2), 32), 64, most));
 }
@@ -316,7 +319,7 @@ int onepass_band(const mfa_group_norm_descriptor &d, int forced_band) {
   int band = 1;
   if (forced_band > 0)
     band = forced_band;
-  else if (d.n * d.c * d.spatial * element_bytes(d.dtype) > kL2ResidentBytes)
+  else if (beyond_l2(d))
     while (band < MFA_GN_MAX_BAND && band * row_bytes < 64) band *= 2;
   while (band > 1 && (d.groups % band != 0 || band * cpg > 32)) band /= 2;
   return band;
@@ -372,7 +375,7 @@ int cluster_samples(const mfa_group_norm_descriptor &d, int sm_count, bool force
   if (forced || smem > MFA_GN_SLICE_MAX_BYTES || narrow_slices_grow) return 1;
   constexpr int64_t kSmemPerSm = 228 << 10, kReservedPerBlock = 1 << 10;  // Hopper
   const int unit = vector_elements(d.dtype);
-  const int64_t threads = onepass_threads(d, onepass_slice_units(d, fewer, unit), unit, 1);
+  const int64_t threads = onepass_threads(d, fewer, unit, 1);
   const int64_t per_sm = std::min(kSmemPerSm / (smem + kReservedPerBlock), 2048 / threads);
   if (4 * d.n * d.groups * fewer > 3 * per_sm * sm_count) return 1;
   cluster = fewer;
@@ -650,9 +653,8 @@ bool onepass_cluster_fits(const mfa_group_norm_pipeline &pipeline) {
   const mfa_group_norm_descriptor items = onepass_items(pipeline.descriptor, pipeline.band);
   const int cluster = pipeline.onepass_cluster * pipeline.cluster_samples;
   const int unit = unit_elements(pipeline.descriptor, 16);
-  const int64_t slice_units = onepass_slice_units(items, pipeline.onepass_cluster, unit, pipeline.band);
   const int64_t smem = onepass_smem_bound(items, pipeline.onepass_cluster, pipeline.band);
-  const unsigned threads = static_cast<unsigned>(onepass_threads(items, slice_units, unit, pipeline.band));
+  const unsigned threads = static_cast<unsigned>(onepass_threads(items, pipeline.onepass_cluster, unit, pipeline.band));
   DependentLaunch launch(static_cast<unsigned>(cluster), threads, static_cast<unsigned>(cluster),
                          static_cast<unsigned>(smem), nullptr);
   launch.config.numAttrs = 1;  // the cluster shape alone: the query launches nothing
@@ -690,7 +692,7 @@ void launch_onepass(const mfa_group_norm_pipeline &pipeline, const GroupNormOper
   // few us, 4.6 -> 4.0 us a call for 2x320x16x16 (graph of 64).
   void *params[] = {&args};
   DependentLaunch(static_cast<unsigned>(d.n * d.groups * cluster),
-                  static_cast<unsigned>(onepass_threads(d, args.slice_units, unit, band)),
+                  static_cast<unsigned>(onepass_threads(d, cluster, unit, band)),
                   static_cast<unsigned>(cluster * pipeline.cluster_samples),
                   static_cast<unsigned>(onepass_smem_bytes(d, cluster, unit, band)), stream)
       .start(pipeline.functions[onepass_entry(unit, band)], params, "cuLaunchKernelEx(mfa_gn_onepass)");
@@ -885,8 +887,7 @@ MFA_API mfa_status mfa_group_norm_plan_describe(const mfa_group_norm_descriptor 
     const int unit = mfa::unit_elements(checked, vectorized ? 16 : mfa::element_bytes(checked.dtype));
     const mfa_group_norm_descriptor items = mfa::onepass_items(checked, choice.band);
     *out_cluster = choice.cluster;
-    const int64_t slice_units = choice.cluster ? mfa::onepass_slice_units(items, choice.cluster, unit, choice.band) : 0;
-    *out_threads = choice.cluster ? mfa::onepass_threads(items, slice_units, unit, choice.band) : 0;
+    *out_threads = choice.cluster ? mfa::onepass_threads(items, choice.cluster, unit, choice.band) : 0;
     *out_vector_elements = unit;
   });
 }
