@@ -146,6 +146,7 @@ __device__ __forceinline__ void produce(const Ring &ring, const mfa_gemm_args &a
   mfa_tma_prefetch_map(&map_a);
   mfa_tma_prefetch_map(&map_b);
   RingPos pos;
+  mfa_grid_dependency previous_grid;  // waited for right before the first load, as in gemm_sm90.cu
   for (int t = blockIdx.x; t < schedule.count; t += gridDim.x) {
     const Tile tile = schedule.at(t);
     // A batch stride of 0 broadcasts the operand: the host encodes such a map with batch dim 1.
@@ -155,6 +156,7 @@ __device__ __forceinline__ void produce(const Ring &ring, const mfa_gemm_args &a
       mfa_mbar_wait(ring.empty(pos.stage), pos.phase ^ 1);
       const unsigned full = ring.full(pos.stage), stage = ring.stage(pos.stage);
       mfa_mbar_arrive_expect_tx(full, kTmaBytes);
+      previous_grid.wait();
       const int k0 = kt * BK;
       if (MFA_TRANS_A) {
 #pragma unroll
@@ -370,8 +372,7 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
     mfa_fence_proxy_async_smem();
   }
   __syncthreads();
-  mfa_grid_dependency_wait();  // programmatic dependent launch, as gemm_sm90.cu's kernel
-  mfa_grid_launch_dependents();
+  mfa_grid_launch_dependents();  // programmatic dependent launch, as gemm_sm90.cu's kernel
 
   const Schedule schedule(args);
   const int k_tiles = (args.k + BK - 1) / BK;
@@ -391,6 +392,7 @@ mfa_gemm_sm90_tf32(const __grid_constant__ mfa_gemm_args args, const __grid_cons
                        args.batch_stride_c % 2 == 0;
     RingPos pos;
     float acc[kAcc];
+    mfa_grid_dependency_wait();  // before C or the bias is touched
     for (int tt = blockIdx.x; tt < schedule.count; tt += gridDim.x) {
       const Tile tile = schedule.at(tt);
       if (k_tiles > 0) {

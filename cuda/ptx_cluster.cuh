@@ -56,3 +56,15 @@ __device__ __forceinline__ void mfa_cluster_arrive_relaxed() {
 // (or exited).
 __device__ __forceinline__ void mfa_grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void mfa_grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;"); }
+
+// The dependency wait of a thread that reaches it at every step of a loop, such as a producer's, which
+// waits right before its first load so that the work ahead of that load overlaps the previous grid:
+// the first call waits, the others test a register.
+struct mfa_grid_dependency {
+  bool resolved = false;
+  __device__ void wait() {
+    if (resolved) return;
+    mfa_grid_dependency_wait();
+    resolved = true;
+  }
+};
