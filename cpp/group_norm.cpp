@@ -286,17 +286,15 @@ bool scattered_rows_beyond_l2(const mfa_group_norm_descriptor &d) {
   return d.layout == MFA_LAYOUT_NHWC && d.c / d.groups * element_bytes(d.dtype) < 32 && beyond_l2(d);
 }
 
-// Threads per block: about two units each (a block's copies all in flight), whole warps, 64 to 256, or
-// to 512 for an NHWC backward of single groups (band 1: the kernel's band entries are bounded at 256)
-// within L2 whose slices (of a cluster of `cluster` blocks) hold at least 8 units of 8 bytes or more a
-// thread at 256. Measured (H200): four
-// units a thread made the diffusion shapes' one-pass blocks 64 threads long chains (fp16 2x1280x16x16 NHWC
-// backward 11.8 us, two a thread 9.9 us); one a thread was no faster. 512 threads (fp16, same machine,
-// best of two runs): 2x640x64x64 NHWC backward 33.1 -> 28.0 us, with SiLU 35.5 -> 32.0; 2x1280x64x64 NHWC
-// backward 50.3 -> 46.5, with SiLU 57.5 -> 52.9; but slower forward (2x640x64x64 NHWC 20.5 -> 21.8), with
-// 4-byte units (2x320x64x64 NHWC forward 14.6 -> 16.6, one run), with 5 units a thread (2x1280x32x32 NHWC
-// backward 14.9 -> 17.7), in NCHW (2x640x64x64 backward 21.2 -> 24.6) and beyond L2 (16x256x128x128 NHWC
-// SiLU backward 288 -> 346).
+// Threads per block: about two units each (a block's copies all in flight), whole warps, 64 to 256, or to 512 for an
+// NHWC backward of single groups (band 1: the kernel's band entries are bounded at 256) within L2 whose slices (of a
+// cluster of `cluster` blocks) hold at least 8 units of 8 bytes or more a thread at 256. Measured (H200): four units a
+// thread made the diffusion shapes' one-pass blocks 64 threads long chains (fp16 2x1280x16x16 NHWC backward 11.8 us,
+// two a thread 9.9 us); one a thread was no faster. 512 threads (fp16, same machine, best of two runs): 2x640x64x64
+// NHWC backward 33.1 -> 28.0 us, with SiLU 35.5 -> 32.0; 2x1280x64x64 NHWC backward 50.3 -> 46.5, with SiLU 57.5 ->
+// 52.9; but slower forward (2x640x64x64 NHWC 20.5 -> 21.8), with 4-byte units (2x320x64x64 NHWC forward 14.6 -> 16.6,
+// one run), with 5 units a thread (2x1280x32x32 NHWC backward 14.9 -> 17.7), in NCHW (2x640x64x64 backward 21.2 ->
+// 24.6) and beyond L2 (16x256x128x128 NHWC SiLU backward 288 -> 346).
 int onepass_threads(const mfa_group_norm_descriptor &d, int64_t cluster, int unit, int band) {
   const int64_t slice_units = onepass_slice_units(d, cluster, unit, band);
   const bool wide = d.layout == MFA_LAYOUT_NHWC && d.pass == MFA_PASS_BACKWARD && band == 1 &&
