@@ -239,7 +239,7 @@ def _numeric_verdict(variant, m, n, k):
 def _variant_error(variant, m, n, k):
     """(relative error, relative error of the reference rounded to the output type, the result's
     conditioning) of one variant's GEMM on fresh random inputs against gemm_reference, with every epilogue
-    term in play (alpha, beta * C, bias, an activation)."""
+    term in play (alpha, beta * C, bias, the variant's activation)."""
     rng = np.random.default_rng()
     shapes = {"a": (k, m) if variant["trans_a"] else (m, k), "b": (n, k) if variant["trans_b"] else (k, n),
               "c": (m, n), "bias": (n,)}
@@ -247,7 +247,7 @@ def _variant_error(variant, m, n, k):
     to_operand = _torch_operand if "bfloat16" in dtypes.values() else _numpy_operand
     operands = {name: to_operand(rng.standard_normal(shape), dtypes[name]) for name, shape in shapes.items()}
     keywords = {"trans_a": variant["trans_a"], "trans_b": variant["trans_b"], "alpha": 1.25, "beta": 0.5,
-                "activation": "gelu_tanh"}
+                "activation": variant["activation"]}
     pre_activation = gemm_reference(**operands, **{**keywords, "activation": None})  # before gemm: c is written
     reference = reference_activation(keywords["activation"])(pre_activation)
     conditioning = _conditioning(operands, keywords, pre_activation, reference)

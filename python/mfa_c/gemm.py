@@ -489,13 +489,19 @@ def _gelu_erf(x):
     return 0.5 * x * _erfc(-x / math.sqrt(2))
 
 
+def _sigmoid(z):
+    # 1 / (1 + exp(-z)) as exp(-log(1 + exp(-z))): neither overflows, and nothing cancels. The form
+    # 0.5 (1 + tanh(z / 2)) cancels for negative z: it made the tanh GELU's reference below x = -6
+    # quantized to multiples of 1e-16 (check's 1 x 1 x 1 GEMMs failed on it about once in 400).
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
 def _gelu_tanh(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return x * _sigmoid(2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
 
 
 def _silu(x):
-    # x * sigmoid(x), with sigmoid as 0.5 (1 + tanh(x / 2)): exp(-x) would overflow for x < -709.
-    return x * 0.5 * (1 + np.tanh(x / 2))
+    return x * _sigmoid(x)
 
 
 _REFERENCE_ACTIVATIONS = {
