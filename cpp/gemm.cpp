@@ -330,6 +330,17 @@ std::vector<HopperTileRow> hopper_tile_rows(bool k_major_b) {
 // than its transposed form by a 6% it did not have (8192 x 14336 x 4096 + GELU, 1592 against 1673 us).
 constexpr double kStreamKHybridFixup = 1.5;
 constexpr double kStreamKAllFixup = 1.7;
+// Under a wave, Stream-K cuts every tile into parts (units / tiles of them, at least two): a unit runs
+// k_iters / parts k steps, each a twentieth dearer than a data-parallel one (its own pipeline fill and
+// drain, the flags), and the one that finishes a tile then reads the other parts' fp32 partials one after
+// the other, each about as long as kStreamKPartialKSteps k steps of the tile. Fitted to forced widths
+// (H200, fp16 NN, same process, 128 x 128 against 128 x 256 tiles, both Stream-K): 128 x 4096 x 14336 359
+// against 292 TFLOPS (4 parts against 8), 768 x 768 x 12288 468 against 388 (3 against 6), 1024 x 1024
+// x 8192 532 against 495 (2 against 4): 1.7 to 2.4 k steps a partial. The wider tile's fewer, longer
+// parts had won under the flat factor above. The twentieth: 1024 x 2048 x 16384 ran a wave of 128
+// data-parallel 128 x 128 tiles at 712 TFLOPS, its 64 128 x 256 tiles in two parts each at 681.
+constexpr double kStreamKPartOverhead = 1.05;
+constexpr double kStreamKPartialKSteps = 1.8;
 
 int64_t hopper_tile_count(const mfa_gemm_descriptor &d, const HopperTile &tile) {
   return int64_t{blocks(d.m, tile.unit_rows())} * blocks(d.n, tile.tile_n) * d.batch;
@@ -347,6 +358,12 @@ double hopper_tile_cost(const mfa_gemm_descriptor &d, const HopperTileRow &row, 
   const HopperTile tile{row.tile_n, row.cluster_m};
   const int units = hopper_units(tile, sm_count);
   const mfa_gemm_schedule s = plan_hopper_schedule(d, tile, units);
+  const double parts = static_cast<double>(s.units) / std::max(s.tiles, 1);
+  if (s.sk_tiles == s.tiles && parts >= 2.0) {  // in k steps of the tile, the partials' reads included
+    const double k_steps = kStreamKPartOverhead * s.k_iters / parts +
+                           (std::ceil(parts) - 1.0) * kStreamKPartialKSteps * row.efficiency;
+    return k_steps / s.k_iters * row.tile_n / row.efficiency;
+  }
   const double fixup = s.sk_tiles == s.tiles ? kStreamKAllFixup : kStreamKHybridFixup;
   const double waves = s.sk_tiles > 0 ? (s.tiles - s.sk_tiles + fixup * s.sk_tiles) / units
                                       : static_cast<double>((s.tiles + units - 1) / units);

@@ -6,10 +6,14 @@
 //   - DP when each block's Stream-K share would be under 24 k steps: measured on H100 (fp16), 1024^3
 //     (64 tiles of 16 steps, 7.8 a block) ran 133 TFLOPS Stream-K against 189 data-parallel, 768^3 65
 //     against 97, while 1536^3 (26 a block) gained, 311 against 281;
-//   - DP when the tiles do not fill one wave, unless the problem is thin: at most 64 rows or columns
-//     (cpp/gemm.cpp hands the kernel such problems with the few rows as columns). A thin problem is
-//     the reading of a weight matrix with little arithmetic on it; in DP a few SMs would read it all.
-//     Measured on H200 (`bench gemm --suite stream_k` prints both schedules), thin sub-wave shapes run
+//   - where the tiles do not fill one wave, or the problem is thin (at most 64 rows or columns:
+//     cpp/gemm.cpp hands the kernel such problems with the few rows as columns), Stream-K only from
+//     128 k steps a tile and 8 a block. A thin problem is the reading of a weight matrix with little
+//     arithmetic on it; in DP a few SMs would read it all. Sub-wave problems of long K gained as much
+//     (H200, fp16 NN, same process, 128 x 128 tiles in 2 to 8 parts, cpp/gemm.cpp's cost model, against
+//     the DP 128 x 64 tiles the table took before: 128 x 4096 x 11008 1.09x, x 14336 1.20x, 256 rows
+//     1.10x and 1.13x, 768 x 768 x 12288 1.38x, 1024 x 1024 x 8192 1.11x, 512 x 512 x 16384 2.04x).
+//     Thin sub-wave shapes, measured on H200 (`bench gemm --suite stream_k` prints both schedules), ran
 //     Stream-K at 0.88-0.91x of DP with 64 k steps a tile (M 16-64, N 4096, K 4096: the fix-up of a
 //     tile split four ways costs more than the SMs it adds) and at 1.15-1.30x with K 11008 and 14336
 //     (transposed, 128 x 64 tiles; 128-row tiles had shown the same split, 0.76-0.96x against
@@ -39,16 +43,18 @@ int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 constexpr int kMaxDpKSteps = 8;       // k steps a tile needs before Stream-K can pay for its fix-up
 constexpr int kMinBlockKSteps = 24;   // Stream-K k steps each block needs to pay for its fix-up
 constexpr int kMaxThin = 64;          // rows or columns of a thin problem, whose cost is reading B
-constexpr int kMinThinKSteps = 128;   // ... which Stream-K spreads out from tiles this long
-constexpr int kMinThinBlockKSteps = 8;
+// Thin and sub-wave problems: Stream-K spreads their few tiles over the SMs from tiles of this many k
+// steps, and this many a block.
+constexpr int kMinSpreadKSteps = 128;
+constexpr int kMinSpreadBlockKSteps = 8;
 
 // Whether Stream-K's fix-up pays for the SMs it keeps busy (the rules above).
 bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms) {
   const int64_t tail = tiles % sms;
   if (tail == 0 || 2 * tail >= sms || k_iters <= kMaxDpKSteps) return false;
-  if (std::min(m, n) <= kMaxThin)
-    return k_iters >= kMinThinKSteps && sk_tiles * k_iters >= int64_t{kMinThinBlockKSteps} * sms;
-  return tiles >= sms && sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
+  if (std::min(m, n) <= kMaxThin || tiles < sms)
+    return k_iters >= kMinSpreadKSteps && sk_tiles * k_iters >= int64_t{kMinSpreadBlockKSteps} * sms;
+  return sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
 }
 
 // How many of the first tiles Stream-K takes (0: none).

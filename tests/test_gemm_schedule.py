@@ -51,10 +51,10 @@ def expected_plan(m, n, tiles, k_iters, sm_count, requested, tile_n):
         return DP, 0
     tail = tiles % sm_count
     sk_tiles = tiles if tiles <= 2 * sm_count else sm_count + tail
-    if min(m, n) <= 64:  # thin: Stream-K from 128 k steps a tile and 8 a block, in tiles 64 wide or more
-        loses = tile_n < 64 or k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
-    else:  # a full wave at least, and 24 Stream-K k steps a block
-        loses = tiles < sm_count or sk_tiles * k_iters < 24 * sm_count
+    if min(m, n) <= 64 or tiles < sm_count:  # thin or under a wave: from 128 k steps a tile and 8 a block
+        loses = k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
+    else:  # 24 Stream-K k steps a block
+        loses = sk_tiles * k_iters < 24 * sm_count
     if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or loses):
         return DP, 0
     return SK, sk_tiles
@@ -183,7 +183,9 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
     (2048, 2048, 2048, 256, DP),   # 128 tiles: the only wave is nearly full
     (4096, 4096, 4096, 256, DP),   # 512 tiles: tail 116 >= 66
     (3072, 3072, 512, 256, DP),    # 8 k steps a tile: too few for the fix-up
-    (128, 4096, 14336, 128, DP),   # 32 tiles of 224 k steps, but 128 rows: Stream-K measured 0.91x DP
+    (128, 4096, 14336, 128, SK),   # under a wave: 32 tiles of 224 k steps
+    (768, 768, 12288, 256, SK),    # under a wave: 18 tiles of 192 k steps, 26 a block
+    (1024, 1024, 4096, 256, DP),   # under a wave, but 64 k steps a tile
     (16, 4096, 14336, 256, SK),    # thin (runs as C^T): 32 tiles of 224 k steps
     (16, 4096, 4096, 64, DP),      # thin: 32 tiles of 64 k steps, Stream-K measured 0.91x DP
     (16, 1024, 11008, 64, SK),     # thin: 8 tiles of 172 k steps, 10.4 a block
