@@ -330,6 +330,6 @@ __device__ __forceinline__ void mfa_epilogue_store(const mfa_gemm_args &args, in
   float value = args.alpha * acc;
   if (args.beta != 0.0f) value += args.beta * mfa_load_as_float<C_DTYPE>(args.c, index);
   if (args.bias_dtype) value += mfa_load_bias(args.bias, args.bias_dtype, col);
-  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_activate(value, MFA_GEMM_ACTIVATION));
+  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_activate(value, MFA_GEMM_ACTIVATION, C_DTYPE != MFA_GEMM_F32));
 }
 #endif

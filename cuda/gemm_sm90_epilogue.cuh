@@ -128,8 +128,10 @@ __device__ __forceinline__ void mfa_sm90_add_bias(const mfa_gemm_args &args, con
 
 // The activation, applied as each value leaves for C rather than in a pass of its own over the
 // accumulators: that pass, its exponentials interleaved across all of them, spilled 8 bytes in the
-// 128 x 256 bf16 -> fp32 SiLU kernel.
-__device__ __forceinline__ float mfa_sm90_activated(float v) { return mfa_activate(v, MFA_GEMM_ACTIVATION); }
+// 128 x 256 bf16 -> fp32 SiLU kernel. Its fast forms (activation.cuh) for 16-bit C.
+__device__ __forceinline__ float mfa_sm90_activated(float v) {
+  return mfa_activate(v, MFA_GEMM_ACTIVATION, MFA_OUT_DTYPE != MFA_GEMM_F32);
+}
 
 // Store the in-bounds elements (of n8 blocks FIRST on), activated: column pairs as one access when `pairs`
 // (C's base, row and batch strides even, so every even column index is two-element aligned), single
