@@ -43,29 +43,22 @@ __device__ __forceinline__ float mfa_exp(float x, bool fast) {
 //          bf16's normal range): relative error of x Phi(x) 2.0e-5 at most from -13 to 5 (float32
 //          simulation). The epilogue of a 16-bit GEMM issues every instruction of it with 8 warps an SM:
 //          the exact form there made fp16 2048 x 4096 x 1024 + GELU 0.82x as fast as 1 + erff (H200).
+// c[0] t^(N-1) + c[1] t^(N-2) + ... + c[N-1], by Horner's rule.
+template <int N>
+__device__ __forceinline__ float mfa_polynomial(float t, const float (&c)[N]) {
+  float p = c[0];
+#pragma unroll
+  for (int i = 1; i < N; ++i) p = fmaf(p, t, c[i]);
+  return p;
+}
+
 __device__ __forceinline__ float mfa_normal_cdf(float x, bool fast) {
+  constexpr float kFast[] = {0.235675206f, -0.729497726f, 0.497234351f, 0.242466434f, 1.02094874f, -1.2668066f};
+  constexpr float kExact[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                              -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
   const float z = fabsf(x) * MFA_SQRT_HALF;
   const float t = __fdividef(1.0f, fmaf(0.5f, z, 1.0f));
-  float p;
-  if (fast) {
-    p = 0.235675206f;
-    p = fmaf(p, t, -0.729497726f);
-    p = fmaf(p, t, 0.497234351f);
-    p = fmaf(p, t, 0.242466434f);
-    p = fmaf(p, t, 1.02094874f);
-    p = fmaf(p, t, -1.2668066f);
-  } else {
-    p = 0.17087277f;
-    p = fmaf(p, t, -0.82215223f);
-    p = fmaf(p, t, 1.48851587f);
-    p = fmaf(p, t, -1.13520398f);
-    p = fmaf(p, t, 0.27886807f);
-    p = fmaf(p, t, -0.18628806f);
-    p = fmaf(p, t, 0.09678418f);
-    p = fmaf(p, t, 0.37409196f);
-    p = fmaf(p, t, 1.00002368f);
-    p = fmaf(p, t, -1.26551223f);
-  }
+  const float p = fast ? mfa_polynomial(t, kFast) : mfa_polynomial(t, kExact);
   const float half_erfc = 0.5f * t * mfa_exp(fmaf(-z, z, p), fast);
   return x < 0.0f ? half_erfc : 1.0f - half_erfc;
 }

@@ -321,6 +321,13 @@ __device__ __forceinline__ void mfa_store_pair_from_float(void *base, long long 
   }
 }
 
+// The variant's activation of a value bound for C of type C_DTYPE: the fast forms (activation.cuh) for
+// 16-bit C, whose rounding hides their error.
+template <int C_DTYPE>
+__device__ __forceinline__ float mfa_gemm_activated(float value) {
+  return mfa_activate(value, MFA_GEMM_ACTIVATION, C_DTYPE != MFA_GEMM_F32);
+}
+
 // C[row, col] = act(alpha * acc + beta * C[row, col] + bias[col]) for one in-bounds element of
 // batch `batch_index`. beta == 0 never reads C, so C may hold anything (NaN included) on entry.
 template <int C_DTYPE>
@@ -330,6 +337,6 @@ __device__ __forceinline__ void mfa_epilogue_store(const mfa_gemm_args &args, in
   float value = args.alpha * acc;
   if (args.beta != 0.0f) value += args.beta * mfa_load_as_float<C_DTYPE>(args.c, index);
   if (args.bias_dtype) value += mfa_load_bias(args.bias, args.bias_dtype, col);
-  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_activate(value, MFA_GEMM_ACTIVATION, C_DTYPE != MFA_GEMM_F32));
+  mfa_store_from_float<C_DTYPE>(args.c, index, mfa_gemm_activated<C_DTYPE>(value));
 }
 #endif

@@ -363,8 +363,8 @@ __device__ __forceinline__ void mfa_sm90_store_staged(const mfa_tensor_map &map_
       const int j = chunk * blocks_per_chunk + jj;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float v0 = mfa_sm90_activated(acc[4 * j + 2 * h]);
-        const float v1 = mfa_sm90_activated(acc[4 * j + 2 * h + 1]);
+        const float v0 = mfa_gemm_activated<MFA_OUT_DTYPE>(acc[4 * j + 2 * h]);
+        const float v1 = mfa_gemm_activated<MFA_OUT_DTYPE>(acc[4 * j + 2 * h + 1]);
         if constexpr (MFA_SM90_C_TRANSPOSED)
           mfa_sm90_stage_pair_transposed(buffer, 8 * jj + 2 * (t % 4), 2 * (row0 + 8 * h), v0, v1);
         else

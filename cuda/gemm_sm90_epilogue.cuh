@@ -126,22 +126,17 @@ __device__ __forceinline__ void mfa_sm90_add_bias(const mfa_gemm_args &args, con
   }
 }
 
-// The activation, applied as each value leaves for C rather than in a pass of its own over the
-// accumulators: that pass, its exponentials interleaved across all of them, spilled 8 bytes in the
-// 128 x 256 bf16 -> fp32 SiLU kernel. Its fast forms (activation.cuh) for 16-bit C.
-__device__ __forceinline__ float mfa_sm90_activated(float v) {
-  return mfa_activate(v, MFA_GEMM_ACTIVATION, MFA_OUT_DTYPE != MFA_GEMM_F32);
-}
-
 // Store the in-bounds elements (of n8 blocks FIRST on), activated: column pairs as one access when `pairs`
 // (C's base, row and batch strides even, so every even column index is two-element aligned), single
-// elements otherwise.
+// elements otherwise. The activation is applied as each value leaves for C rather than in a pass of its
+// own over the accumulators: that pass, its exponentials interleaved across all of them, spilled 8 bytes
+// in the 128 x 256 bf16 -> fp32 SiLU kernel.
 template <int N, int FIRST = 0>
 __device__ __forceinline__ void mfa_sm90_write(const mfa_gemm_args &args, const mfa_sm90_fragment &f, bool pairs,
                                                const float (&acc)[N]) {
   mfa_sm90_for_each_pair<N, FIRST>(args, f, pairs, [&](int j, int h, int col, bool pair) {
-    const float v0 = mfa_sm90_activated(acc[4 * j + 2 * h]);
-    const float v1 = mfa_sm90_activated(acc[4 * j + 2 * h + 1]);
+    const float v0 = mfa_gemm_activated<MFA_OUT_DTYPE>(acc[4 * j + 2 * h]);
+    const float v1 = mfa_gemm_activated<MFA_OUT_DTYPE>(acc[4 * j + 2 * h + 1]);
     if (pair) {
       mfa_store_pair_from_float<MFA_OUT_DTYPE>(args.c, f.index(j, h), v0, v1);
     } else {
