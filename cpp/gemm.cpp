@@ -401,7 +401,11 @@ HopperTile table_tile(const mfa_gemm_descriptor &d, int sm_count, HopperTile wan
 // Measured on H200 (fp16 NN, bench timing, same process): 16 x 4096 x 4096 19.0 -> 15.0 us (cuBLAS
 // 14.0), 16 x 14336 x 4096 41.3 -> 37.5, 16 x 11008 x 4096 35.7 -> 33.5, 32 x 4096 x 4096 19.1 -> 17.2.
 // Splitting more columns over narrow tiles reads the weight once per tile column instead (64 x 11008 x
-// 4096: 36.2 us in one 64-wide column, 44.3 in two 32-wide ones), so the tile covers all of n.
+// 4096: 36.2 us in one 64-wide column, 44.3 in two 32-wide ones), so the tile covers all of n. Tiles
+// of 64 rows instead of 128 (twice the blocks; both consumer warpgroups on the same rows, taking
+// alternate k steps, their sums added through shared memory) were measured and not kept (H200, `tune
+// gemm` over every width and schedule, same process): the best plan 1.04-1.05x faster at 16, 32 and
+// 64 x 4096 x 4096, 1.00-1.02x with K 14336, 0.89-0.98x with N 11008 and 14336, 0.93x at 128 rows.
 bool narrow_tile_applies(const mfa_gemm_descriptor &d) { return d.trans_b && d.n < MFA_SM90_BOX; }
 int narrow_width(int64_t n) {
   return static_cast<int>((std::max<int64_t>(n, 1) + kHopperWidthStep - 1) / kHopperWidthStep * kHopperWidthStep);
@@ -681,6 +685,13 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
 // Stream-K's workspace: the flags start at zero in every launch (mfa_gemm_sm90_clear_flags runs ahead of
 // the kernel, so the workspace is plain scratch memory between encodes and a replayed command list resets
 // them too); the partial slots need no initialisation (each is written before its flag rises).
+// That kernel costs 1.5-2.4 us a launch in a command list (H200, fp16, the same plans timed with its
+// launch left out, results aside: 64 x 4096 x 4096 16.8 -> 14.9 us, 128 x 4096 x 14336 42.7 -> 40.4).
+// Tiles cut into whole parts could do without flags, each tile's parts the blocks of one cluster adding
+// their sums through distributed shared memory. Measured, such plans of two parts reached 0.89-0.91x the
+// TFLOPS of the same plans with flags (256 x 4096 x 14336, 768^2 x 12288, 1024^2 x 16384), and an H200
+// does not hold 32 clusters of four of these blocks at once (the four-part plans of 32 tiles), so the
+// flags stay.
 void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *workspace, mfa_gemm_args &args) {
   const mfa_gemm_schedule &schedule = pipeline.hopper_schedule;
   const int unit_rows = tile_of(pipeline).unit_rows();

@@ -3,6 +3,7 @@ against float64 references on the GPU (torch tensors for speed; numpy inputs too
 
 import concurrent.futures
 import contextlib
+import json
 import math
 import os
 import re
@@ -934,31 +935,63 @@ def test_pipeline_info_reports_the_path(ctx):
         assert caught.value.status == lib.MFA_STATUS_UNSUPPORTED and "path" in caught.value.message
 
 
-def launched_kernels(torch, run):
-    """Names of the CUDA kernels `run` launched (torch's profiler, CUPTI), or skips if it records none."""
-    from torch.profiler import ProfilerActivity, profile
+DISPATCH_CASES = ["f16 aligned auto", "f16 aligned portable", "f16 misaligned", "f32 aligned", "f32 aligned portable",
+                  "f16 K=0"]
 
+
+def dispatch_call(torch, case, inputs):
+    """The gemm call of a dispatch case: 256 x 256 x (256 or 0), its dtype, layout and path from its name."""
+    dtype = "float32" if case.startswith("f32") else "float16"
+    layout = "misaligned" if "misaligned" in case else "padded"
+    k = 0 if "K=0" in case else 256
+    a, b = inputs.operands(256, 256, k, dtype, "NN", layout)
+    c, _ = poisoned_output(torch, (256, 256), dtype)
+    path = "portable" if "portable" in case else "auto"
+    return lambda: mfa_c.gemm(a, b, c=c, path=path)
+
+
+# Run by launched_kernels in a subprocess: torch's profiler (CUPTI) leaves an exit handler behind that
+# aborted 4 of 12 heavily loaded test processes at exit ("free(): invalid pointer" in
+# libkineto::callback_switchboard, under cuDevicePrimaryCtxRelease), after their tests had passed. The
+# child prints its findings and leaves by os._exit, before any exit handler runs.
+_PROFILE_DISPATCH = """
+import json, os, sys
+import numpy as np, torch
+from torch.profiler import ProfilerActivity, profile
+sys.path.insert(0, sys.argv[1])
+from test_gemm import DISPATCH_CASES, Inputs, dispatch_call
+inputs = Inputs(torch, np.random.default_rng(int(sys.argv[2])))
+calls = {case: dispatch_call(torch, case, inputs) for case in DISPATCH_CASES}
+found = {}
+for case, call in calls.items():
     with profile(activities=[ProfilerActivity.CUDA]) as profiler:
         torch.ones(1024, device="cuda").mul_(2)  # a kernel of torch's own, so that the profiler is known to work
-        run()
+        call()
         torch.cuda.synchronize()
-    names = {event.key for event in profiler.key_averages()}
+    found[case] = sorted({event.key for event in profiler.key_averages()})
+print("KERNELS " + json.dumps(found), flush=True)
+os._exit(0)
+"""
+_launched = {}
+
+
+def launched_kernels(runner, rng, case):
+    """The names of the mfa_ kernels the dispatch case launched (torch's profiler in a subprocess), or skips
+    where the profiler records no CUDA kernel."""
+    if not _launched:
+        result = runner.run("-c", _PROFILE_DISPATCH, str(REPO / "tests"), str(int(rng.integers(2 ** 62))), check=True)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("KERNELS ")]
+        assert lines, f"no kernel list from the profiling subprocess\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        _launched.update(json.loads(lines[-1][len("KERNELS "):]))
+    names = _launched[case]
     if not any("elementwise" in name.lower() or "mul" in name.lower() for name in names):
         pytest.skip("torch's profiler recorded no CUDA kernels here")
     return {name for name in names if name.startswith("mfa_")}
 
 
-@pytest.mark.parametrize("case", ["f16 aligned auto", "f16 aligned portable", "f16 misaligned", "f32 aligned",
-                                  "f32 aligned portable", "f16 K=0"])
-def test_dispatch_picks_the_fastest_legal_kernel(ctx, torch_cuda, rng, case):
-    torch = torch_cuda
-    dtype = "float32" if case.startswith("f32") else "float16"
-    layout = "misaligned" if "misaligned" in case else "padded"
-    k = 0 if "K=0" in case else 256
-    a, b = Inputs(torch, rng).operands(256, 256, k, dtype, "NN", layout)
-    c, _ = poisoned_output(torch, (256, 256), dtype)
-    path = "portable" if "portable" in case else "auto"
-    kernels = launched_kernels(torch, lambda: mfa_c.gemm(a, b, c=c, path=path))
+@pytest.mark.parametrize("case", DISPATCH_CASES)
+def test_dispatch_picks_the_fastest_legal_kernel(ctx, torch_cuda, rng, shared_cache, case):
+    kernels = launched_kernels(shared_cache, rng, case)
     if "misaligned" in case:
         expected = "mfa_gemm_sm80_scalar"
     elif ctx.arch == "sm_90a" and case == "f16 aligned auto":
