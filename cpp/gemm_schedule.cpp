@@ -17,7 +17,7 @@
 //     Stream-K at 0.88-0.91x of DP with 64 k steps a tile (M 16-64, N 4096, K 4096: the fix-up of a
 //     tile split four ways costs more than the SMs it adds; again 0.92-0.97x in three rounds of both
 //     builds on one H200, though `tune gemm` on another measured 1.12-1.18x, where DP's 32 blocks ran
-//     15% slower than elsewhere while Stream-K's times held) and at 1.15-1.30x with K 11008 and 14336
+//     15-19% slower than elsewhere while Stream-K's times held) and at 1.15-1.30x with K 11008 and 14336
 //     (transposed, 128 x 64 tiles; 128-row tiles had shown the same split, 0.76-0.96x against
 //     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up, in every tile width. Narrow
 //     tiles (16 to 48 wide, cpp/gemm.cpp) hold 10 to 12 stages, and on an H100 data-parallel kept up
