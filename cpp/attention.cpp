@@ -1,9 +1,9 @@
 // attention.cpp: the attention forward's host side. A descriptor is validated and names one variant
 // per path, "attention.sm80.bf16.d128x128.causal.softcap": the facts that change the kernel's code
 // (element type, both head dimensions, the mask kind, soft-capping; on the portable path ".decode", the
-// one-warp block of at most 16 query rows, decode_rows). LSE, varlen and split-KV are
-// run-time facts of the same kernels (a pointer present or not). The generated source is the variant
-// macros, cuda/attention.cuh, then the path's kernel file:
+// block of at most 16 query rows whose warps share out each key block, decode_rows). LSE, varlen and
+// split-KV are run-time facts of the same kernels (a pointer present or not). The generated source is the
+// variant macros, cuda/attention.cuh, then the path's kernel file:
 //
 //   portable  attention_sm80.cu: mfa_attention_sm80 (+ mfa_attention_combine for split-KV)
 //   hopper    attention_sm90.cu (cpp/attention_sm90.cpp describes its launch and tensor maps)
@@ -112,7 +112,7 @@ struct AttentionVariant {
   int32_t path;  // PORTABLE or HOPPER (never AUTO)
   int32_t dtype, d_qk, d_v, mask;
   bool softcap;
-  bool decode;  // portable: the one-warp block (decode_rows)
+  bool decode;  // portable: the 16-row block whose warps share out each key block (decode_rows)
 
   std::string key() const {
     const char *mask_name = mask == MFA_ATTN_MASK_CAUSAL ? ".causal" : mask == MFA_ATTN_MASK_WINDOW ? ".window" : "";
@@ -172,36 +172,34 @@ int64_t packed_rows(const mfa_attention_descriptor &d) {
   return d.seq_q * (packs_gqa(d) ? d.heads_q / d.heads_kv : 1);
 }
 
-// Decode: every head group's rows fit one warp's 16, so the portable kernel runs its one-warp variant.
+// Decode: every head group's rows fit one mma tile's 16, so the portable kernel runs its decode variant.
 bool decode_rows(const mfa_attention_descriptor &d) { return packed_rows(d) <= MFA_ATTN_SM80_DECODE_BLOCK_M; }
 
-int portable_block_m(const mfa_attention_descriptor &d) {
-  return decode_rows(d) ? MFA_ATTN_SM80_DECODE_BLOCK_M : MFA_ATTN_SM80_BLOCK_M;
-}
+int portable_block_m(const mfa_attention_descriptor &d) { return mfa_attn_sm80_block_m(decode_rows(d)); }
 
 int portable_smem_bytes(const mfa_attention_descriptor &d) {
-  return mfa_attn_sm80_smem_bytes(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), portable_block_m(d));
+  return mfa_attn_sm80_smem_bytes(static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), decode_rows(d));
 }
 
 int64_t query_blocks(const mfa_attention_descriptor &d) { return ceil_div(packed_rows(d), portable_block_m(d)); }
 
 int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.heads_kv : d.heads_q; }
 
-// Splits when the unsplit grid leaves SMs idle, to about two blocks an SM, every split of a 4-warp block
-// getting at least 4 key blocks (below that the partials' traffic costs more than the parallelism buys);
-// one-warp decode blocks split down to one key block. Two decode blocks an SM, not the three their shared
-// memory allows, measured faster at every batch once their copies stopped being issue-bound (H200, bf16,
-// GQA 32:4, d128, us a step): batch 1, 16384 keys: 64 splits 15.8, 99 splits 17.0; 65536 keys 40.0 and
-// 42.8; 131072 keys 72.0 and 73.6; batch 8, 4096 keys: 8 splits 23.7, 12 splits 24.8; and batch 64,
-// whose 256 blocks already hold two an SM, 4096 keys: no split 131.8, 8 splits 142.0 (16384 keys 510.5
-// and 512.7).
+// Splits when the unsplit grid leaves SMs idle: 4-warp blocks to about two an SM, every split getting at
+// least 4 key blocks (below that the partials' traffic costs more than the parallelism buys); decode
+// blocks, whose warps share each key block, to about one an SM, down to one key block a split, and no
+// split left empty. Measured (H200, bf16, GQA 32:4, d128, us a step; one decode block an SM against two):
+// batch 1, 4096 keys: 32 splits 8.95, 64 splits 10.07; 16384 keys: 33 splits 15.10, 66 splits 16.60; 65536
+// keys: 66 splits 40.8, 132 splits 47.3; batch 8, 4096 keys: 4 splits 23.0, 8 splits 24.3; 16384 keys 70.3
+// and 73.1. Three or four K/V stages (one block an SM) measured no faster than two.
 int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   const int64_t blocks = d.batch * grid_heads(d) * query_blocks(d);
   const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
   const bool decode = decode_rows(d);
-  if (blocks == 0 || (blocks >= sm_count && !decode)) return 1;
-  const int64_t most = decode ? key_blocks : key_blocks / 4;
-  return static_cast<int>(std::clamp<int64_t>(std::min(int64_t{sm_count} * 2 / blocks, most), 1, 128));
+  if (blocks == 0 || key_blocks == 0 || (blocks >= sm_count && !decode)) return 1;
+  const int64_t most = decode ? key_blocks : key_blocks / 4, per_sm = decode ? 1 : 2;
+  const int64_t splits = std::clamp<int64_t>(std::min(int64_t{sm_count} * per_sm / blocks, most), 1, 128);
+  return static_cast<int>(ceil_div(key_blocks, ceil_div(key_blocks, splits)));
 }
 
 Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm_count) {
@@ -430,7 +428,7 @@ void load(mfa_attention_pipeline &pipeline, const AttentionVariant &variant, con
   } else {
     const unsigned blocks_x = static_cast<unsigned>(query_blocks(d));
     const unsigned blocks_z = static_cast<unsigned>(d.batch * pipeline.plan.splits);
-    const unsigned threads = variant.decode ? MFA_ATTN_SM80_DECODE_THREADS : MFA_ATTN_SM80_THREADS;
+    const unsigned threads = mfa_attn_sm80_threads(variant.d_qk, variant.d_v, variant.decode);
     pipeline.shape = {{blocks_x, static_cast<unsigned>(grid_heads(d)), blocks_z}, threads,
                       static_cast<size_t>(portable_smem_bytes(d))};
     pipeline.kernel = context.function(*lookup.kernel, kPortableEntry);
@@ -487,6 +485,8 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     launch(pipeline.kernel, pipeline.shape, stream, args, "cuLaunchKernel(mfa_attention_sm90)");
     return;
   }
+  // (Launched dependent on the previous grid, as the combine is, the decode steps of a graph took 1.02-1.25x
+  // the time: H200, GQA 32:4, d128, batch 1 to 64, KV 4096 to 131072.)
   launch(pipeline.kernel, pipeline.shape, stream, args, "cuLaunchKernel(mfa_attention_sm80)");
   if (pipeline.plan.splits > 1) {
     // A block per (group of rows, column slice); groups past the grid's x limit loop. The combine costs

@@ -23,7 +23,8 @@
 //   MFA_ATTN_MASK     MFA_ATTN_MASK_NONE, _CAUSAL (window (-1, 0): compile-time bounds) or _WINDOW
 //                     (bounds from args.window_left / window_right, either may be -1)
 //   MFA_ATTN_SOFTCAP  0 or 1 (args.softcap > 0)
-//   MFA_ATTN_SM80_DECODE  0 or 1 (portable path: the one-warp block of at most 16 query rows)
+//   MFA_ATTN_SM80_DECODE  0 or 1 (portable path: the block of at most 16 query rows whose warps share
+//                         each key block)
 // LSE (args.lse non-null), varlen (args.cu_seqlens_q non-null), split-KV (args.splits > 1, portable
 // path only) and GQA packing (args.pack_gqa, portable path only) are run-time facts of the same kernels.
 #define MFA_ATTN_MASK_NONE 0
@@ -32,23 +33,35 @@
 
 // The portable (sm_80) kernel's tile table, the one source of truth for the host and the kernel:
 // 4 warps, 16 query rows each; the decode variant (MFA_ATTN_SM80_DECODE 1: at most 16 packed query rows
-// a head group) one warp, so that a split's key blocks are not multiplied by three idle warps' rows and
-// four times the blocks share the keys out. Key blocks of 64, or 32 when a head dimension passes 128: the
-// O accumulator (d_v / 2 floats a thread) then leaves room for the score tile without spilling.
+// a head group) one 16-row query tile that every warp shares, each warp taking its own 16 keys of every
+// key block (the warps' partial softmaxes merged in shared memory at the end), so that a split's key
+// blocks are not multiplied by idle rows and every warp of the block reads and multiplies. Key blocks of
+// 64, or 32 when a head dimension passes 128: the O accumulator (d_v / 2 floats a thread) then leaves
+// room for the score tile without spilling.
 #define MFA_ATTN_SM80_THREADS 128
 #define MFA_ATTN_SM80_BLOCK_M 64
-#define MFA_ATTN_SM80_DECODE_THREADS 32
 #define MFA_ATTN_SM80_DECODE_BLOCK_M 16
 #define MFA_ATTN_SM80_PAD 8  // elements each shared row is padded by: ldmatrix rows then avoid bank conflicts
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_round16(int d) { return (d + 15) / 16 * 16; }
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_block_n(int d_qk, int d_v) {
   return (d_qk > 128 || d_v > 128) ? 32 : 64;
 }
+// Warps that share a key block's columns (16 keys each, one mma k-step of P V), and the block's threads.
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_key_warps(int d_qk, int d_v, bool decode) {
+  return decode ? mfa_attn_sm80_block_n(d_qk, d_v) / 16 : 1;
+}
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_threads(int d_qk, int d_v, bool decode) {
+  return decode ? 32 * mfa_attn_sm80_key_warps(d_qk, d_v, decode) : MFA_ATTN_SM80_THREADS;
+}
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_block_m(bool decode) {
+  return decode ? MFA_ATTN_SM80_DECODE_BLOCK_M : MFA_ATTN_SM80_BLOCK_M;
+}
 // Dynamic shared memory: the Q tile and two stages of K and V tiles (at most 101 KB: d 256; two blocks
 // fit an SM of sm_90).
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_smem_bytes(int d_qk, int d_v, int block_m) {
-  return 2 * ((block_m + 2 * mfa_attn_sm80_block_n(d_qk, d_v)) * (mfa_attn_round16(d_qk) + MFA_ATTN_SM80_PAD) +
-              2 * mfa_attn_sm80_block_n(d_qk, d_v) * (mfa_attn_round16(d_v) + MFA_ATTN_SM80_PAD));
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm80_smem_bytes(int d_qk, int d_v, bool decode) {
+  return 2 * (mfa_attn_sm80_block_m(decode) * (mfa_attn_round16(d_qk) + MFA_ATTN_SM80_PAD) +
+              2 * mfa_attn_sm80_block_n(d_qk, d_v) *
+                  (mfa_attn_round16(d_qk) + mfa_attn_round16(d_v) + 2 * MFA_ATTN_SM80_PAD));
 }
 // Masked scores and the LSE of rows that see no key (2^-inf = 0 in the softmax).
 #define MFA_ATTN_NEG_INF __int_as_float(0xff800000u)

@@ -1,16 +1,20 @@
 // attention_sm80.cu: the portable FlashAttention-2 forward (cp.async + ldmatrix + mma.sync; sm_80 and
 // later, Hopper included), and the split-KV combine (attention_combine.cu, included at the end).
 //
-// One block owns BLOCK_M = 64 query rows (16 in the decode variant) of one (batch, head), 16 per warp,
-// and walks the key blocks its mask leaves visible (split-KV: its split's share of them). With
-// args.pack_gqa (decode under GQA) the rows are (query, head) pairs of the heads sharing one key/value
-// head, so each K/V block is read once for all of them. Per key block:
-//   S = Q K^T          Q from shared memory, K block j in shared memory (mma.sync m16n8k16, fp32 sums)
+// One block owns BLOCK_M = 64 query rows of one (batch, head), 16 per warp, and walks the key blocks its
+// mask leaves visible (split-KV: its split's share of them). The decode variant's block owns 16 rows that
+// all its warps share, each warp taking WARP_N = 16 keys of every key block; at the end the warps' partial
+// softmaxes (O, running max, sum) merge in shared memory. With args.pack_gqa (decode under GQA) the rows
+// are (query, head) pairs of the heads sharing one key/value head, so each K/V block is read once for all
+// of them. Per key block, per warp:
+//   S = Q K^T          Q from shared memory, the warp's keys of K block j in shared memory (mma.sync
+//                      m16n8k16, fp32 sums)
 //   online softmax     exp2 domain: scores scaled by scale * log2(e); the running row max m and sum l;
 //                      O is rescaled by 2^(m_old - m_new); masks only on blocks that cross a boundary
 //   O += P V           P stays in registers, re-packed as the A operand; V block j in shared memory
 // K and V have two stages each: blocks j + 1 load while block j is multiplied, so a block always has its
-// next 2 tiles in flight (decode is a stream of K/V reads; a single stage left it latency-bound).
+// next 2 tiles in flight (decode is a stream of K/V reads; a single stage left it latency-bound; three or
+// four stages in the decode block measured no faster).
 // Epilogue: O / l and LSE = (m + log2 l) ln 2, or, split-KV, unnormalized-free partials (O / l, LSE) in
 // fp32 for the combine. A row that sees no key gets O = 0 and LSE = -inf (its running max stays -inf
 // and every exponential is taken against 0 instead, so no inf - inf ever occurs).
@@ -21,21 +25,21 @@ static_assert(MFA_ATTN_D_QK % 8 == 0 && MFA_ATTN_D_QK >= 8 && MFA_ATTN_D_QK <= 2
 static_assert(MFA_ATTN_D_V % 8 == 0 && MFA_ATTN_D_V >= 8 && MFA_ATTN_D_V <= 256, "d_v: multiple of 8, <= 256");
 
 // ----- the variant -----
-#if MFA_ATTN_SM80_DECODE
-constexpr int THREADS = MFA_ATTN_SM80_DECODE_THREADS, BLOCK_M = MFA_ATTN_SM80_DECODE_BLOCK_M;
-#else
-constexpr int THREADS = MFA_ATTN_SM80_THREADS, BLOCK_M = MFA_ATTN_SM80_BLOCK_M;
-#endif
+constexpr bool kDecode = MFA_ATTN_SM80_DECODE != 0;
+constexpr int BLOCK_M = mfa_attn_sm80_block_m(kDecode);
+constexpr int THREADS = mfa_attn_sm80_threads(MFA_ATTN_D_QK, MFA_ATTN_D_V, kDecode);
 constexpr int BLOCK_N = mfa_attn_sm80_block_n(MFA_ATTN_D_QK, MFA_ATTN_D_V);
+// Warps that share a key block (decode) and the keys each multiplies.
+constexpr int KEY_WARPS = mfa_attn_sm80_key_warps(MFA_ATTN_D_QK, MFA_ATTN_D_V, kDecode), WARP_N = BLOCK_N / KEY_WARPS;
 // Head dimensions padded to the mma's k = 16 (the padding is zero-filled on load, so it adds nothing).
 constexpr int DQK = mfa_attn_round16(MFA_ATTN_D_QK), DV = mfa_attn_round16(MFA_ATTN_D_V);
 constexpr int LD_QK = DQK + MFA_ATTN_SM80_PAD, LD_V = DV + MFA_ATTN_SM80_PAD;
 constexpr bool kSoftcap = MFA_ATTN_SOFTCAP != 0;
 constexpr bool kMasked = MFA_ATTN_MASK != MFA_ATTN_MASK_NONE;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
-static_assert(THREADS / 32 * 16 == BLOCK_M, "one warp per 16 query rows");
-static_assert(2 * (BLOCK_M * LD_QK + 2 * BLOCK_N * LD_QK + 2 * BLOCK_N * LD_V) ==
-                  mfa_attn_sm80_smem_bytes(MFA_ATTN_D_QK, MFA_ATTN_D_V, BLOCK_M), "attention.cuh disagrees");
+static_assert(THREADS / 32 / KEY_WARPS * 16 == BLOCK_M && WARP_N % 16 == 0, "16 query rows, 16k keys a warp");
+static_assert(2 * (BLOCK_M * LD_QK + 2 * BLOCK_N * (LD_QK + LD_V)) ==
+                  mfa_attn_sm80_smem_bytes(MFA_ATTN_D_QK, MFA_ATTN_D_V, kDecode), "attention.cuh disagrees");
 
 typedef unsigned short Elem;  // fp16 / bf16 bits
 
@@ -114,8 +118,8 @@ __device__ __forceinline__ bool block_fully_visible(const Window &w, int row0, i
 // ----- global -> shared copies: ROWS x D_PAD tiles, 16-byte chunks, zero-filled outside the tensor -----
 // A thread keeps one column chunk and walks rows kRowsPerPass apart, so that a copy costs a pointer step:
 // a chunk's row and column from its index (a division and a 64-bit multiply each) had taken ~45
-// instructions a 16-byte copy, leaving the one-warp decode block issue-bound (a warp instruction every
-// 2.1 cycles, H200 ncu). Tiles wholly inside the tensor skip the zero-fill's operand selects.
+// instructions a 16-byte copy, leaving the (then one-warp) decode block issue-bound (a warp instruction
+// every 2.1 cycles, H200 ncu). Tiles wholly inside the tensor skip the zero-fill's operand selects.
 template <int ROWS, int D_PAD, int LD>
 __device__ __forceinline__ void load_tile(Elem *tile, const Elem *base, long long row_stride, int rows_valid,
                                           int d_valid) {
@@ -152,6 +156,47 @@ __device__ __forceinline__ void load_q(Elem *tile, const Elem *q, const mfa_attn
     const Elem *src = valid ? q + (m / group) * args.q_seq_stride + (m % group) * args.q_head_stride + col : q;
     mfa_cp_async_16_zfill(tile + row * LD_QK + col, src, valid ? 16u : 0u);
   }
+}
+
+// The decode variant's merge of its key warps' partial softmaxes of the same rows into warp 0's, through
+// `scratch` (shared memory the K/V stages free once every warp is past the key loop): O and the row sums
+// rescaled to the larger running max, warp by warp. Lane l of every warp holds the same rows and columns.
+// Returns whether this warp goes on to the epilogue (warp 0).
+constexpr int kMergeFloats = DV / 2 + 4;  // a thread's O fragment, two row maxes, two row sums
+static_assert((KEY_WARPS - 1) * kMergeFloats * 32 * 4 <= 2 * 2 * BLOCK_N * (LD_QK + LD_V),
+              "the merge fits the K/V stages");
+__device__ __forceinline__ bool merge_key_warps(float (&o_acc)[DV / 8][4], float (&row_max)[2], float (&row_sum)[2],
+                                                float *scratch) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // every warp is done with the K/V stages
+  if (warp > 0) {
+    float *const mine = scratch + (warp - 1) * kMergeFloats * 32 + lane;
+#pragma unroll
+    for (int n = 0; n < DV / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mine[(n * 4 + e) * 32] = o_acc[n][e];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) mine[(DV / 2 + r) * 32] = row_max[r], mine[(DV / 2 + 2 + r) * 32] = row_sum[r];
+  }
+  __syncthreads();
+  if (warp > 0) return false;
+  for (int w = 1; w < KEY_WARPS; ++w) {
+    const float *const theirs = scratch + (w - 1) * kMergeFloats * 32 + lane;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float their_max = theirs[(DV / 2 + r) * 32], both = fmaxf(row_max[r], their_max);
+      const float base = both == MFA_ATTN_NEG_INF ? 0.0f : both;  // neither has seen a visible key
+      const float mine_scale = mfa_exp2_approx(row_max[r] - base), their_scale = mfa_exp2_approx(their_max - base);
+      row_sum[r] = row_sum[r] * mine_scale + theirs[(DV / 2 + 2 + r) * 32] * their_scale;
+#pragma unroll
+      for (int n = 0; n < DV / 8; ++n) {
+        o_acc[n][2 * r] = o_acc[n][2 * r] * mine_scale + theirs[(n * 4 + 2 * r) * 32] * their_scale;
+        o_acc[n][2 * r + 1] = o_acc[n][2 * r + 1] * mine_scale + theirs[(n * 4 + 2 * r + 1) * 32] * their_scale;
+      }
+      row_max[r] = both;
+    }
+  }
+  return true;
 }
 
 // ----- the block -----
@@ -194,9 +239,10 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_warp = warp / KEY_WARPS, warp_key0 = warp % KEY_WARPS * WARP_N;  // its rows and keys of a block
   const int lane_row = lane / 4, quad = lane % 4;  // mma fragment coordinates: row, column pair
   // This thread's two rows (lane_row and lane_row + 8 of the warp's 16): packed indices, and queries.
-  const int my_m[2] = {m0 + warp * 16 + lane_row, m0 + warp * 16 + lane_row + 8};
+  const int my_m[2] = {m0 + row_warp * 16 + lane_row, m0 + row_warp * 16 + lane_row + 8};
   const int my_row[2] = {my_m[0] / group, my_m[1] / group};
 
   float o_acc[DV / 8][4];
@@ -220,18 +266,19 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
     __syncthreads();  // K and V of this block (and Q) landed for every thread
     const Elem *const tile_k = sK(block), *const tile_v = sV(block);
 
-    // S = Q K^T for the warp's 16 rows x BLOCK_N keys.
-    float s[BLOCK_N / 8][4];
-    for (int n = 0; n < BLOCK_N / 8; ++n)
+    // S = Q K^T for the warp's 16 rows x WARP_N keys.
+    float s[WARP_N / 8][4];
+    for (int n = 0; n < WARP_N / 8; ++n)
       for (int e = 0; e < 4; ++e) s[n][e] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DQK / 16; ++kk) {
       unsigned a[4];
-      mfa_ldmatrix_x4(a, sQ + (warp * 16 + lane % 16) * LD_QK + kk * 16 + lane / 16 * 8);
+      mfa_ldmatrix_x4(a, sQ + (row_warp * 16 + lane % 16) * LD_QK + kk * 16 + lane / 16 * 8);
 #pragma unroll
-      for (int n = 0; n < BLOCK_N / 16; ++n) {
+      for (int n = 0; n < WARP_N / 16; ++n) {
         unsigned b[4];
-        mfa_ldmatrix_x4(b, tile_k + (n * 16 + lane % 8 + lane / 16 * 8) * LD_QK + kk * 16 + lane / 8 % 2 * 8);
+        mfa_ldmatrix_x4(b, tile_k + (warp_key0 + n * 16 + lane % 8 + lane / 16 * 8) * LD_QK + kk * 16 +
+                               lane / 8 % 2 * 8);
         const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
         mma(s[2 * n], a, b0);
         mma(s[2 * n + 1], a, b1);
@@ -242,13 +289,13 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
     const int key0 = block * BLOCK_N;
     const bool needs_mask = !block_fully_visible(window, row0, row_last, key0, seq.len_k);
 #pragma unroll
-    for (int n = 0; n < BLOCK_N / 8; ++n)
+    for (int n = 0; n < WARP_N / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = kSoftcap ? cap_out * (1.0f - 2.0f / (mfa_exp2_approx(2.0f * kLog2e * cap_in * s[n][e]) + 1.0f))
                            : s[n][e] * args.scale_log2;
         if (needs_mask) {
-          const int key = key0 + n * 8 + quad * 2 + e % 2, row = my_row[e / 2];
+          const int key = key0 + warp_key0 + n * 8 + quad * 2 + e % 2, row = my_row[e / 2];
           const bool visible = key < seq.len_k &&
                                (!kMasked || window.left < 0 || key >= row + window.shift - window.left) &&
                                (!kMasked || window.right < 0 || key <= row + window.shift + window.right);
@@ -261,14 +308,14 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float block_max = row_max[r];
-      for (int n = 0; n < BLOCK_N / 8; ++n) block_max = fmaxf(block_max, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      for (int n = 0; n < WARP_N / 8; ++n) block_max = fmaxf(block_max, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
       block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
       block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
       const float base = block_max == MFA_ATTN_NEG_INF ? 0.0f : block_max;  // a row with nothing visible yet
       const float rescale = mfa_exp2_approx(row_max[r] - base);
       row_max[r] = block_max;
       float sum = 0.0f;
-      for (int n = 0; n < BLOCK_N / 8; ++n) {
+      for (int n = 0; n < WARP_N / 8; ++n) {
         s[n][2 * r] = mfa_exp2_approx(s[n][2 * r] - base);
         s[n][2 * r + 1] = mfa_exp2_approx(s[n][2 * r + 1] - base);
         sum += s[n][2 * r] + s[n][2 * r + 1];
@@ -282,13 +329,14 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
 
     // O += P V: the score fragments of keys 16kk..16kk+15 are exactly the A fragment of that k-step.
 #pragma unroll
-    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+    for (int kk = 0; kk < WARP_N / 16; ++kk) {
       const unsigned p[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
                              pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int n = 0; n < DV / 16; ++n) {
         unsigned b[4];
-        mfa_ldmatrix_x4_trans(b, tile_v + (kk * 16 + lane % 8 + lane / 8 % 2 * 8) * LD_V + n * 16 + lane / 16 * 8);
+        mfa_ldmatrix_x4_trans(b, tile_v + (warp_key0 + kk * 16 + lane % 8 + lane / 8 % 2 * 8) * LD_V + n * 16 +
+                                     lane / 16 * 8);
         const unsigned b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
         mma(o_acc[2 * n], p, b0);
         mma(o_acc[2 * n + 1], p, b1);
@@ -297,6 +345,7 @@ __device__ __forceinline__ void attention_block(const mfa_attn_args &args) {
   }
 
   // ----- epilogue -----
+  if (KEY_WARPS > 1 && !merge_key_warps(o_acc, row_max, row_sum, reinterpret_cast<float *>(sK(0)))) return;
   const bool partial = splits > 1;
   const long long partial_rows = static_cast<long long>(args.batch) * args.heads_q * args.seq_q;
 #pragma unroll

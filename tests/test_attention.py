@@ -165,7 +165,7 @@ def test_variant_enumeration_covers_the_options():
             for v in VARIANTS}
     assert len(keys) == len(VARIANTS)
     portable = [v for v in VARIANTS if v["path"] == "portable"]
-    assert {v["seq_q"] for v in portable} == {1, 128}  # the one-warp decode variant beside the 4-warp one
+    assert {v["seq_q"] for v in portable} == {1, 128}  # the decode variant beside the 64-row one
     assert {v["head_dim_qk"] for v in portable} >= {32, 64, 80, 96, 128, 160, 192, 256}
     assert any(v["head_dim_qk"] != v["head_dim_v"] for v in portable)
     assert {v["window"] for v in portable} == {(-1, -1), (-1, 0), (64, 0)}
@@ -451,12 +451,14 @@ def test_split_kv_combine_row_mappings(torch_cuda, ctx, rng, splits, d_qk, d_v):
     assert torch_cuda.equal(o, o_again) and torch_cuda.equal(lse, lse_again)
 
 
-def test_decode_splits_to_two_blocks_an_sm(ctx):
-    # One-warp decode blocks (a head group's 8 packed rows) split to about two an SM; a grid that already
-    # holds two an SM does not split.
+def test_decode_splits_to_one_block_an_sm(ctx):
+    # Decode blocks (a head group's 8 packed rows) split to about one an SM, none left without key blocks;
+    # a grid that already holds one an SM does not split.
+    key_blocks = 16384 // 64
     one = AttentionPipeline(1, 1, 16384, 32, 4, 128, dtype="bfloat16", context=ctx)
-    assert one.variant.endswith(f".split{2 * ctx.sm_count // 4}"), one.variant
-    full = AttentionPipeline(-(-2 * ctx.sm_count // 4), 1, 16384, 32, 4, 128, dtype="bfloat16", context=ctx)
+    splits = -(-key_blocks // -(-key_blocks // (ctx.sm_count // 4)))
+    assert one.variant.endswith(f".split{splits}"), one.variant
+    full = AttentionPipeline(-(-ctx.sm_count // 4), 1, 16384, 32, 4, 128, dtype="bfloat16", context=ctx)
     assert ".decode" in full.variant and ".split" not in full.variant, full.variant
 
 
