@@ -185,6 +185,11 @@ int64_t query_blocks(const mfa_attention_descriptor &d) { return ceil_div(packed
 
 int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.heads_kv : d.heads_q; }
 
+// Key blocks of the portable kernel along the whole key sequence (the unit split-KV shares out).
+int64_t key_blocks_of(const mfa_attention_descriptor &d) {
+  return ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
+}
+
 // Splits when the unsplit grid leaves SMs idle: 4-warp blocks to about two an SM, every split getting at
 // least 4 key blocks (below that the partials' traffic costs more than the parallelism buys); decode
 // blocks, whose warps share each key block, to about one an SM, down to one key block a split, and no
@@ -194,7 +199,7 @@ int64_t grid_heads(const mfa_attention_descriptor &d) { return packs_gqa(d) ? d.
 // and 73.1. Three or four K/V stages (one block an SM) measured no faster than two.
 int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   const int64_t blocks = d.batch * grid_heads(d) * query_blocks(d);
-  const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
+  const int64_t key_blocks = key_blocks_of(d);
   const bool decode = decode_rows(d);
   if (blocks == 0 || key_blocks == 0 || (blocks >= sm_count && !decode)) return 1;
   const int64_t most = decode ? key_blocks : key_blocks / 4, per_sm = decode ? 1 : 2;
@@ -223,7 +228,7 @@ Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm
     plan.path = MFA_ATTENTION_PATH_HOPPER;
     return plan;
   }
-  const int64_t key_blocks = ceil_div(d.seq_k, mfa_attn_sm80_block_n(int(d.head_dim_qk), int(d.head_dim_v)));
+  const int64_t key_blocks = key_blocks_of(d);
   splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::max<int64_t>(key_blocks, 1)));
   require(d.batch * splits <= 65535, MFA_STATUS_UNSUPPORTED, "descriptor: batch * splits (", d.batch, " * ", splits,
           ") exceeds 65535 blocks");
