@@ -134,7 +134,7 @@ struct AttentionVariant {
   }
 
   std::vector<const char *> entries() const {
-    if (path == MFA_ATTENTION_PATH_HOPPER) return {kHopperEntryPoint};
+    if (path == MFA_ATTENTION_PATH_HOPPER) return {kHopperEntryPoint, kHopperClearEntryPoint};
     return {kPortableEntry, kCombineEntry};
   }
 };
@@ -207,6 +207,14 @@ int auto_splits(const mfa_attention_descriptor &d, int sm_count) {
   return static_cast<int>(ceil_div(key_blocks, ceil_div(key_blocks, splits)));
 }
 
+// The Hopper kernel's workspace is its persistent grid's tile counter.
+Plan hopper_plan() {
+  Plan plan;
+  plan.path = MFA_ATTENTION_PATH_HOPPER;
+  plan.workspace_bytes = kHopperWorkspaceBytes;
+  return plan;
+}
+
 Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm_count) {
   Plan plan;
   int splits = d.splits != 0 ? d.splits : auto_splits(d, std::max(sm_count, 1));
@@ -219,14 +227,12 @@ Plan plan_for(const mfa_attention_descriptor &d, const std::string &arch, int sm
             why);
     require(splits == 1 || d.splits == 0, MFA_STATUS_UNSUPPORTED, "descriptor->splits is ", d.splits,
             ": split-KV runs on the portable path only");
-    plan.path = MFA_ATTENTION_PATH_HOPPER;
-    return plan;
+    return hopper_plan();
   }
   // AUTO: Hopper's query blocks are larger still, so shapes with less than one portable block of
   // queries (decode) stay on the portable path, packed and split.
   if (d.path == MFA_ATTENTION_PATH_AUTO && hopper_ok && splits == 1 && d.seq_q >= MFA_ATTN_SM80_BLOCK_M) {
-    plan.path = MFA_ATTENTION_PATH_HOPPER;
-    return plan;
+    return hopper_plan();
   }
   const int64_t key_blocks = key_blocks_of(d);
   splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::max<int64_t>(key_blocks, 1)));
@@ -416,7 +422,7 @@ struct mfa_attention_pipeline {
   mfa_attention_descriptor descriptor;
   mfa_pipeline_info info;
   mfa::attention::Plan plan;
-  mfa::CUfunction kernel = nullptr, combine = nullptr;
+  mfa::CUfunction kernel = nullptr, combine = nullptr, clear = nullptr;  // clear: the Hopper tile counter's
   mfa::attention::LaunchShape shape{};
 };
 
@@ -430,6 +436,7 @@ void load(mfa_attention_pipeline &pipeline, const AttentionVariant &variant, con
   if (variant.path == MFA_ATTENTION_PATH_HOPPER) {
     pipeline.shape = hopper_launch_shape(d, context.info().sm_count);
     pipeline.kernel = context.function(*lookup.kernel, kHopperEntryPoint);
+    pipeline.clear = context.function(*lookup.kernel, kHopperClearEntryPoint);
   } else {
     const unsigned blocks_x = static_cast<unsigned>(query_blocks(d));
     const unsigned blocks_z = static_cast<unsigned>(d.batch * pipeline.plan.splits);
@@ -449,6 +456,7 @@ mfa_attn_args args_for(const mfa_attention_pipeline &pipeline, const Operands &o
   mfa_attn_args args{};
   args.q = ops.q.data, args.k = ops.k.data, args.v = ops.v.data, args.o = ops.o.data;
   args.lse = reinterpret_cast<float *>(ops.lse.data);
+  if (pipeline.plan.path == MFA_ATTENTION_PATH_HOPPER) args.tile_counter = static_cast<int *>(workspace);
   if (pipeline.plan.splits > 1) {
     args.o_partial = static_cast<float *>(workspace);
     args.lse_partial = reinterpret_cast<float *>(static_cast<char *>(workspace) + pipeline.plan.o_partial_bytes);
@@ -487,7 +495,13 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     std::string why;
     require(hopper_encode_tensor_maps(driver(), d, ops.total_q, ops.total_k, args, &why), MFA_STATUS_MISALIGNED,
             "the Hopper path's tensor maps: ", why);
-    launch(pipeline.kernel, pipeline.shape, stream, args, "cuLaunchKernel(mfa_attention_sm90)");
+    void *clear_params[] = {&args.tile_counter};
+    DependentLaunch(1, kHopperClearThreads, 1, 0, stream)
+        .start(pipeline.clear, clear_params, "cuLaunchKernelEx(mfa_attention_sm90_clear)");
+    void *params[] = {&args};
+    const LaunchShape &shape = pipeline.shape;
+    DependentLaunch(shape.grid[0], shape.threads, 1, static_cast<unsigned>(shape.shared_bytes), stream)
+        .start(pipeline.kernel, params, "cuLaunchKernelEx(mfa_attention_sm90)");
     return;
   }
   // (Launched dependent on the previous grid, as the combine is, the decode steps of a graph took 1.02-1.25x
@@ -643,6 +657,7 @@ MFA_API mfa_status mfa_attention_compile_report(const mfa_attention_descriptor *
     if (path == MFA_ATTENTION_PATH_HOPPER) {
       reports.add(variant.key(), at::kHopperEntryPoint, lookup,
                   static_cast<int64_t>(at::hopper_launch_shape(d, at::kHopperReportSms).shared_bytes));
+      reports.add(variant.key(), at::kHopperClearEntryPoint, lookup, 0);
     } else {
       reports.add(variant.key(), at::kPortableEntry, lookup, at::portable_smem_bytes(d));
       reports.add(variant.key(), at::kCombineEntry, lookup, 0);

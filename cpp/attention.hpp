@@ -2,6 +2,7 @@
 // path, split-KV, the ABI) asks of the Hopper path's host side (cpp/attention_sm90.cpp).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "driver.hpp"
@@ -22,11 +23,15 @@ int32_t mask_of(const mfa_attention_descriptor &descriptor);
 // Whether the Hopper kernel serves this (validated) descriptor; if not, `why` says what it lacks.
 bool hopper_supports(const mfa_attention_descriptor &descriptor, std::string *why);
 
-// The kernel file the generated source includes after the variant macros, and the entry point.
+// The kernel file the generated source includes after the variant macros, and the entry points: the
+// persistent attention grid, and the kernel that zeroes its tile counter ahead of it.
 constexpr const char *kHopperKernelFile = "attention_sm90.cu";
 constexpr const char *kHopperEntryPoint = "mfa_attention_sm90";
+constexpr const char *kHopperClearEntryPoint = "mfa_attention_sm90_clear";
+constexpr unsigned kHopperClearThreads = 32;  // the clearing kernel's __launch_bounds__
+constexpr uint64_t kHopperWorkspaceBytes = 256;  // the tile counter's 4 bytes, in the workspaces' 256-byte granule
 
-// Launch shape for a descriptor (with the actual token counts for varlen, total_q).
+// Launch shape for a descriptor on a device of `sm_count` SMs.
 LaunchShape hopper_launch_shape(const mfa_attention_descriptor &descriptor, int sm_count);
 
 // Fills args.tma_q/k/v/o for the tensors already described in args (pointers, strides, lengths).

@@ -25,6 +25,14 @@ mfa_attn_sm90_shape sm90_shape_of(const mfa_attention_descriptor &d) {
   return {static_cast<int>(d.head_dim_qk), static_cast<int>(d.head_dim_v), d.softcap > 0.0f, mask_of(d)};
 }
 
+// The query tiles (128 or 192 rows, attention.cuh) of every head of every sequence (varlen: of the
+// longest sequence; tiles past a shorter one's end cost a counter fetch). The persistent grid
+// (attention_sm90.cu) runs at most one block an SM, each taking tiles until none is left.
+int64_t hopper_tile_count(const mfa_attention_descriptor &d) {
+  const int64_t block_m = mfa_attn_sm90_block_m(sm90_shape_of(d));
+  return std::max<int64_t>(1, (d.seq_q + block_m - 1) / block_m) * d.heads_q * d.batch;
+}
+
 // Callers may pass no `why` (they only ask whether); a refusal explains itself when they do.
 bool refuse(std::string *why, std::string reason) {
   if (why) *why = std::move(reason);
@@ -111,9 +119,9 @@ bool hopper_supports(const mfa_attention_descriptor &d, std::string *why) {
   if (d.splits > 1) {
     return refuse(why, "the Hopper kernel computes whole rows: split-KV (splits > 1) runs on the portable path");
   }
-  if (d.heads_q > 65535 || d.batch > 65535) {
-    return refuse(why, concat("the Hopper grid is (query tiles, heads_q, batch): heads_q ", d.heads_q, " and batch ",
-                              d.batch, " must be at most 65535"));
+  if (hopper_tile_count(d) > INT32_MAX / 2) {  // tile indices and the counter are 32-bit, with room past the end
+    return refuse(why, concat("the Hopper path numbers its query tiles (of every head and sequence) in 32 bits: ",
+                              hopper_tile_count(d), " tiles are too many"));
   }
   // The online softmax takes row maxima of the scaled scores: a negative scale would turn them into minima.
   if (d.scale < 0.0f) {
@@ -122,20 +130,11 @@ bool hopper_supports(const mfa_attention_descriptor &d, std::string *why) {
   return true;
 }
 
-// One block per query tile (128 or 192 rows, attention.cuh) of one head of one sequence (varlen: of the
-// longest sequence; the blocks past a shorter one's end exit at once). Not persistent: at one block per
-// SM, the hardware's block scheduler already backfills SMs as tiles finish, and the kernel hands out the
-// heaviest causal tiles first (attention_sm90.cu). A persistent grid that overlapped each tile's Q and
-// first K/V loads with the previous tile's end, on a static schedule (units of two query tiles, i and
-// tiles_m - 1 - i, equal work under a causal mask, round robin), measured slower on an H200 (bf16, 16k
-// tokens, seq 16384: d64 549 -> 502 TFLOPS, d128 707 -> 687; faster only at seq 512): units of two tiles
-// double the last wave's waste, and a static schedule cannot move work off a slower SM.
-LaunchShape hopper_launch_shape(const mfa_attention_descriptor &d, int /*sm_count*/) {
+LaunchShape hopper_launch_shape(const mfa_attention_descriptor &d, int sm_count) {
   const mfa_attn_sm90_shape shape = sm90_shape_of(d);
-  const int64_t block_m = mfa_attn_sm90_block_m(shape);
-  const int64_t tiles = std::max<int64_t>(1, (d.seq_q + block_m - 1) / block_m);
-  return {{static_cast<unsigned>(tiles), static_cast<unsigned>(d.heads_q), static_cast<unsigned>(d.batch)},
-          static_cast<unsigned>(mfa_attn_sm90_threads(shape)), static_cast<size_t>(mfa_attn_sm90_smem_bytes(shape))};
+  const int64_t blocks = std::clamp<int64_t>(hopper_tile_count(d), 1, std::max(sm_count, 1));
+  return {{static_cast<unsigned>(blocks), 1, 1}, static_cast<unsigned>(mfa_attn_sm90_threads(shape)),
+          static_cast<size_t>(mfa_attn_sm90_smem_bytes(shape))};
 }
 
 // Varlen maps run over the packed tokens with a batch extent of 1 (sequence b starts at token

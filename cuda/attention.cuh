@@ -95,6 +95,7 @@ struct mfa_attn_args {
   float *lse_partial;         // split-KV workspace: [splits][batch * heads_q * seq_q] fp32
   const int *cu_seqlens_q;    // [batch + 1] or null (dense)
   const int *cu_seqlens_k;    // [batch + 1] or null (dense)
+  int *tile_counter;          // Hopper path: the persistent grid's next tile (workspace, zeroed ahead of the grid)
   long long q_batch_stride, q_seq_stride, q_head_stride;
   long long k_batch_stride, k_seq_stride, k_head_stride;
   long long v_batch_stride, v_seq_stride, v_head_stride;
@@ -168,9 +169,10 @@ MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_k_bytes(mfa_attn_sm90_shape s) 
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_v_bytes(mfa_attn_sm90_shape s) {
   return mfa_attn_sm90_block_n(s) * mfa_attn_sm90_pad(s.d_v) * 2;
 }
-// Shared memory besides the tiles: 1 KB to align the swizzled regions, the mbarriers (Q's, then
-// full/empty of K and of V per stage: 8 bytes each).
-MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_overhead(int stages) { return 1024 + 8 * (1 + 4 * stages); }
+// Shared memory besides the tiles: 1 KB to align the swizzled regions, the mbarriers (8 bytes each: Q's
+// full/empty, full/empty of K and of V per stage), then the tile slot (the index of the tile whose Q is
+// loaded, which the producer hands the consumers).
+MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_overhead(int stages) { return 1024 + 8 * (2 + 4 * stages) + 4; }
 MFA_ATTN_HOST_DEVICE constexpr int mfa_attn_sm90_smem_for(mfa_attn_sm90_shape s, int stages) {
   return mfa_attn_sm90_q_bytes(s) + stages * (mfa_attn_sm90_k_bytes(s) + mfa_attn_sm90_v_bytes(s)) +
          mfa_attn_sm90_overhead(stages);

@@ -1,12 +1,14 @@
 // attention_sm90.cu: the Hopper (sm_90a) attention forward, FlashAttention-3 style (arXiv 2407.08608).
-// A block computes 128 (or 192) query rows of one head: a producer warpgroup streams K and V blocks through
+// A tile is 128 (or 192) query rows of one head: a producer warpgroup streams its K and V blocks through
 // a ring of shared-memory stages with TMA; two (or three) consumer warpgroups of 64 rows run S = Q K^T and
-// O += P V with wgmma, the online softmax in registers between them. Overlap comes from two places:
+// O += P V with wgmma, the online softmax in registers between them. Overlap comes from three places:
 // the consumers take turns issuing their matrix products (ping-pong: one's softmax runs while the
-// other's wgmma do), and each consumer issues the next block's S before the current softmax ends.
+// other's wgmma do), each consumer issues the next block's S before the current softmax ends, and the
+// grid is persistent: while the consumers finish a tile, the producer loads the next one's Q and K/V.
 //
 // Included after attention.cuh by a generated source that defines MFA_ATTN_DTYPE, MFA_ATTN_D_QK,
 // MFA_ATTN_D_V, MFA_ATTN_MASK and MFA_ATTN_SOFTCAP (attention.cuh). PTX ISA sections follow ptx_sm90.cuh.
+#include "ptx_cluster.cuh"  // programmatic dependent launch behind the tile counter's clearing kernel
 #include "ptx_sm90.cuh"
 
 namespace mfa_attn_sm90 {
@@ -35,7 +37,7 @@ constexpr unsigned kQConsumerBytes = kBoxesQk * kQBoxBytes;    // one consumer's
 constexpr unsigned kKVBoxBytes = kBlockN * kRowBytes;          // kBlockN rows x 64 dims
 constexpr unsigned kKBytes = kBoxesQk * kKVBoxBytes;
 constexpr unsigned kVBytes = kBoxesV * kKVBoxBytes;
-constexpr int kConsumerWarps = 4 * kConsumers;                // arrivals that free a stage
+constexpr int kConsumerWarps = 4 * kConsumers;                // arrivals that free a stage, Q or the tile slot
 // setmaxnreg budgets (producer, consumer): the block's threads share the 65536-register file, so
 // 128 * 24 + 256 * 240 = 64512 and 128 * 32 + 384 * 160 = 65536. The producer only issues TMA.
 constexpr int kProducerRegisters = kConsumers == 2 ? 24 : 32;
@@ -53,14 +55,15 @@ static_assert(mfa_attn_sm90_q_bytes(kShape) == kConsumers * kQConsumerBytes,
 static_assert(mfa_attn_sm90_k_bytes(kShape) == kKBytes && mfa_attn_sm90_v_bytes(kShape) == kVBytes,
               "K/V stage sizes agree with attention.cuh");
 
-// ----- shared memory: Q, the K/V ring, the mbarriers -----
-// [Q of consumer 0][Q of consumer 1]...[stage 0: K, V][stage 1: K, V]..., then the barriers. Every region
-// is a stack of TMA boxes (64 dims wide, 128 bytes a row, CU_TENSOR_MAP_SWIZZLE_128B: chunk c of row r
-// lands at chunk c ^ (r % 8)), each starting on a 1024-byte boundary so that the swizzle's phase is
-// the address's own bits 7-9 and the wgmma descriptors' base offset stays 0.
-// Barriers: q_full (1 arrival + Q's bytes); per stage k_full / v_full (1 arrival + the tile's bytes),
-// k_empty / v_empty (one arrival per consumer warp once its wgmma stopped reading the tile). K and V
-// have their own barriers because a block's K is consumed (S) one step before its V (P V).
+// ----- shared memory: Q, the K/V ring, the mbarriers, the tile slot -----
+// [Q of consumer 0][Q of consumer 1]...[stage 0: K, V][stage 1: K, V]..., then the barriers and the slot.
+// Every region is a stack of TMA boxes (64 dims wide, 128 bytes a row, CU_TENSOR_MAP_SWIZZLE_128B: chunk
+// c of row r lands at chunk c ^ (r % 8)), each starting on a 1024-byte boundary so that the swizzle's
+// phase is the address's own bits 7-9 and the wgmma descriptors' base offset stays 0.
+// Barriers: q_full (1 arrival + Q's bytes: the tile's index is in the slot and its Q has landed), q_empty
+// (one arrival per consumer warp once its tile's last S retired); per stage k_full / v_full (1 arrival +
+// the tile's bytes), k_empty / v_empty (one arrival per consumer warp once its wgmma stopped reading the
+// tile). K and V have their own barriers because a block's K is consumed (S) one step before its V (P V).
 struct smem_layout {
   unsigned base;  // 1024-byte aligned shared address of Q
 
@@ -73,6 +76,8 @@ struct smem_layout {
   __device__ unsigned k_empty(int stage) const { return bars() + 8 * (1 + kStages + stage); }
   __device__ unsigned v_full(int stage) const { return bars() + 8 * (1 + 2 * kStages + stage); }
   __device__ unsigned v_empty(int stage) const { return bars() + 8 * (1 + 3 * kStages + stage); }
+  __device__ unsigned q_empty() const { return bars() + 8 * (1 + 4 * kStages); }
+  __device__ unsigned tile_slot() const { return bars() + 8 * (2 + 4 * kStages); }
 };
 
 __device__ __forceinline__ smem_layout smem_layout_at(unsigned char *smem) {
@@ -83,6 +88,7 @@ __device__ __forceinline__ smem_layout smem_layout_at(unsigned char *smem) {
 // proxy in which TMA completes transactions, ahead of the block-wide barrier that follows.
 __device__ __forceinline__ void init_barriers(const smem_layout &smem) {
   mfa_mbar_init(smem.q_full(), 1);
+  mfa_mbar_init(smem.q_empty(), kConsumerWarps);
   for (int s = 0; s < kStages; ++s) {
     mfa_mbar_init(smem.k_full(s), 1);
     mfa_mbar_init(smem.v_full(s), 1);
@@ -147,14 +153,17 @@ __device__ __forceinline__ window window_of(const mfa_attn_args &args) {
 #endif
 }
 
-// Blocks are handed out heaviest first: under a causal mask the last query tiles see the most keys,
-// and starting them first keeps the tail of the grid short (FA3's scheduler does the same).
-__device__ __forceinline__ tile tile_of(const mfa_attn_args &args) {
+// Tile indices run over (query tile, head, batch), query tile fastest and heaviest first: under a causal
+// mask the last query tiles see the most keys, and starting them first keeps the tail of the grid short
+// (FA3's scheduler does the same), while the tiles in flight share the K and V of few heads in L2.
+__device__ __forceinline__ int query_tiles(const mfa_attn_args &args) { return (args.seq_q + kBlockM - 1) / kBlockM; }
+__device__ __forceinline__ tile tile_of(const mfa_attn_args &args, int index) {
   tile t;
-  t.m0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;
-  t.head = blockIdx.y;
+  const int m_tiles = query_tiles(args);
+  t.m0 = (m_tiles - 1 - index % m_tiles) * kBlockM;
+  t.head = index / m_tiles % args.heads_q;
   t.head_kv = t.head / (args.heads_q / args.heads_kv);
-  t.batch = blockIdx.z;
+  t.batch = index / m_tiles / args.heads_q;
   if (args.cu_seqlens_q) {
     t.q_token0 = args.cu_seqlens_q[t.batch];
     t.k_token0 = args.cu_seqlens_k[t.batch];
@@ -177,17 +186,29 @@ __device__ __forceinline__ tile tile_of(const mfa_attn_args &args) {
   return t;
 }
 
-// ----- producer: one thread loads Q once, then K and V of each key block, last block first -----
-__device__ __forceinline__ void produce(const smem_layout &smem, const mfa_attn_args &args, const tile &t) {
-  mfa_tma_prefetch_map(&args.tma_q);
-  mfa_tma_prefetch_map(&args.tma_k);
-  mfa_tma_prefetch_map(&args.tma_v);
+// A tile has work when it holds query rows (varlen: a shorter sequence has fewer) and they see a key.
+__device__ __forceinline__ bool has_rows(const tile &t) { return t.m0 < t.len_q; }
+__device__ __forceinline__ bool has_keys(const tile &t) { return t.n_end > t.n_begin; }
+
+// ----- the persistent schedule -----
+// gridDim.x blocks, at most one an SM, share out the tiles: block b takes tile b first, then whichever
+// index the counter hands out next (args.tile_counter, zeroed ahead of the grid by
+// mfa_attention_sm90_clear), so an SM that finishes early takes the next tile, as the hardware's block
+// scheduler would. (A persistent grid on a static schedule measured slower than one block a tile: H200,
+// bf16, seq 16384, d64 549 -> 502 TFLOPS; it could not move work off a slower SM.)
+// The producer thread fetches each index and hands it to the consumers in the tile slot, which travels
+// with Q: q_full completes once both are there, and q_empty frees both. A tile without work takes a turn
+// of Q's barriers all the same (no bytes), so that Q's phase is the tile's; kNoTile ends the loop.
+constexpr int kNoTile = -1;
+
+// ----- producer: one thread loads each tile's Q, then K and V of each key block, last block first -----
+__device__ __forceinline__ void load_tile(const smem_layout &smem, const mfa_attn_args &args, const tile &t,
+                                          ring_pos &pos) {
   mfa_mbar_arrive_expect_tx(smem.q_full(), kConsumers * kQConsumerBytes);
   for (int consumer = 0; consumer < kConsumers; ++consumer)
     for (int box = 0; box < kBoxesQk; ++box)
       mfa_tma_load_4d(smem.q(consumer) + box * kQBoxBytes, &args.tma_q, smem.q_full(), box * MFA_ATTN_SM90_BOX,
                       t.q_token0 + t.m0 + consumer * kRows, t.head, t.batch_coord);
-  ring_pos pos;
   for (int n = t.n_end - 1; n >= t.n_begin; --n) {
     const int token = t.k_token0 + n * kBlockN;
     mfa_mbar_wait(smem.k_empty(pos.stage), pos.phase ^ 1);
@@ -201,6 +222,32 @@ __device__ __forceinline__ void produce(const smem_layout &smem, const mfa_attn_
       mfa_tma_load_4d(smem.v(pos.stage) + box * kKVBoxBytes, &args.tma_v, smem.v_full(pos.stage),
                       box * MFA_ATTN_SM90_BOX, token, t.head_kv, t.batch_coord);
     pos.advance();
+  }
+}
+
+__device__ __forceinline__ void produce(const smem_layout &smem, const mfa_attn_args &args) {
+  mfa_tma_prefetch_map(&args.tma_q);
+  mfa_tma_prefetch_map(&args.tma_k);
+  mfa_tma_prefetch_map(&args.tma_v);
+  const int tiles = query_tiles(args) * args.heads_q * args.batch;
+  ring_pos pos;
+  for (int index = blockIdx.x, q_parity = 0;; q_parity ^= 1) {
+    mfa_mbar_wait(smem.q_empty(), q_parity ^ 1);
+    mfa_st_shared_b32(smem.tile_slot(), static_cast<unsigned>(index < tiles ? index : kNoTile));
+    if (index >= tiles) {
+      mfa_mbar_arrive(smem.q_full());  // release: the consumers see kNoTile
+      return;
+    }
+    const tile t = tile_of(args, index);
+    if (has_rows(t) && has_keys(t)) {
+      load_tile(smem, args, t, pos);
+    } else {
+      mfa_mbar_arrive(smem.q_full());
+    }
+    // Claimed once this tile's last load is issued, a stage or two before its consumers finish: claimed
+    // as the tile starts, causal grids ran 5-9% slower at seq 16384 (H200, bf16, d128 and d256), blocks
+    // deep in a long tile holding the last tiles while other SMs idled.
+    index = gridDim.x + atomicAdd(args.tile_counter, 1);
   }
 }
 
@@ -415,27 +462,31 @@ struct consumer {
   const tile &t;
   int w;                    // this consumer warpgroup
   int row;                  // query index of this thread's first row
-  window win;
-  score_transform f;
   float o[kOAcc];
   row_state st;
-  unsigned p[kPRegs];       // P of the block whose V is at v_pos
+  unsigned p[kPRegs];       // P of the block whose V is at pos.previous()
   float rescale[2];
-  ring_pos pos, v_pos;      // the next K/V stage; the stage whose V multiplies p
+  ring_pos &pos;            // the next K/V stage, carried from tile to tile
 
-  __device__ consumer(const smem_layout &smem, const mfa_attn_args &args, const tile &t, int w)
+  __device__ consumer(const smem_layout &smem, const mfa_attn_args &args, const tile &t, int w, ring_pos &pos)
       : smem(smem), args(args), t(t), w(w),
         row(t.m0 + w * kRows + (threadIdx.x % 128) / 32 * 16 + threadIdx.x % 32 / 4),
-        win(window_of(args)), f(score_transform_of(args)), st{{MFA_ATTN_NEG_INF, MFA_ATTN_NEG_INF}, {0.0f, 0.0f}} {
+        st{{MFA_ATTN_NEG_INF, MFA_ATTN_NEG_INF}, {0.0f, 0.0f}}, pos(pos) {
 #pragma unroll
     for (int i = 0; i < kOAcc; ++i) o[i] = 0.0f;
   }
 
+  // The window and the score transform come from the parameters where they are used rather than living
+  // in registers: the persistent tile loop left the d64 window variant (three consumers, 160 registers)
+  // two registers short.
+  __device__ window win() const { return window_of(args); }
+  __device__ score_transform f() const { return score_transform_of(args); }
+
   // Scores of block n (retired, in s) to P: soft-capping, the mask when MASKED, the online softmax.
   template <bool MASKED>
   __device__ __forceinline__ void softmax(float (&s)[kSAcc], int n) {
-    transform_and_mask<MASKED>(s, f, row, n * kBlockN, t.len_k, t.len_k - t.len_q, win);
-    online_softmax(s, st, f.mult, rescale);
+    transform_and_mask<MASKED>(s, f(), row, n * kBlockN, t.len_k, t.len_k - t.len_q, win());
+    online_softmax(s, st, f().mult, rescale);
   }
 
   // The first (last-indexed) block: S only. It holds the diagonal or the sequence's end, so it is masked.
@@ -451,13 +502,13 @@ struct consumer {
     release(smem.k_empty(pos.stage));
     softmax<true>(s, t.n_end - 1);
     scores_to_p(s, p);
-    v_pos = pos;
     pos.advance();
   }
 
   template <bool MASKED>
   __device__ __forceinline__ void step(int n) {
     float s[kSAcc];
+    const ring_pos v_pos = pos.previous();
     wait_turn(w);
     mfa_mbar_wait(smem.k_full(pos.stage), pos.phase);
     fence_all(o);
@@ -476,12 +527,12 @@ struct consumer {
     release(smem.v_empty(v_pos.stage));
     rescale_o(o, rescale);
     scores_to_p(s, p);
-    v_pos = pos;
     pos.advance();
   }
 
   // The last P V, then O and the LSE out.
   __device__ __forceinline__ void finish() {
+    const ring_pos v_pos = pos.previous();
     wait_turn(w);
     mfa_mbar_wait(smem.v_full(v_pos.stage), v_pos.phase);
     fence_all(o);
@@ -492,7 +543,7 @@ struct consumer {
     fence_all(o);
     fence_all(p);
     release(smem.v_empty(v_pos.stage));
-    store_rows(args, t, row, o, st, f.mult);
+    store_rows(args, t, row, o, st, f().mult);
   }
 
   // The unmasked blocks run in a loop of their own, so that only the blocks that need it carry the mask
@@ -501,10 +552,9 @@ struct consumer {
   // live values (run-time window bounds, soft-capping) keep a single, masked step: a second copy spilled
   // there (d64 window, d256 causal soft-capped).
   __device__ __forceinline__ void run() {
-    mfa_mbar_wait(smem.q_full(), 0);
     first_block();
     constexpr bool kSplit = MFA_ATTN_MASK != MFA_ATTN_MASK_WINDOW && !kSoftcap;
-    const unmasked_range unmasked = unmasked_range_of(t, win);
+    const unmasked_range unmasked = unmasked_range_of(t, win());
     for (int n = t.n_end - 2; n >= t.n_begin; --n) {
       if (kSplit && n >= unmasked.begin && n < unmasked.end) {
         for (; n >= max(unmasked.begin, t.n_begin); --n) step<false>(n);
@@ -512,6 +562,7 @@ struct consumer {
       }
       step<true>(n);
     }
+    release(smem.q_empty());  // every S of the tile retired: the producer may load the next tile's Q
     finish();
   }
 };
@@ -526,33 +577,56 @@ __device__ __forceinline__ void store_empty(const mfa_attn_args &args, const til
   store_rows(args, t, t.m0 + w * kRows + warp * 16 + lane / 4, o, st, 1.0f);
 }
 
+// Every tile the producer hands this consumer warpgroup, until it hands none.
+__device__ __forceinline__ void consume(const smem_layout &smem, const mfa_attn_args &args, int w) {
+  ring_pos pos;
+  for (unsigned q_parity = 0;; q_parity ^= 1) {
+    mfa_mbar_wait(smem.q_full(), q_parity);
+    const int index = mfa_ld_shared_b32(smem.tile_slot());
+    if (index == kNoTile) return;
+    const tile t = tile_of(args, index);
+    if (has_rows(t) && has_keys(t)) {
+      consumer(smem, args, t, w, pos).run();  // frees Q and the slot once its last S retired
+      continue;
+    }
+    __syncwarp();  // every lane has read the slot before its warp frees it
+    release(smem.q_empty());
+    if (has_rows(t)) store_empty(args, t, w);
+  }
+}
+
 }  // namespace mfa_attn_sm90
 
-// ----- the kernel -----
-// Grid (query tiles, heads_q, batch), mfa_attn_sm90_threads threads, mfa_attn_sm90_smem_bytes of dynamic
-// shared memory (one block per SM); setmaxnreg moves registers from the producer to the consumers.
+// ----- the kernels -----
+// Persistent: min(tiles, SMs) blocks of mfa_attn_sm90_threads threads with mfa_attn_sm90_smem_bytes of
+// dynamic shared memory (one block an SM); setmaxnreg moves registers from the producer to the consumers.
+// Launched dependent on mfa_attention_sm90_clear: a block sets up its barriers while that kernel and the
+// one before it end, then waits for both before it touches global memory.
 extern "C" __global__ void __launch_bounds__(mfa_attn_sm90::kThreads, 1)
     mfa_attention_sm90(const __grid_constant__ mfa_attn_args args) {
   using namespace mfa_attn_sm90;
-  const tile t = tile_of(args);
-  if (t.m0 >= t.len_q) return;  // past this sequence's queries (varlen), the whole block alike
-  const int warpgroup = mfa_warpgroup_index();
-  if (t.n_end <= t.n_begin) {
-    if (warpgroup > 0) store_empty(args, t, warpgroup - 1);
-    return;
-  }
   extern __shared__ unsigned char mfa_attn_sm90_smem[];  // aligned up to 1024 bytes by smem_layout_at
   const smem_layout smem = smem_layout_at(mfa_attn_sm90_smem);
   if (threadIdx.x == 0) init_barriers(smem);
   __syncthreads();
+  mfa_grid_dependency_wait();
 
-  if (warpgroup == 0) {
+  if (mfa_warpgroup_index() == 0) {
     mfa_setmaxnreg_dec<kProducerRegisters>();
-    if (threadIdx.x / 32 == 0 && mfa_elect_one()) produce(smem, args, t);
+    if (threadIdx.x / 32 == 0 && mfa_elect_one()) produce(smem, args);
   } else {
     mfa_setmaxnreg_inc<kConsumerRegisters>();
-    const int w = warpgroup - 1;
+    const int w = mfa_warpgroup_index() - 1;
     if (w == kConsumers - 1) pass_turn(w);  // consumer 0 issues first
-    consumer(smem, args, t, w).run();
+    consume(smem, args, w);
   }
+}
+
+// The tile counter, zeroed ahead of every launch (the workspace is plain scratch memory between encodes,
+// and a replayed command list resets it too). As gemm_sm90.cu's flag clearing: a kernel rather than a
+// memset node, so that the attention grid may launch while it runs.
+extern "C" __global__ void __launch_bounds__(32) mfa_attention_sm90_clear(int *tile_counter) {
+  mfa_grid_dependency_wait();
+  mfa_grid_launch_dependents();
+  if (threadIdx.x == 0) *tile_counter = 0;
 }

@@ -94,6 +94,10 @@ struct mfa_ring_pos {
       phase ^= 1;
     }
   }
+  // The position one step back: the stage touched last.
+  __device__ mfa_ring_pos previous() const {
+    return stage == 0 ? mfa_ring_pos{STAGES - 1, phase ^ 1u} : mfa_ring_pos{stage - 1, phase};
+  }
 };
 
 // ----- named barriers (bar.sync, 9.7.13.1): synchronise a subset of the block's warps -----
@@ -169,12 +173,17 @@ __device__ __forceinline__ void mfa_tma_load_3d_multicast(unsigned dst, const vo
       : "memory");
 }
 
-// 2-, 4- and 8-byte stores to shared memory at a shared-window address.
+// 2-, 4- and 8-byte stores to shared memory at a shared-window address, and a 4-byte load.
 __device__ __forceinline__ void mfa_st_shared_b16(unsigned address, unsigned short value) {
   asm volatile("st.shared.b16 [%0], %1;" : : "r"(address), "h"(value) : "memory");
 }
 __device__ __forceinline__ void mfa_st_shared_b32(unsigned address, unsigned value) {
   asm volatile("st.shared.b32 [%0], %1;" : : "r"(address), "r"(value) : "memory");
+}
+__device__ __forceinline__ int mfa_ld_shared_b32(unsigned address) {
+  int value;
+  asm volatile("ld.shared.b32 %0, [%1];" : "=r"(value) : "r"(address) : "memory");
+  return value;
 }
 __device__ __forceinline__ void mfa_st_shared_v2_f32(unsigned address, float x, float y) {
   asm volatile("st.shared.v2.f32 [%0], {%1, %2};" : : "r"(address), "f"(x), "f"(y) : "memory");

@@ -526,7 +526,8 @@ typedef struct mfa_attention_tensors {
 typedef struct mfa_attention_pipeline mfa_attention_pipeline;
 
 /* Validates the descriptor, generates and compiles its kernels (or finds them in a cache); the info's
- * workspace_bytes is what encode needs (split-KV partials; 0: pass NULL). */
+ * workspace_bytes is what encode needs (split-KV partials, or the Hopper path's tile counter; 0: pass
+ * NULL). Encodes sharing a workspace must not run concurrently. */
 MFA_API mfa_status mfa_attention_pipeline_create(mfa_context *context, const mfa_attention_descriptor *descriptor,
                                                  mfa_attention_pipeline **out_pipeline);
 MFA_API mfa_status mfa_attention_pipeline_destroy(mfa_attention_pipeline *pipeline);
