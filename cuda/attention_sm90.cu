@@ -489,6 +489,13 @@ struct consumer {
     online_softmax(s, st, f().mult, rescale);
   }
 
+  // S of block n retired: its K stage is free, and after the tile's last S so is Q (with the tile slot), so
+  // that the next tile's Q loads while this one's last softmax and P V run.
+  __device__ __forceinline__ void release_k(int n) {
+    release(smem.k_empty(pos.stage));
+    if (n == t.n_begin) release(smem.q_empty());
+  }
+
   // The first (last-indexed) block: S only. It holds the diagonal or the sequence's end, so it is masked.
   __device__ __forceinline__ void first_block() {
     float s[kSAcc];
@@ -499,7 +506,7 @@ struct consumer {
     pass_turn(w);
     mfa_wgmma_wait_group<0>();
     fence_all(s);
-    release(smem.k_empty(pos.stage));
+    release_k(t.n_end - 1);
     softmax<true>(s, t.n_end - 1);
     scores_to_p(s, p);
     pos.advance();
@@ -519,7 +526,7 @@ struct consumer {
     pass_turn(w);
     mfa_wgmma_wait_group<1>();  // S_n retired; P V may still run
     fence_all(s);
-    release(smem.k_empty(pos.stage));
+    release_k(n);
     softmax<MASKED>(s, n);
     mfa_wgmma_wait_group<0>();  // P V retired: O and P are free to change
     fence_all(o);
@@ -562,7 +569,6 @@ struct consumer {
       }
       step<true>(n);
     }
-    release(smem.q_empty());  // every S of the tile retired: the producer may load the next tile's Q
     finish();
   }
 };
