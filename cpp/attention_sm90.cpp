@@ -138,8 +138,9 @@ LaunchShape hopper_launch_shape(const mfa_attention_descriptor &d, int sm_count)
 }
 
 // Varlen maps run over the packed tokens with a batch extent of 1 (sequence b starts at token
-// cu_seqlens[b]). O is written by the consumers' own stores (rows masked to each sequence's length),
-// so tma_o stays zero; those stores move column pairs, which needs o and its strides 4-byte aligned.
+// cu_seqlens[b]). O is written by the consumers' own 16-byte stores (rows masked to each sequence's
+// length), so tma_o stays zero; the tensor rules (attention.cpp: 16-byte aligned, strides multiples of 8
+// elements) keep those stores aligned.
 bool hopper_encode_tensor_maps(const DriverApi &driver, const mfa_attention_descriptor &d, long long total_q,
                                long long total_k, mfa_attn_args &args, std::string *why) {
   const bool varlen = d.varlen != 0;
@@ -151,11 +152,6 @@ bool hopper_encode_tensor_maps(const DriverApi &driver, const mfa_attention_desc
                               args.k_batch_stride);
   const TmaView v = make_view(args.v, d.head_dim_v, total_k, d.heads_kv, batch, args.v_seq_stride, args.v_head_stride,
                               args.v_batch_stride);
-  const bool o_pairs = reinterpret_cast<uintptr_t>(args.o) % 4 == 0 && args.o_seq_stride % 2 == 0 &&
-                       args.o_head_stride % 2 == 0 && (batch == 1 || args.o_batch_stride % 2 == 0);
-  if (!o_pairs) {
-    return refuse(why, "o: the Hopper path stores column pairs, which needs a 4-byte aligned base and even strides");
-  }
   args.tma_o = mfa_attn_tensor_map{};
   // Q boxes are 64 rows: one per consumer warpgroup, each its own 128B-swizzled region.
   return encode(driver, d.dtype, q, 64, "q", &args.tma_q, why) &&
