@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mfa_c
-from mfa_c._ffi import new_struct
+from mfa_c._ffi import ffi, new_struct
 from mfa_c._tensors import DTYPES, TensorView, compact_strides
 from mfa_c.attention import (_INT32, TOLERANCES, _descriptor_fields, AttentionPipeline, attention, attention_compile_report,
                              attention_reference, attention_validate, attention_variants)
@@ -560,6 +560,34 @@ def test_command_list_replays_the_forward(torch_cuda, ctx, rng, path):
         torch_cuda.cuda.synchronize()
         check_against_reference(torch_cuda, q, k, v, o, lse, causal=True)
     commands.close()
+
+
+# Both workspaces are required: without one, or with too few bytes, encode refuses before it launches
+# anything, so the (poisoned) output stays untouched.
+@pytest.mark.parametrize("path", PATHS)
+def test_encode_refuses_a_missing_workspace(torch_cuda, ctx, rng, path):
+    shape = dict(seq_q=4, seq_k=4096, heads_q=8, heads_kv=1, d=128) if path == "portable" else \
+        dict(seq_q=256, seq_k=256, heads_q=4, heads_kv=4, d=64)
+    q, k, v = dense_case(torch_cuda, rng, dtype="bfloat16", batch=1, **shape)
+    if path == "hopper":
+        skip_unless_path(ctx, path, **descriptor_of(q, k, v))
+    pipeline = AttentionPipeline(**descriptor_of(q, k, v), path=path)
+    needed, workspace = pipeline.info["workspace_bytes"], pipeline._workspace
+    o = poisoned(torch_cuda, q.shape[:-1] + (v.shape[-1],), q.dtype)
+    try:
+        pipeline._workspace = type("NoWorkspace", (), {"pointer": ffi.NULL})()
+        with pytest.raises(mfa_c.MFAError) as caught:
+            pipeline.encode(q, k, v, o)
+        assert caught.value.status_name == "MFA_STATUS_INVALID_ARGUMENT" and "workspace" in caught.value.message
+        pipeline._workspace = workspace
+        pipeline.info["workspace_bytes"] = needed - 1
+        with pytest.raises(mfa_c.MFAError) as caught:
+            pipeline.encode(q, k, v, o)
+        assert f"the pipeline needs {needed}" in caught.value.message, caught.value.message
+    finally:
+        pipeline._workspace, pipeline.info["workspace_bytes"] = workspace, needed
+    torch_cuda.cuda.synchronize()
+    assert bool(torch_cuda.isnan(o).all()), "a refused encode wrote o"
 
 
 def test_nan_inputs_never_pass(torch_cuda, ctx, rng):
