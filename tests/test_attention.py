@@ -536,14 +536,20 @@ def test_empty_queries_and_keys(torch_cuda, ctx, rng):
 
 # The two forwards that keep state in their workspace: split-KV's partials (the split forward, then its
 # combine) and the Hopper path's tile counter (its clearing kernel, then the persistent grid, here with more
-# tiles than an H100 or H200 has SMs: a counter left unreset would skip tiles on the second replay).
-@pytest.mark.parametrize("path", PATHS)
-def test_command_list_replays_the_forward(torch_cuda, ctx, rng, path):
+# tiles than an H100 or H200 has SMs: a counter left unreset would skip tiles). Returns q, k, v and the shape.
+def workspace_case(torch, ctx, rng, path):
     shape = dict(seq_q=4, seq_k=4096, heads_q=8, heads_kv=1, d=128) if path == "portable" else \
         dict(seq_q=500, seq_k=520, heads_q=64, heads_kv=8, d=64)
-    q, k, v = dense_case(torch_cuda, rng, dtype="bfloat16", batch=1, **shape)
+    q, k, v = dense_case(torch, rng, dtype="bfloat16", batch=1, **shape)
     if path == "hopper":
         skip_unless_path(ctx, path, **descriptor_of(q, k, v), causal=True)
+    return q, k, v, shape
+
+
+# A replayed command list starts each forward from a fresh workspace state.
+@pytest.mark.parametrize("path", PATHS)
+def test_command_list_replays_the_forward(torch_cuda, ctx, rng, path):
+    q, k, v, shape = workspace_case(torch_cuda, ctx, rng, path)
     pipeline = AttentionPipeline(**descriptor_of(q, k, v), causal=True, return_lse=True, path=path)
     assert pipeline.info["workspace_bytes"] > 0
     assert (".split" in pipeline.variant) == (path == "portable"), pipeline.variant
@@ -566,12 +572,8 @@ def test_command_list_replays_the_forward(torch_cuda, ctx, rng, path):
 # anything, so the (poisoned) output stays untouched.
 @pytest.mark.parametrize("path", PATHS)
 def test_encode_refuses_a_missing_workspace(torch_cuda, ctx, rng, path):
-    shape = dict(seq_q=4, seq_k=4096, heads_q=8, heads_kv=1, d=128) if path == "portable" else \
-        dict(seq_q=256, seq_k=256, heads_q=4, heads_kv=4, d=64)
-    q, k, v = dense_case(torch_cuda, rng, dtype="bfloat16", batch=1, **shape)
-    if path == "hopper":
-        skip_unless_path(ctx, path, **descriptor_of(q, k, v))
-    pipeline = AttentionPipeline(**descriptor_of(q, k, v), path=path)
+    q, k, v, _ = workspace_case(torch_cuda, ctx, rng, path)
+    pipeline = AttentionPipeline(**descriptor_of(q, k, v), causal=True, path=path)
     needed, workspace = pipeline.info["workspace_bytes"], pipeline._workspace
     o = poisoned(torch_cuda, q.shape[:-1] + (v.shape[-1],), q.dtype)
     try:
