@@ -99,6 +99,7 @@ def test_the_variant_table_picks_the_tile_per_shape_class(monkeypatch, m, n, k, 
     (2688, 224),   # 252 tiles in 2 waves (472) against 231 of 128 x 256, also 2 waves (512)
     (3072, 192),   # 144 would need 4 waves (670) where 192 needs 3 (613)
     (1280, 128),   # one wave either way; 112 (140) rates below 128 (135)
+    (1152, 96),    # one wave either way: 108 tiles of 128 x 96 (128) against 81 of 128 x 128 (135)
     (4096, 256),
 ])
 def test_k_major_b_takes_the_widths_between(monkeypatch, size, tile_n):
