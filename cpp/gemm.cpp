@@ -307,9 +307,9 @@ constexpr HopperTileRow kHopperTileTable[] = {
 // 128 x 128 by Stream-K); 176 at 1664^3 1.03x and 2944^3 1.00x (equal waves); 208 at 1792^3 0.90x and
 // 2560^3 0.92x; 224 at 2688^3 0.91x and 3328^3 0.94x (equal waves against 256); 112 at 1280^3 1.10x
 // and 96 at 1152^3 0.98x (one wave each against 128; on an H200, `tune gemm`, 0.94x: 360 against 340
-// TFLOPS, where cuBLAS ran 379). 240, rated 0.97 at first, then ran 2-4% slower than
-// 192 at 3968^3, 4736^3, 5888^3 and 6912^3 (H200, `bench gemm --suite sweep`, fp16 NT): rated so that it
-// ties with 192 at 3968^3.
+// TFLOPS, where cuBLAS ran 379; 96 is rated between the two). 240, rated 0.97 at first, then ran 2-4%
+// slower than 192 at 3968^3, 4736^3, 5888^3 and 6912^3 (H200, `bench gemm --suite sweep`, fp16 NT): rated
+// so that it ties with 192 at 3968^3.
 constexpr HopperTileRow kKMajorBTileTable[] = {
     {240, 1, 0.94}, {224, 1, 0.95}, {208, 1, 0.92}, {176, 1, 0.86}, {160, 1, 0.91},
     {144, 1, 0.86}, {112, 1, 0.8},  {96, 1, 0.75},  {80, 1, 0.65},
