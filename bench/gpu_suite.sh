@@ -17,8 +17,8 @@ export PYTHONUNBUFFERED=1 MFA_CACHE_DIR=/tmp/mfa-cache
 # stale one is never used, and neither is one compiled by another NVRTC: the device's is the CUDA 13.0
 # toolkit's, while a fresh venv's nvidia-cuda-nvrtc wheel may be newer (CI's had 13.5, and a cache
 # made there compiled everything again on the device), so build the cache to carry with
-# MFA_NVRTC_LIBRARY pointing at a 13.0 libnvrtc. .mfa-cache.tgz is the same, packed (`tar -czf .mfa-cache.tgz .mfa-cache`: a
-# fifth of the size, for carries of more than 64 MB of kernels).
+# MFA_NVRTC_LIBRARY pointing at a 13.0 libnvrtc. .mfa-cache.tgz is the same, packed
+# (`tar -czf .mfa-cache.tgz .mfa-cache`: a fifth of the size, for carries of more than 64 MB of kernels).
 [ -d .mfa-cache ] && mkdir -p "$MFA_CACHE_DIR" && cp -r .mfa-cache/. "$MFA_CACHE_DIR/"
 [ -f .mfa-cache.tgz ] && mkdir -p "$MFA_CACHE_DIR" && tar -xzf .mfa-cache.tgz --strip-components=1 -C "$MFA_CACHE_DIR"
 step() { echo; echo "=== $* ($(date +%T))"; }

@@ -657,10 +657,7 @@ extern "C" __global__ void __launch_bounds__(mfa_attn_sm90::kThreads, 1)
 }
 
 // The tile counter, zeroed ahead of every launch (the workspace is plain scratch memory between encodes,
-// and a replayed command list resets it too). As gemm_sm90.cu's flag clearing: a kernel rather than a
-// memset node, so that the attention grid may launch while it runs.
+// and a replayed command list resets it too), as gemm_sm90.cu's Stream-K flags are.
 extern "C" __global__ void __launch_bounds__(32) mfa_attention_sm90_clear(int *tile_counter) {
-  mfa_grid_dependency_wait();
-  mfa_grid_launch_dependents();
-  if (threadIdx.x == 0) *tile_counter = 0;
+  mfa_zero_ahead_of_next_grid(tile_counter, 1);
 }

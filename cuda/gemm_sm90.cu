@@ -523,7 +523,5 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
 // with the kernels alone equally fast (H200).
 extern "C" __global__ void __launch_bounds__(MFA_SM90_CLEAR_FLAGS_THREADS)
 mfa_gemm_sm90_clear_flags(int *flags, int count) {
-  mfa_grid_dependency_wait();
-  mfa_grid_launch_dependents();
-  for (int i = threadIdx.x; i < count; i += blockDim.x) flags[i] = 0;
+  mfa_zero_ahead_of_next_grid(flags, count);
 }
