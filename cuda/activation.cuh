@@ -11,6 +11,16 @@
 // divides with __fdividef (2 ulp, no IEEE slow path: an IEEE division made group norm's SiLU forward
 // 1.5x slower than none; a divisor beyond 2^126 gives 0, the limit anyway). The derivatives of SiLU
 // and the tanh GELU keep the fast forms (mfa_sigmoid_pair): group norm's backward, within its tolerance.
+// The fast SiLU takes two transcendental-pipe instructions an element (ex2, rcp), and that pipe is what a
+// fused SiLU costs group norm's 16-bit forward: ncu (H200, fp16 NCHW, 2x1280x64x64 and 8x512x128x128) had it
+// 41-51% busy over the whole kernel against 2-3% without the activation (1.17-1.25x the time, all of it in
+// the pass writing y). Measured cheaper forms: 0.5 x (1 + tanh.approx(x / 2)), one instruction of that pipe,
+// made the SiLU free (2x1280x64x64: 18.8-19.2 us against 18.0 without, 22.0-22.6 with this form) but cancels
+// for x < 0 (tanh.approx's documented 2^-11 against 1 + tanh: up to 0.5% at x = -3, 4% at -5, unbounded
+// beyond). The accurate ones were no faster, their added instructions making that pass issue-bound instead:
+// ex2 with 1 / (1 + e) by Newton steps on the FMA pipe (1.2e-5; the same time), and one reciprocal for two
+// elements (1 / (d0 d1), batched inversion: 1.5 of that pipe's instructions an element; the SiLU forward and
+// backward 1.04-1.12x the time of this form).
 #pragma once
 
 #define MFA_ACT_NONE 0
