@@ -13,10 +13,13 @@
 //   portable   mfa_gemm_sm80_vec (16-byte loads)  16-byte aligned operands and strides
 //              mfa_gemm_sm80_scalar               anything else
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -85,7 +88,7 @@ struct GemmVariant {
   std::vector<const char *> entries() const {
     if (path == MFA_GEMM_PATH_PORTABLE) return {"mfa_gemm_sm80_vec", "mfa_gemm_sm80_scalar"};
     if (hopper_tf32()) return {"mfa_gemm_sm90_tf32"};
-    return {"mfa_gemm_sm90", "mfa_gemm_sm90_clear_flags"};
+    return {"mfa_gemm_sm90"};
   }
 
   int dynamic_shared_bytes() const {
@@ -563,7 +566,7 @@ struct mfa_gemm_pipeline {
   int32_t hopper_tile_n = 0;            // the hopper kernel's MFA_SM90_BN
   int32_t hopper_cluster_m = 1;         // ... and MFA_SM90_CLUSTER_M
   mfa_gemm_schedule hopper_schedule{};  // its units (blocks or clusters) and work, for the context's device
-  mfa::CUfunction hopper = nullptr, hopper_clear_flags = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
+  mfa::CUfunction hopper = nullptr, portable_vec = nullptr, portable_scalar = nullptr;
 };
 
 namespace mfa {
@@ -587,7 +590,6 @@ void load_variant(mfa_gemm_pipeline &pipeline, const GemmVariant &variant) {
     pipeline.hopper_tile_n = variant.tile_n;
     pipeline.hopper_cluster_m = variant.cluster_m;
     pipeline.hopper = functions[0];
-    if (functions.size() > 1) pipeline.hopper_clear_flags = functions[1];
   } else {
     pipeline.portable_vec = functions[0];
     pipeline.portable_scalar = functions[1];
@@ -683,28 +685,42 @@ void launch(CUfunction function, unsigned grid_x, unsigned grid_y, unsigned grid
              what);
 }
 
-// Stream-K's workspace: the flags start at zero in every launch (mfa_gemm_sm90_clear_flags runs ahead of
-// the kernel, so the workspace is plain scratch memory between encodes and a replayed command list resets
-// them too); the partial slots need no initialisation (each is written before its flag rises).
-// That kernel costs 1.5-2.4 us a launch in a command list (H200, fp16, the same plans timed with its
-// launch left out, results aside: 64 x 4096 x 4096 16.8 -> 14.9 us, 128 x 4096 x 14336 42.7 -> 40.4).
+// Stream-K's workspace is plain scratch memory between encodes (the partial slots need no initialisation:
+// each is written before its flag rises), so a flag cannot mean "raised" by being non-zero: whatever an
+// earlier user of the memory left there would pass for one. A flag is raised to the launch's token
+// instead, a 64-bit value that no other encode of the process uses (a counter from a random start,
+// never 0), and the finisher that waits for it lowers it to 0 once seen, so that the same launch
+// replayed (a command list) finds it lowered. Left-over bytes fool a finisher only by spelling out the
+// token itself (2^-64 a flag). The flags used to be zeroed by a kernel launched ahead of the GEMM,
+// a grid of its own in the chain. Measured without it (H200, fp16 NN, command lists, same process as
+// the build with it, two rounds): Stream-K 16, 64 and 128 x 4096 x 4096 0.92-0.94x the time, 16 and 128 x
+// 4096 x 14336 0.98x, 5120 x 5120 x 4096 1.00x, but 256 x 4096 x 11008 1.04x (unexplained).
 // Tiles cut into whole parts could do without flags, each tile's parts the blocks of one cluster adding
 // their sums through distributed shared memory. Measured, such plans of two parts reached 0.89-0.91x the
 // TFLOPS of the same plans with flags (256 x 4096 x 14336, 768^2 x 12288, 1024^2 x 16384), and an H200
 // does not hold 32 clusters of four of these blocks at once (the four-part plans of 32 tiles), so the
 // flags stay.
-void attach_workspace(const mfa_gemm_pipeline &pipeline, void *stream, void *workspace, mfa_gemm_args &args) {
+uint64_t next_flag_token() {
+  static std::atomic<uint64_t> counter{[] {
+    std::random_device device;
+    const uint64_t clock = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    return (uint64_t{device()} << 32 ^ device()) ^ clock * 0x9E3779B97F4A7C15ull;
+  }()};
+  uint64_t token;
+  do token = counter.fetch_add(1, std::memory_order_relaxed);
+  while (token == 0);
+  return token;
+}
+
+void attach_workspace(const mfa_gemm_pipeline &pipeline, void *workspace, mfa_gemm_args &args) {
   const mfa_gemm_schedule &schedule = pipeline.hopper_schedule;
   const int unit_rows = tile_of(pipeline).unit_rows();
   require(workspace != nullptr && aligned(workspace, 256), MFA_STATUS_INVALID_ARGUMENT, "workspace is ", workspace,
           ": the pipeline's Stream-K schedule needs ", pipeline.info.workspace_bytes, " bytes, 256-byte aligned");
   char *base = static_cast<char *>(workspace);
-  args.flags = reinterpret_cast<int *>(base);
+  args.flags = reinterpret_cast<unsigned long long *>(base);
+  args.flag_token = next_flag_token();
   args.partials = reinterpret_cast<float *>(base + mfa_gemm_flag_bytes(schedule, unit_rows));
-  int count = static_cast<int>(mfa_gemm_flag_count(schedule, unit_rows));
-  void *params[] = {&args.flags, &count};
-  DependentLaunch(1, MFA_SM90_CLEAR_FLAGS_THREADS, 1, 0, stream)
-      .start(pipeline.hopper_clear_flags, params, "cuLaunchKernelEx(mfa_gemm_sm90_clear_flags)");
 }
 
 struct OperandMaps {
@@ -779,7 +795,7 @@ bool encode_hopper(const mfa_gemm_pipeline &pipeline, void *stream, const GemmOp
   args.schedule = pipeline.hopper_schedule;
   require(args.schedule.units * tile.cluster_m <= sm_count, MFA_STATUS_INTERNAL, "the hopper schedule has ",
           args.schedule.units * tile.cluster_m, " blocks for ", pipeline.context->info().sm_count, " SMs");
-  if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, stream, workspace, args);
+  if (args.schedule.sk_tiles > 0) attach_workspace(pipeline, workspace, args);
   void *params[] = {&args, &maps.a, &maps.b, &maps.c};
   // The kernels wait on griddepcontrol before touching memory: their set-up overlaps the previous
   // kernel's end, which the many small GEMMs of a layer or command list feel (0.4-0.5 us a call, H200).

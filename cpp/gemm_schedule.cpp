@@ -1,7 +1,8 @@
 // gemm_schedule.cpp: choosing between data-parallel and Stream-K for the Hopper GEMM (the schedule's
 // data and its work items are in cuda/gemm.cuh, shared with the kernel). The rules are CUTLASS's for
 // Stream-K on Hopper (arXiv 2301.03598; shared/refs/HOPPER_GEMM.md):
-//   - data-parallel (DP) when the last wave of tiles is empty or at least half full: little is idle;
+//   - data-parallel (DP) when the last wave of tiles is empty or at least half full: little is idle
+//     (three quarters full for thin problems, below);
 //   - DP when a tile has few k steps (<= 8): the fix-up would cost more than the imbalance it removes;
 //   - DP when each block's Stream-K share would be under 24 k steps: measured on H100 (fp16), 1024^3
 //     (64 tiles of 16 steps, 7.8 a block) ran 133 TFLOPS Stream-K against 189 data-parallel, 768^3 65
@@ -19,11 +20,17 @@
 //     builds on one H200, though `tune gemm` on another measured 1.12-1.18x, where DP's 32 blocks ran
 //     15-19% slower than elsewhere while Stream-K's times held) and at 1.15-1.30x with K 11008 and 14336
 //     (transposed, 128 x 64 tiles; 128-row tiles had shown the same split, 0.76-0.96x against
-//     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up, in every tile width. Narrow
-//     tiles (16 to 48 wide, cpp/gemm.cpp) hold 10 to 12 stages, and on an H100 data-parallel kept up
-//     (16 x 4096 x 14336 in 128 x 16 tiles 51.0 us DP against 51.4 Stream-K), but not on an H200, whose
-//     faster memory 32 SMs do not keep busy (`python -m mfa_c tune gemm`, same process: 16 x 4096 x 14336
-//     128 x 16 tiles 47.5 TFLOPS Stream-K against 38.9 DP; 32 x 4096 x 14336 128 x 32 96.1 against 77.5);
+//     1.27-1.61x): Stream-K from 128 k steps a tile (and 8 a block) up (thin ones: 64 since, below), in
+//     every tile width. Narrow tiles (16 to 48 wide, cpp/gemm.cpp) hold 10 to 12 stages, and on an H100
+//     data-parallel kept up (16 x 4096 x 14336 in 128 x 16 tiles 51.0 us DP against 51.4 Stream-K), but
+//     not on an H200, whose faster memory 32 SMs do not keep busy (`python -m mfa_c tune gemm`, same
+//     process: 16 x 4096 x 14336 128 x 16 tiles 47.5 TFLOPS Stream-K against 38.9 DP; 32 x 4096 x 14336
+//     128 x 32 96.1 against 77.5).
+//     Once the fix-up's flags no longer needed a kernel of their own to clear them (gemm.cpp,
+//     attach_workspace), thin problems took Stream-K from 64 k steps a tile, and DP only where their
+//     last wave is three quarters full. Measured (H200, fp16 NN, same process, two rounds, against the
+//     DP they took before): 16, 32 and 64 x 4096 x 4096 in Stream-K 0.93-0.98x the time; with K 4096 and
+//     N 11008 (86 tiles in a wave of 132) 0.96x, N 14336 (112 tiles) 1.03-1.05x;
 //   - otherwise Stream-K: all tiles when there are at most two waves of them, else the hybrid: full
 //     waves DP and Stream-K for the tail wave plus one full wave, so every block gets about 1.x tiles of
 //     Stream-K work, enough that no partial segment is tiny. At most half a wave of tiles is cut into
@@ -46,16 +53,19 @@ constexpr int kMaxDpKSteps = 8;       // k steps a tile needs before Stream-K ca
 constexpr int kMinBlockKSteps = 24;   // Stream-K k steps each block needs to pay for its fix-up
 constexpr int kMaxThin = 64;          // rows or columns of a thin problem, whose cost is reading B
 // Thin and sub-wave problems: Stream-K spreads their few tiles over the SMs from tiles of this many k
-// steps, and this many a block.
+// steps (thin ones from fewer: the rules above), and this many a block.
 constexpr int kMinSpreadKSteps = 128;
+constexpr int kMinThinKSteps = 64;
 constexpr int kMinSpreadBlockKSteps = 8;
 
 // Whether Stream-K's fix-up pays for the SMs it keeps busy (the rules above).
 bool stream_k_pays(int64_t m, int64_t n, int64_t tiles, int64_t sk_tiles, int k_iters, int sms) {
   const int64_t tail = tiles % sms;
-  if (tail == 0 || 2 * tail >= sms || k_iters <= kMaxDpKSteps) return false;
-  if (std::min(m, n) <= kMaxThin || tiles < sms)
-    return k_iters >= kMinSpreadKSteps && sk_tiles * k_iters >= int64_t{kMinSpreadBlockKSteps} * sms;
+  const bool thin = std::min(m, n) <= kMaxThin;
+  if (tail == 0 || (thin ? 4 * tail >= 3 * sms : 2 * tail >= sms) || k_iters <= kMaxDpKSteps) return false;
+  if (thin || tiles < sms)
+    return k_iters >= (thin ? kMinThinKSteps : kMinSpreadKSteps) &&
+           sk_tiles * k_iters >= int64_t{kMinSpreadBlockKSteps} * sms;
   return sk_tiles * k_iters >= int64_t{kMinBlockKSteps} * sms;
 }
 

@@ -47,13 +47,14 @@
 //
 // Fix-up. A segment that stops short of its tile's last k step ("partial": only ever the last segment
 // of a unit's range) stores its fp32 accumulators in the workspace slot of its unit and raises the
-// unit's flag; the segment that ends on the tile's last k step (the tile's one "finisher") waits for
-// the flags of the units before it that cover the same tile, adds their partials in a fixed order
-// and runs the epilogue. Within a unit the segments are walked last to first: its partial segment
-// (if any) comes first, so partials are published before a unit ever waits, and its finisher segment
-// (if any: only ever the first segment of its range) comes last, when the units before it have long
-// published. Contributors never wait, so no wait can be part of a cycle; and all units are resident at
-// once (grid <= SMs, one block per SM: the host asserts it), so every awaited unit is running.
+// unit's flag to the launch's token; the segment that ends on the tile's last k step (the tile's one
+// "finisher") waits for the flags of the units before it that cover the same tile to hold the token,
+// lowers them (0) for the next launch, adds their partials in a fixed order and runs the epilogue.
+// Within a unit the segments are walked last to first: its partial segment (if any) comes first, so
+// partials are published before a unit ever waits, and its finisher segment (if any: only ever the
+// first segment of its range) comes last, when the units before it have long published. Contributors
+// never wait, so no wait can be part of a cycle; and all units are resident at once (grid <= SMs, one
+// block per SM: the host asserts it), so every awaited unit is running.
 struct mfa_gemm_schedule {
   int tiles_m, tiles_n, batch;  // tiles of one batch along M and N; batches
   int k_iters;                  // k steps of one tile
@@ -138,13 +139,13 @@ MFA_HOST_DEVICE inline int mfa_gemm_first_contributor(const mfa_gemm_schedule &s
 }
 
 // Workspace of a schedule for unit tiles of bm x bn (bm: MFA_SM90_BM times the blocks of a cluster): one
-// int flag per 64 rows of a unit tile (a consumer warpgroup's), padded to 256 bytes, then one fp32
+// 64-bit flag per 64 rows of a unit tile (a consumer warpgroup's), padded to 256 bytes, then one fp32
 // tile-sized partial slot per unit. None without Stream-K.
 MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_count(const mfa_gemm_schedule &s, int bm) {
   return static_cast<unsigned long long>(s.units) * (bm / 64);
 }
 MFA_HOST_DEVICE inline unsigned long long mfa_gemm_flag_bytes(const mfa_gemm_schedule &s, int bm) {
-  return (mfa_gemm_flag_count(s, bm) * 4 + 255) / 256 * 256;
+  return (mfa_gemm_flag_count(s, bm) * 8 + 255) / 256 * 256;
 }
 MFA_HOST_DEVICE inline unsigned long long mfa_gemm_workspace_bytes(const mfa_gemm_schedule &s, int bm, int bn) {
   if (s.sk_tiles == 0) return 0;
@@ -164,10 +165,12 @@ struct mfa_gemm_args {
   int m, n, k, batch;
   float alpha, beta;
   int bias_dtype;         // MFA_GEMM_* or 0 for none
-  // sm_90 kernel only: its schedule, and the Stream-K workspace (null without Stream-K): flags (zeroed
-  // by encode before each launch) and partial slots, laid out as mfa_gemm_workspace_bytes says.
+  // sm_90 kernel only: its schedule, and the Stream-K workspace (null without Stream-K): flags and
+  // partial slots, laid out as mfa_gemm_workspace_bytes says, and the value a flag of this launch is
+  // raised to (never 0; cpp/gemm.cpp's attach_workspace says why a token).
   mfa_gemm_schedule schedule;
-  int *flags;
+  unsigned long long *flags;
+  unsigned long long flag_token;
   float *partials;
   int c_by_tma;  // sm_90 16-bit kernel: C is stored by TMA through shared memory (else element by element)
 };
@@ -215,7 +218,6 @@ MFA_HOST_DEVICE constexpr int mfa_sm80_smem_bytes(int trans_a, int trans_b, int 
 #define MFA_SM90_BM 128
 #define MFA_SM90_BK 64
 #define MFA_SM90_THREADS 384
-#define MFA_SM90_CLEAR_FLAGS_THREADS 256  // the one block that zeroes Stream-K's flags (gemm_sm90.cu)
 #define MFA_SM90_BOX 64
 #define MFA_SM90_SMEM_LIMIT (227 * 1024)  // opt-in dynamic shared memory of one block on sm_90
 // Narrow tiles, narrower than one box (16, 32, 48): K-major B only, no staging buffers (below).

@@ -422,18 +422,19 @@ __device__ __forceinline__ void mfa_sm90_store_partial(const mfa_gemm_args &args
   for (int q = 0; q < kSm90Acc / 4; ++q)
     mfa_store_cg(half + q * 128 + t, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
   mfa_named_barrier_sync(1 + w, 128);
-  if (t == 0) mfa_flag_release(args.flags + 2 * blockIdx.x + w);
+  if (t == 0) mfa_flag_release(args.flags + 2 * blockIdx.x + w, args.flag_token);
 }
 
 // acc += the partials of units [first, this unit), nearest unit first (the blocks of the same rank): a
-// fixed order, so the sum (and the result) is the same on every run. One thread acquires every flag;
-// the barrier passes that on.
+// fixed order, so the sum (and the result) is the same on every run. One thread acquires (and lowers)
+// every flag; the barrier passes that on.
 __device__ __forceinline__ void mfa_sm90_add_partials(const mfa_gemm_args &args, int first, int w,
                                                       float (&acc)[kSm90Acc]) {
   const int t = mfa_warpgroup_thread();
   const int last = blockIdx.x - kSm90Cluster, first_block = first * kSm90Cluster + mfa_sm90_rank();
   if (t == 0)
-    for (int block = last; block >= first_block; block -= kSm90Cluster) mfa_flag_acquire(args.flags + 2 * block + w);
+    for (int block = last; block >= first_block; block -= kSm90Cluster)
+      mfa_flag_acquire_and_lower(args.flags + 2 * block + w, args.flag_token);
   mfa_named_barrier_sync(1 + w, 128);
   for (int block = last; block >= first_block; block -= kSm90Cluster) {
     const float4 *half = mfa_sm90_partial_half(args, block, w);
@@ -514,14 +515,4 @@ mfa_gemm_sm90(const __grid_constant__ mfa_gemm_args args, const __grid_constant_
     }
     if (mfa_warpgroup_thread() == 0) mfa_bulk_wait_group_read<0>();  // the buffers outlive the stores' reads
   }
-}
-
-// Stream-K's flags, zeroed ahead of each launch that uses them. A kernel rather than a memset node: it is
-// launched early like the GEMM (programmatic dependent launch), waits for the previous kernel (which may
-// still read this workspace), and lets the GEMM after it set up meanwhile. Behind a memset a Stream-K
-// launch lost that overlap: 2304^3 took 44.5 us a call in a command list against 40.0 for data-parallel,
-// with the kernels alone equally fast (H200).
-extern "C" __global__ void __launch_bounds__(MFA_SM90_CLEAR_FLAGS_THREADS)
-mfa_gemm_sm90_clear_flags(int *flags, int count) {
-  mfa_zero_ahead_of_next_grid(flags, count);
 }

@@ -115,17 +115,20 @@ __device__ __forceinline__ void mfa_named_barrier_sync(int id, int threads) {
 // so the data written before the producer's barrier is visible after the consumer's. The data moves
 // with .cg accesses (cached in L2 only): a block never sees an L1 line of another block's writes.
 
-// flag = 1, ordered after every memory access this thread has observed (fence.acq_rel.gpu + a
+// flag = token, ordered after every memory access this thread has observed (fence.acq_rel.gpu + a
 // relaxed store at GPU scope: a release pattern of chapter 8; CUTLASS's barrier arrive has the same shape).
-__device__ __forceinline__ void mfa_flag_release(int *flag) {
-  asm volatile("fence.acq_rel.gpu;\n st.relaxed.gpu.global.b32 [%0], %1;" : : "l"(flag), "r"(1) : "memory");
+__device__ __forceinline__ void mfa_flag_release(unsigned long long *flag, unsigned long long token) {
+  asm volatile("fence.acq_rel.gpu;\n st.relaxed.gpu.global.b64 [%0], %1;" : : "l"(flag), "l"(token) : "memory");
 }
-// Spin until *flag != 0; the acquiring load orders this thread's later accesses after the release.
-__device__ __forceinline__ void mfa_flag_acquire(const int *flag) {
-  int value;
+// Spin until *flag == token (the acquiring load orders this thread's later accesses after the release),
+// then lower the flag to 0: the flag's one reader leaves it as a later launch with the same token (a
+// replayed command list) must find it.
+__device__ __forceinline__ void mfa_flag_acquire_and_lower(unsigned long long *flag, unsigned long long token) {
+  unsigned long long value;
   do {
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(value) : "l"(flag) : "memory");
-  } while (value == 0);
+    asm volatile("ld.acquire.gpu.global.b64 %0, [%1];" : "=l"(value) : "l"(flag) : "memory");
+  } while (value != token);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" : : "l"(flag), "l"(0ull) : "memory");
 }
 // 16-byte global store and load, cached in L2 only (the .cg cache operator of st and ld).
 __device__ __forceinline__ void mfa_store_cg(float4 *address, float4 v) {

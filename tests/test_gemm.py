@@ -316,8 +316,7 @@ def _threads_per_block(kernel):
     header = REPO / "cuda" / "gemm.cuh"
     if not header.exists():
         return None
-    macro = ("MFA_SM90_CLEAR_FLAGS_THREADS" if kernel == "mfa_gemm_sm90_clear_flags" else
-             "MFA_SM90_THREADS" if "sm90" in kernel else "MFA_SM80_THREADS")
+    macro = "MFA_SM90_THREADS" if "sm90" in kernel else "MFA_SM80_THREADS"
     match = re.search(rf"#define {macro} (\d+)", header.read_text())
     return int(match.group(1)) if match else None
 
@@ -363,9 +362,8 @@ def test_variant_compiles_for_sm90a(warm_sm90a_cache, index):
     check_reports(reports, "sm_90a")
     hopper_kernels = {r["kernel"] for r in reports if "sm90" in r["kernel"]}
     expected = set()
-    if variant["path"] == "hopper":  # the 16-bit kernel zeroes Stream-K's flags with a kernel of its own
-        expected = {"mfa_gemm_sm90_tf32"} if variant["dtype"] == "float32" else {"mfa_gemm_sm90",
-                                                                                 "mfa_gemm_sm90_clear_flags"}
+    if variant["path"] == "hopper":
+        expected = {"mfa_gemm_sm90_tf32"} if variant["dtype"] == "float32" else {"mfa_gemm_sm90"}
     assert hopper_kernels == expected, [r["kernel"] for r in reports]
 
 

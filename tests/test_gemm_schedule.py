@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import mfa_c
+from mfa_c._context import stream_handle
 from mfa_c._ffi import new_struct
+from mfa_c._tensors import device_view
 from conftest import assert_status, ffi, lib, rel_error, tolerance
 from test_gemm import Inputs, poisoned_output, skip_unless_hopper_applies, torch_reference
 
@@ -51,11 +53,13 @@ def expected_plan(m, n, tiles, k_iters, sm_count, requested, tile_n):
         return DP, 0
     tail = tiles % sm_count
     sk_tiles = tiles if tiles <= 2 * sm_count else sm_count + tail
-    if min(m, n) <= 64 or tiles < sm_count:  # thin or under a wave: from 128 k steps a tile and 8 a block
-        loses = k_iters < 128 or sk_tiles * k_iters < 8 * sm_count
+    thin = min(m, n) <= 64
+    if thin or tiles < sm_count:  # thin or under a wave: from 64 (thin) or 128 k steps a tile and 8 a block
+        loses = k_iters < (64 if thin else 128) or sk_tiles * k_iters < 8 * sm_count
     else:  # 24 Stream-K k steps a block
         loses = sk_tiles * k_iters < 24 * sm_count
-    if requested == AUTO and (tail == 0 or 2 * tail >= sm_count or k_iters <= 8 or loses):
+    full_enough = 4 * tail >= 3 * sm_count if thin else 2 * tail >= sm_count  # the last wave, for DP
+    if requested == AUTO and (tail == 0 or full_enough or k_iters <= 8 or loses):
         return DP, 0
     return SK, sk_tiles
 
@@ -125,9 +129,9 @@ def check_schedule(m, n, k, batch, sm_count, tile_n, requested):
         assert covered[0][0] == 0 and covered[-1][1] == k_begin[i], where
     assert sum(int(b) - int(f) for f, b in zip(first[first >= 0], block[first >= 0])) == len(partial_blocks), where
 
-    # The workspace: flags (2 ints a block, 256-byte padded), then one BM x tile_n fp32 slot a block.
+    # The workspace: flags (two of 8 bytes a block, 256-byte padded), then one BM x tile_n fp32 slot a block.
     if kind == SK:
-        flags = -(-grid * 8 // 256) * 256
+        flags = -(-grid * 16 // 256) * 256
         assert workspace >= flags + (int(partial_blocks.max()) + 1 if len(partial_blocks) else 0) * BM * tile_n * 4
         assert workspace == flags + grid * BM * tile_n * 4, where
         # The Stream-K region is tiles [0, sk_tiles), split evenly; the data-parallel rest is whole tiles
@@ -187,7 +191,10 @@ def test_k_steps_from_1_to_300_on_odd_shapes(tiles_m, k_iters):
     (768, 768, 12288, 256, SK),    # under a wave: 18 tiles of 192 k steps, 26 a block
     (1024, 1024, 4096, 256, DP),   # under a wave, but 64 k steps a tile
     (16, 4096, 14336, 256, SK),    # thin (runs as C^T): 32 tiles of 224 k steps
-    (16, 4096, 4096, 64, DP),      # thin: 32 tiles of 64 k steps, Stream-K measured 0.91x DP
+    (16, 4096, 4096, 64, SK),      # thin: 32 tiles of 64 k steps
+    (16, 4096, 2048, 64, DP),      # thin: 32 tiles of 32 k steps
+    (64, 11008, 4096, 64, SK),     # thin: 86 tiles, the one wave under three quarters full
+    (64, 14336, 4096, 64, DP),     # thin: 112 tiles, the one wave three quarters full
     (16, 1024, 11008, 64, SK),     # thin: 8 tiles of 172 k steps, 10.4 a block
     (16, 256, 11008, 64, DP),      # thin: 2 tiles of 172 k steps, under 8 a block
     (3960, 4096, 4096, 256, DP),   # 31 x 16 = 496 tiles... tail 100 >= 66
@@ -316,13 +323,47 @@ def test_schedules_agree_and_command_lists_replay_stream_k(ctx, torch_cuda, rng,
         assert rel_error(c, reference) <= tolerance("float16", "default", "float16")
         if schedule != "stream_k":
             return
-        # A recorded Stream-K launch (flag memset + kernel) replays correctly, several times in a row.
+        # A recorded Stream-K launch replays correctly, several times in a row, on new inputs each time: a
+        # replay raises its flags to the recorded launch's token, so the last one must have lowered them
+        # (a finisher that found its contributors' flags still raised would add their old partials).
+        other_a, other_b = inputs.operands(m, n, k, "float16", "NN")
+        other, _ = poisoned_output(torch, (m, n), "float16")
+        pipeline.encode(other_a, other_b, other)
+        sources = [(a.clone(), b.clone(), c), (other_a, other_b, other)]
         replayed, _ = poisoned_output(torch, (m, n), "float16")
         with mfa_c.CommandList(ctx) as command_list:
             with command_list.record() as stream:
                 pipeline.encode(a, b, replayed, stream=stream)
-            for _ in range(3):
+            for replay in range(4):
+                source_a, source_b, expected = sources[replay % 2]
+                a.copy_(source_a), b.copy_(source_b)
                 replayed.fill_(math.nan)
                 command_list.launch()
                 torch.cuda.synchronize()
-                assert torch.equal(replayed, c)
+                assert torch.equal(replayed, expected), f"replay {replay}"
+
+
+@pytest.mark.parametrize("filler", ["zeros", "ones", "random"])
+def test_stream_k_takes_a_workspace_of_any_content(ctx, torch_cuda, rng, filler):
+    """The workspace is plain scratch memory: flags left at any value (all bits set, all clear, random bytes)
+    neither stall a finisher nor let it read a partial early."""
+    skip_unless_hopper_applies(ctx, "hopper")
+    torch = torch_cuda
+    m, n, k = 1000, 1000, 5000
+    a, b = Inputs(torch, rng).operands(m, n, k, "float16", "NN")
+    reference = torch_reference(torch, a, b, alpha=0.02)
+    with mfa_c.GemmPipeline(m, n, k, dtype="float16", alpha=0.02, path="hopper", schedule="stream_k",
+                            context=ctx) as pipeline:
+        size = pipeline.info["workspace_bytes"]
+        workspace = {"zeros": lambda: torch.zeros(size, dtype=torch.uint8, device="cuda"),
+                     "ones": lambda: torch.full((size,), 255, dtype=torch.uint8, device="cuda"),
+                     "random": lambda: torch.randint(0, 256, (size,), dtype=torch.uint8, device="cuda")}[filler]()
+        for _ in range(2):
+            c, _ = poisoned_output(torch, (m, n), "float16")
+            views = [device_view(x, name, ctx.device) for x, name in ((a, "a"), (b, "b"), (c, "c"))]
+            a_c, b_c, c_c = (view.as_c() for view in views)
+            assert_status(lib.mfa_gemm_encode(pipeline.handle, stream_handle(torch.cuda.current_stream()), a_c.pointer,
+                                              b_c.pointer, c_c.pointer, ffi.NULL,
+                                              ffi.cast("void *", workspace.data_ptr()), size), "SUCCESS")
+            torch.cuda.synchronize()
+            assert rel_error(c, reference) <= tolerance("float16", "default", "float16")

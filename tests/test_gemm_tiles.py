@@ -290,7 +290,7 @@ def test_describe_counts_a_cluster_as_one_unit_of_256_rows():
     units = {items[i].block for i in range(count[0])}
     covered = sorted((items[i].tile, k) for i in range(count[0]) for k in range(items[i].k_begin, items[i].k_end))
     assert max(units) < 66 and covered == [(tile, k) for tile in range(32) for k in range(16)]
-    flags = -(-len(units) * 4 * 4 // 256) * 256  # an int flag per 64 rows of a unit's tile, padded to 256 bytes
+    flags = -(-len(units) * 4 * 8 // 256) * 256  # an 8-byte flag per 64 rows of a unit's tile, padded to 256 bytes
     assert workspace[0] == flags + len(units) * 256 * 128 * 4
 
 
