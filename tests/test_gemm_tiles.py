@@ -445,6 +445,33 @@ def test_narrow_tiles_against_float64(ctx, torch_cuda, rng, m, n, k, batch, tran
                   context_note=f"{m}x{n}x{k} batch {batch} {trans} {schedule} {activation}")
 
 
+@pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
+@pytest.mark.parametrize("m, n, k, batch, trans", [
+    (49, 1000, 700, 1, "NN"),
+    (52, 4104, 1030, 2, "NT"),
+    (64, 776, 2000, 1, "TN"),
+    (60, 304, 64, 1, "TT"),
+    (57, 4099, 1030, 1, "NT"),  # rows of C not 16-byte multiples: stored element by element
+])
+def test_thin_rows_filling_the_64_wide_tile_against_float64(ctx, torch_cuda, rng, m, n, k, batch, trans, schedule):
+    """49 to 64 rows run as C^T in 64-wide tiles, a 16-bit C stored transposed through shared memory by TMA
+    where its rows are 16-byte multiples (cpp/gemm.cpp): odd sizes, batches, every transpose, both schedules,
+    every epilogue term."""
+    skip_unless_hopper_applies(ctx, "hopper")
+    dtype, out_dtype = str(rng.choice(DTYPES_16)), str(rng.choice(["float16", "bfloat16"]))
+    with mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype, trans_a=trans[0] == "T",
+                            trans_b=trans[1] == "T", path="hopper", schedule=schedule, context=ctx) as pipeline:
+        assert pipeline.info["variant"].endswith(".128x64.swap-ab"), pipeline.info
+    inputs = Inputs(torch_cuda, rng)
+    a, b = inputs.operands(m, n, k, dtype, trans, "padded", batch=(batch,) if batch > 1 else ())
+    activation = str(rng.choice(ACTIVATIONS))
+    bias = inputs.randn((1, n), out_dtype)[0]
+    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
+    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
+                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper", schedule=schedule,
+                  context_note=f"{m}x{n}x{k} batch {batch} {trans} {schedule} {activation}")
+
+
 @pytest.mark.parametrize("m, n, k, batch", [(1500, 1530, 100, 1), (1600, 700, 67, 1), (700, 1600, 130, 2)])
 @pytest.mark.parametrize("dtype, out_dtype", [("float16", "float16"), ("bfloat16", "bfloat16"),
                                               ("float16", "bfloat16")])
