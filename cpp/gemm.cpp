@@ -704,7 +704,7 @@ uint64_t next_flag_token() {
   static std::atomic<uint64_t> counter{[] {
     std::random_device device;
     const uint64_t clock = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-    return (uint64_t{device()} << 32 ^ device()) ^ clock * 0x9E3779B97F4A7C15ull;
+    return ((uint64_t{device()} << 32) ^ device()) ^ (clock * 0x9E3779B97F4A7C15ull);
   }()};
   uint64_t token;
   do token = counter.fetch_add(1, std::memory_order_relaxed);

@@ -273,7 +273,9 @@ MFA_API mfa_status mfa_gemm_pipeline_get_info(const mfa_gemm_pipeline *pipeline,
 
 /* Enqueues the GEMM on a CUDA stream (CUstream / cudaStream_t as void*; NULL: the legacy default
  * stream). Tensors must be device-accessible; bias may be NULL only if the descriptor has none;
- * workspace may be NULL when the pipeline needs none. Safe inside stream capture. */
+ * workspace may be NULL when the pipeline needs none, else it is device memory of at least
+ * info.workspace_bytes, 256-byte aligned, with any contents (nothing needs clearing), that no other
+ * encode uses at the same time. Safe inside stream capture. */
 MFA_API mfa_status mfa_gemm_encode(const mfa_gemm_pipeline *pipeline, void *stream, const mfa_tensor *a,
                                    const mfa_tensor *b, const mfa_tensor *c, const mfa_tensor *bias,
                                    void *workspace, uint64_t workspace_bytes);

@@ -336,7 +336,8 @@ def test_schedules_agree_and_command_lists_replay_stream_k(ctx, torch_cuda, rng,
                 pipeline.encode(a, b, replayed, stream=stream)
             for replay in range(4):
                 source_a, source_b, expected = sources[replay % 2]
-                a.copy_(source_a), b.copy_(source_b)
+                a.copy_(source_a)
+                b.copy_(source_b)
                 replayed.fill_(math.nan)
                 command_list.launch()
                 torch.cuda.synchronize()
