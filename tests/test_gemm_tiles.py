@@ -415,6 +415,19 @@ def test_every_tile_at_odd_shapes(ctx, torch_cuda, rng, tile, dtype, out_dtype, 
                   cluster_m=tile[1], context_note=f"tile {_tile_suffix(*tile)} {activation} beta {beta}")
 
 
+def _check_every_epilogue_term(torch, rng, m, n, k, batch, dtype, out_dtype, trans, layout, **choice):
+    """The Hopper path on random operands of `layout` against float64, with alpha, beta, a bias and a random
+    activation in play; `choice` passes tile_n or schedule on to mfa_c.gemm."""
+    inputs = Inputs(torch, rng)
+    a, b = inputs.operands(m, n, k, dtype, trans, layout, batch=(batch,) if batch > 1 else ())
+    activation = str(rng.choice(ACTIVATIONS))
+    bias = inputs.randn((1, n), out_dtype)[0]
+    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
+    run_and_check(torch, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
+                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper",
+                  context_note=f"{m}x{n}x{k} batch {batch} {trans} {activation} {choice}", **choice)
+
+
 @pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
 @pytest.mark.parametrize("m, n, k, batch, trans, width", [
     (1, 4096, 1000, 1, "NN", 16),   # decode: one row, run as C^T
@@ -435,14 +448,8 @@ def test_narrow_tiles_against_float64(ctx, torch_cuda, rng, m, n, k, batch, tran
                             trans_b=trans[1] == "T", path="hopper", schedule=schedule, tile_n=forced,
                             context=ctx) as pipeline:
         assert f".128x{width}" in pipeline.info["variant"] and pipeline.info["schedule"] == schedule, pipeline.info
-    inputs = Inputs(torch_cuda, rng)
-    a, b = inputs.operands(m, n, k, dtype, trans, "padded", batch=(batch,) if batch > 1 else ())
-    activation = str(rng.choice(ACTIVATIONS))
-    bias = inputs.randn((1, n), out_dtype)[0]
-    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
-    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
-                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper", tile_n=forced, schedule=schedule,
-                  context_note=f"{m}x{n}x{k} batch {batch} {trans} {schedule} {activation}")
+    _check_every_epilogue_term(torch_cuda, rng, m, n, k, batch, dtype, out_dtype, trans, "padded", tile_n=forced,
+                               schedule=schedule)
 
 
 @pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
@@ -462,14 +469,7 @@ def test_thin_rows_filling_the_64_wide_tile_against_float64(ctx, torch_cuda, rng
     with mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype, trans_a=trans[0] == "T",
                             trans_b=trans[1] == "T", path="hopper", schedule=schedule, context=ctx) as pipeline:
         assert pipeline.info["variant"].endswith(".128x64.swap-ab"), pipeline.info
-    inputs = Inputs(torch_cuda, rng)
-    a, b = inputs.operands(m, n, k, dtype, trans, "padded", batch=(batch,) if batch > 1 else ())
-    activation = str(rng.choice(ACTIVATIONS))
-    bias = inputs.randn((1, n), out_dtype)[0]
-    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
-    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans=trans, alpha=0.75,
-                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper", schedule=schedule,
-                  context_note=f"{m}x{n}x{k} batch {batch} {trans} {schedule} {activation}")
+    _check_every_epilogue_term(torch_cuda, rng, m, n, k, batch, dtype, out_dtype, trans, "padded", schedule=schedule)
 
 
 @pytest.mark.parametrize("m, n, k, batch", [(1500, 1530, 100, 1), (1600, 700, 67, 1), (700, 1600, 130, 2)])
@@ -484,14 +484,7 @@ def test_nn_run_transposed_against_float64(ctx, torch_cuda, rng, monkeypatch, m,
     with mfa_c.GemmPipeline(m, n, k, batch=batch, dtype=dtype, out_dtype=out_dtype, path="hopper",
                             context=ctx) as pipeline:
         assert pipeline.info["variant"].endswith(".swap-ab"), pipeline.info["variant"]
-    inputs = Inputs(torch_cuda, rng)
-    a, b = inputs.operands(m, n, k, dtype, "NN", batch=(batch,) if batch > 1 else ())
-    activation = str(rng.choice(ACTIVATIONS))
-    bias = inputs.randn((1, n), out_dtype)[0]
-    c0 = inputs.randn((batch, m, n) if batch > 1 else (m, n), out_dtype)
-    run_and_check(torch_cuda, a, b, dtype=dtype, precision="default", out_dtype=out_dtype, trans="NN", alpha=0.75,
-                  beta=0.5, c0=c0, bias=bias, activation=activation, path="hopper",
-                  context_note=f"{m}x{n}x{k} batch {batch} {activation}")
+    _check_every_epilogue_term(torch_cuda, rng, m, n, k, batch, dtype, out_dtype, "NN", "compact")
 
 
 @pytest.mark.parametrize("schedule", ["data_parallel", "stream_k"])
