@@ -657,9 +657,12 @@ extern "C" __global__ void __launch_bounds__(mfa_attn_sm90::kThreads, 1)
 }
 
 // The tile counter, zeroed ahead of every launch (the workspace is plain scratch memory between encodes,
-// and a replayed command list resets it too). GEMM's Stream-K flags need no such kernel: they are raised
-// to a token of the launch (cpp/gemm.cpp, attach_workspace), where a counter the blocks add to has no
-// room for one.
+// and a replayed command list resets it too): a kernel rather than a memset node, so that the attention
+// grid, launched dependent on it, sets up while it waits for the previous grid (which may still read the
+// counter). GEMM's Stream-K flags need no such kernel: they are raised to a token of the launch
+// (cpp/gemm.cpp, attach_workspace), where a counter the blocks add to has no room for one.
 extern "C" __global__ void __launch_bounds__(32) mfa_attention_sm90_clear(int *tile_counter) {
-  mfa_zero_ahead_of_next_grid(tile_counter, 1);
+  mfa_grid_dependency_wait();
+  mfa_grid_launch_dependents();
+  if (threadIdx.x == 0) *tile_counter = 0;
 }

@@ -68,12 +68,3 @@ struct mfa_grid_dependency {
     resolved = true;
   }
 };
-
-// The body of a kernel that zeroes `count` ints of a workspace ahead of the grid that needs them zero (a
-// kernel rather than a memset node, so that the next grid, launched dependent on it, sets up meanwhile):
-// it waits for the previous grid, which may still read them, lets the next one launch, and clears.
-__device__ __forceinline__ void mfa_zero_ahead_of_next_grid(int *values, int count) {
-  mfa_grid_dependency_wait();
-  mfa_grid_launch_dependents();
-  for (int i = threadIdx.x; i < count; i += blockDim.x) values[i] = 0;
-}
