@@ -1414,7 +1414,12 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 // sample in its two grid barriers: 330 us for the 128 MB tensors, H200. A standalone form of it that sums
 // unit u + 1 before waiting for unit u's exchange, units of 2-4 MB in rings of 3-6 bulk-copied slices,
 // ran 154-158 us on the 128 MB fp16 NCHW tensors, and 130-142 us with the exchange left out: one or two
-// blocks an SM streaming in lockstep stay far below the clusters' 84-92 us.)
+// blocks an SM streaming in lockstep stay far below the clusters' 84-92 us. A backward with no staging,
+// its blocks reading x and dy for the sums and again (from L2) for dx, a cluster of 4 or 8 per group,
+// ran 0.80-0.88x these kernels' time on the fp16 NCHW diffusion shapes (2x1280x64x64 31.0 against
+// 35.1 us, 2x640x64x64 15.2 against 19.1), before its dweight and dbias were finished: no nearer a copy
+// of the same bytes in the same cold-L2 graphs, 17.7 and 9.7 us (H200), whose reads and writes overlap
+// where a group's sums must be read in full before any of its dx is written.)
 template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   // Launched with programmatic stream serialization: the block may be resident before the previous grid
