@@ -524,8 +524,9 @@ void encode(const mfa_attention_pipeline &pipeline, void *stream, const Operands
     // Merging inside the attention grid instead ran slower (H100, bf16, GQA 32:4, d128, same process): each
     // split block raising a flag once its partials were out, waiting for its row group's other flags, then
     // merging a 1/splits share of the group's outputs took 1.35x the step's time at batch 1, 4096 keys
-    // (13.1 against 9.7 us), 1.18x at 16384 keys, 1.03-1.05x at batch 8 and at 65536 keys; with the
-    // arrivals counted by compare-and-swap on a token-stamped word, 2.1x (the swaps retrying in turn).
+    // (13.1 against 9.7 us), 1.18x at 16384 keys, 1.03-1.05x at batch 8 and at 65536 keys. Counting the
+    // arrivals by compare-and-swap on a token-stamped word instead took 2.1x, in a build that merged only
+    // half its share: the 32 blocks' swaps retry one after another.
     void *params[] = {&args};
     DependentLaunch(blocks, MFA_ATTN_COMBINE_THREADS, 1, 0, stream)
         .grid_y(slices)

@@ -1416,10 +1416,10 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
 // ran 154-158 us on the 128 MB fp16 NCHW tensors, and 130-142 us with the exchange left out: one or two
 // blocks an SM streaming in lockstep stay far below the clusters' 84-92 us. A backward with no staging,
 // its blocks reading x and dy for the sums and again (from L2) for dx, a cluster of 4 or 8 per group,
-// ran 0.80-0.88x these kernels' time on the fp16 NCHW diffusion shapes (2x1280x64x64 31.0 against
-// 35.1 us, 2x640x64x64 15.2 against 19.1), before its dweight and dbias were finished: no nearer a copy
-// of the same bytes in the same cold-L2 graphs, 17.7 and 9.7 us (H200), whose reads and writes overlap
-// where a group's sums must be read in full before any of its dx is written.)
+// ran fp16 NCHW 2x1280x64x64 in 31.0 us and 2x640x64x64 in 15.2 (H200, graphs of cold-L2 copies of its
+// own; these kernels 35.1 and 19.1 in the benchmark's) before its dweight and dbias were even finished,
+// still 1.6-1.75x a copy of the same bytes in those graphs (17.7 and 9.7 us), whose reads and writes
+// overlap where a group's sums must be read in full before any of its dx is written.)
 template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   // Launched with programmatic stream serialization: the block may be resident before the previous grid
