@@ -146,7 +146,17 @@ __device__ __forceinline__ float4 mfa_load_cg(const float4 *address) {
   return v;
 }
 
-// ----- TMA: bulk tensor copies (cp.async.bulk.tensor, 9.7.9.25.5.2) -----
+// ----- TMA: bulk copies (cp.async.bulk, 9.7.9.25.4.1) and bulk tensor copies (cp.async.bulk.tensor,
+// 9.7.9.25.5.2) -----
+
+// Copy `bytes` (a multiple of 16) from global memory at `src` into shared memory at `dst`, both 16-byte
+// aligned; completion adds the bytes to the transaction count of mbarrier `bar`.
+__device__ __forceinline__ void mfa_bulk_load(unsigned dst, const void *src, unsigned bytes, unsigned bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               :
+               : "r"(dst), "l"(reinterpret_cast<unsigned long long>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
 
 // Pull the tensor map (a __grid_constant__ kernel parameter) into the TMA unit's descriptor cache.
 __device__ __forceinline__ void mfa_tma_prefetch_map(const void *map) {
