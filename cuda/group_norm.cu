@@ -1021,14 +1021,12 @@ __device__ __forceinline__ mfa_gn_buffer mfa_gn_buffer_of(const mfa_gn_args &arg
 
 // The block's input streams into `buffer`: x, and the residual (forward, if any) or dy, in s.chunks
 // chunks of whole block-strides of units (one unless kChunkedStage), each chunk of both streams one
-// cp.async group (or, kBulkStage, two bulk copies on one mbarrier), so that the first pass over the slice (mfa_gn_each_landed_chunk) works on a chunk while
-// the later ones are in flight. (All copies are still issued at once: the whole slice stays outstanding.)
+// cp.async group (kBulkStage: two bulk copies on the chunk's mbarrier), so that the first pass over the
+// slice (mfa_gn_each_landed_chunk) works on a chunk while the later ones are in flight. (All copies are
+// still issued at once: the whole slice stays outstanding.)
 template <int U>
 __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                   const mfa_gn_buffer &buffer) {
-  constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
-  const void *second = kForward ? args.residual : args.dy;
-  const bool two_streams = !kForward || args.residual;
   if constexpr (kBulkStage<U>) {  // the backward: x and dy
     if (threadIdx.x != 0) return;
     for (int k = 0; k < s.chunks; ++k) mfa_mbar_init(mfa_gn_chunk_bar(k), 1);
@@ -1046,9 +1044,11 @@ __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const
     }
     return;
   }
+  constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
   const auto stage_chunk = [&](int begin, int end) {
     mfa_gn_stage<U>(args, s, args.x, buffer.first, begin, end);
-    if (two_streams) mfa_gn_stage<U>(args, s, second, buffer.second, begin, end);
+    if (!kForward || args.residual)
+      mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second, begin, end);
     mfa_cp_async_commit();
   };
   if constexpr (!kChunkedStage) return stage_chunk(0, s.units);
