@@ -853,19 +853,48 @@ __device__ __forceinline__ int mfa_gn_element_channel(int unit_channel, int k) {
   return MFA_GN_LAYOUT == MFA_GN_NHWC ? unit_channel + k : unit_channel;
 }
 
+// A thread's units u, u + blockDim.x, ... of a band item (NHWC): its rows' units divide the block's width
+// and its slices start on a row, so they lie in one column (the same channels for all of them) and their
+// offsets step by whole rows. The band loops carry no division and keep their channels' parameters in
+// registers: the offset, the channel and its parameters' loads took 50 of the forward y loop's 75
+// instructions a unit (ncu SASS, H200, fp16 16x256x128x128 NHWC). They are loops of their own beside the
+// general ones, which stay as they were: both written as one loop through lambdas, the general loops'
+// SASS changed and the fp16 NCHW backward ran 2-3% slower (H200, same process).
+struct mfa_gn_column_walk {
+  long long offset;  // of the current unit, from the group's first element
+  long long step;    // elements to the thread's next unit
+  __device__ void next() { offset += step; }
+};
+template <int U>
+__device__ __forceinline__ mfa_gn_column_walk mfa_gn_column_walk_from(const mfa_gn_args &args, const mfa_gn_slice &s,
+                                                                      int u) {
+  return {mfa_gn_unit_offset<U>(args, s, u), static_cast<long long>(blockDim.x / args.row_units) * args.c};
+}
+// A per-channel table's values (weight, scale, ...) for a unit's U elements, from the unit's channel.
+template <int U>
+__device__ __forceinline__ void mfa_gn_unit_table(const float *table, int channel, float (&out)[U]) {
+#pragma unroll
+  for (int k = 0; k < U; ++k) out[k] = table[mfa_gn_element_channel(channel, k)];
+}
+
 // The group's first element in an element tensor.
 __device__ __forceinline__ mfa_gn_elem *mfa_gn_group_of(const void *tensor, const mfa_gn_slice &s) {
   return const_cast<mfa_gn_elem *>(static_cast<const mfa_gn_elem *>(tensor)) + s.base;
 }
 
 // Copies units [begin, end) of the slice of `source` into shared memory: cp.async for 4 to 16-byte units,
-// otherwise (2-byte elements one at a time) loads batched ahead of their stores.
-template <int U>
+// otherwise (2-byte elements one at a time) loads batched ahead of their stores. `begin` is a whole
+// number of block strides (chunks are).
+template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_stage(const mfa_gn_args &args, const mfa_gn_slice &s, const void *source,
                                              mfa_gn_elem *slice, int begin, int end) {
   constexpr int BYTES = U * sizeof(mfa_gn_elem);
   const mfa_gn_elem *from = mfa_gn_group_of(source, s);
-  if constexpr (BYTES >= 4) {
+  if constexpr (BYTES >= 4 && BANDS) {
+    mfa_gn_column_walk walk = mfa_gn_column_walk_from<U>(args, s, begin + threadIdx.x);
+    for (int u = begin + threadIdx.x; u < end; u += blockDim.x, walk.next())
+      mfa_cp_async<BYTES>(slice + u * U, from + walk.offset);
+  } else if constexpr (BYTES >= 4) {
     for (int u = begin + threadIdx.x; u < end; u += blockDim.x)
       mfa_cp_async<BYTES>(slice + u * U, from + mfa_gn_unit_offset<U>(args, s, u));
   } else {
@@ -1024,7 +1053,7 @@ __device__ __forceinline__ mfa_gn_buffer mfa_gn_buffer_of(const mfa_gn_args &arg
 // cp.async group (kBulkStage: two bulk copies on the chunk's mbarrier), so that the first pass over the
 // slice (mfa_gn_each_landed_chunk) works on a chunk while the later ones are in flight. (All copies are
 // still issued at once: the whole slice stays outstanding.)
-template <int U>
+template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const mfa_gn_slice &s,
                                                   const mfa_gn_buffer &buffer) {
   if constexpr (kBulkStage<U>) {  // the backward: x and dy
@@ -1046,9 +1075,9 @@ __device__ __forceinline__ void mfa_gn_stage_item(const mfa_gn_args &args, const
   }
   constexpr bool kForward = MFA_GN_PASS == MFA_GN_FORWARD;
   const auto stage_chunk = [&](int begin, int end) {
-    mfa_gn_stage<U>(args, s, args.x, buffer.first, begin, end);
+    mfa_gn_stage<U, BANDS>(args, s, args.x, buffer.first, begin, end);
     if (!kForward || args.residual)
-      mfa_gn_stage<U>(args, s, kForward ? args.residual : args.dy, buffer.second, begin, end);
+      mfa_gn_stage<U, BANDS>(args, s, kForward ? args.residual : args.dy, buffer.second, begin, end);
     mfa_cp_async_commit();
   };
   if constexpr (!kChunkedStage) return stage_chunk(0, s.units);
@@ -1172,17 +1201,35 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   }
   __syncthreads();
   mfa_gn_elem *y = mfa_gn_group_of(args.y, s);
-  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-    float v[U];
-    mfa_gn_unit_floats<U>(xs, u, v);
-    const int channel = mfa_gn_unit_channel<U>(args, s, u);
+  if constexpr (BANDS) {
+    const int channel = mfa_gn_unit_channel<U>(args, s, threadIdx.x);
+    float unit_scale[U], unit_shift[U];
+    mfa_gn_unit_table<U>(scale, channel, unit_scale);
+    mfa_gn_unit_table<U>(shift, channel, unit_shift);
+    mfa_gn_column_walk walk = mfa_gn_column_walk_from<U>(args, s, threadIdx.x);
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x, walk.next()) {
+      float v[U];
+      mfa_gn_unit_floats<U>(xs, u, v);
 #pragma unroll
-    for (int k = 0; k < U; ++k) {
-      const int j = mfa_gn_element_channel(channel, k);
-      const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mine.mean_p;
-      v[k] = mfa_gn_activate(fmaf(centered, scale[j], shift[j]));
+      for (int k = 0; k < U; ++k) {
+        const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mine.mean_p;
+        v[k] = mfa_gn_activate(fmaf(centered, unit_scale[k], unit_shift[k]));
+      }
+      mfa_gn_unit_store<U>(y + walk.offset, mfa_gn_unit_of<U>(v));
     }
-    mfa_gn_unit_store<U>(y + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(v));
+  } else {
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+      float v[U];
+      mfa_gn_unit_floats<U>(xs, u, v);
+      const int channel = mfa_gn_unit_channel<U>(args, s, u);
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int j = mfa_gn_element_channel(channel, k);
+        const float centered = kSixteenBit ? v[k] : (v[k] - pivot) - mine.mean_p;
+        v[k] = mfa_gn_activate(fmaf(centered, scale[j], shift[j]));
+      }
+      mfa_gn_unit_store<U>(y + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(v));
+    }
   }
   if (s.rank == 0 && threadIdx.x < band.groups) {
     const int group = threadIdx.x;
@@ -1401,19 +1448,39 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       sums = mfa_gn_run_sums<U>(args, s, xs, dys, weight, bias, mean, rstd, slots, channels);
   } else {
     mfa_gn_each_landed_chunk<U>(s, [&](int begin, int end) {
-      for (int u = begin + threadIdx.x; u < end; u += blockDim.x) {
-        float xhat[U], dy[U];
-        mfa_gn_unit_floats<U>(xs, u, xhat);
-        mfa_gn_unit_floats<U>(dys, u, dy);
+      if constexpr (BANDS) {  // one column: its weights in registers (dy^ reads the table, with an activation)
+        const int channel = mfa_gn_unit_channel<U>(args, s, threadIdx.x);
+        float unit_weight[U];
+        mfa_gn_unit_table<U>(weight, channel, unit_weight);
+        for (int u = begin + threadIdx.x; u < end; u += blockDim.x) {
+          float xhat[U], dy[U];
+          mfa_gn_unit_floats<U>(xs, u, xhat);
+          mfa_gn_unit_floats<U>(dys, u, dy);
 #pragma unroll
-        for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
-        const int channel = mfa_gn_unit_channel<U>(args, s, u);
-        mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
+          for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
+          mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
 #pragma unroll
-        for (int k = 0; k < U; ++k) {
-          const float g = weight[mfa_gn_element_channel(channel, k)] * dy[k];
-          sums.a = fmaf(g, xhat[k], sums.a);
-          sums.b += g;
+          for (int k = 0; k < U; ++k) {
+            const float g = unit_weight[k] * dy[k];
+            sums.a = fmaf(g, xhat[k], sums.a);
+            sums.b += g;
+          }
+        }
+      } else {
+        for (int u = begin + threadIdx.x; u < end; u += blockDim.x) {
+          float xhat[U], dy[U];
+          mfa_gn_unit_floats<U>(xs, u, xhat);
+          mfa_gn_unit_floats<U>(dys, u, dy);
+#pragma unroll
+          for (int k = 0; k < U; ++k) xhat[k] = (xhat[k] - mean) * rstd;
+          const int channel = mfa_gn_unit_channel<U>(args, s, u);
+          mfa_gn_dy_hat<U>(dys, u, xhat, dy, weight, bias, channel);
+#pragma unroll
+          for (int k = 0; k < U; ++k) {
+            const float g = weight[mfa_gn_element_channel(channel, k)] * dy[k];
+            sums.a = fmaf(g, xhat[k], sums.a);
+            sums.b += g;
+          }
         }
       }
     });
@@ -1429,17 +1496,33 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
   // 2. dx = (rstd w) dy^ + (x' - mean) (-rstd k2) - k1: three instructions an element
   mfa_gn_elem *dx = mfa_gn_group_of(args.y, s);
   const float centered_scale = -rstd * k2;
-  for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
-    float x[U], dy_hat[U];
-    mfa_gn_unit_floats<U>(xs, u, x);
-    mfa_gn_unit_floats<U>(dys, u, dy_hat);
-    const int channel = mfa_gn_unit_channel<U>(args, s, u);
+  if constexpr (BANDS) {
+    float scaled_weight[U];  // rstd w of the column's channels
+    mfa_gn_unit_table<U>(weight, mfa_gn_unit_channel<U>(args, s, threadIdx.x), scaled_weight);
 #pragma unroll
-    for (int k = 0; k < U; ++k) {
-      const int j = mfa_gn_element_channel(channel, k);
-      x[k] = fmaf(rstd * weight[j], dy_hat[k], fmaf(x[k] - mean, centered_scale, -k1));
+    for (int k = 0; k < U; ++k) scaled_weight[k] *= rstd;
+    mfa_gn_column_walk walk = mfa_gn_column_walk_from<U>(args, s, threadIdx.x);
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x, walk.next()) {
+      float x[U], dy_hat[U];
+      mfa_gn_unit_floats<U>(xs, u, x);
+      mfa_gn_unit_floats<U>(dys, u, dy_hat);
+#pragma unroll
+      for (int k = 0; k < U; ++k) x[k] = fmaf(scaled_weight[k], dy_hat[k], fmaf(x[k] - mean, centered_scale, -k1));
+      mfa_gn_unit_store<U>(dx + walk.offset, mfa_gn_unit_of<U>(x));
     }
-    mfa_gn_unit_store<U>(dx + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(x));
+  } else {
+    for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
+      float x[U], dy_hat[U];
+      mfa_gn_unit_floats<U>(xs, u, x);
+      mfa_gn_unit_floats<U>(dys, u, dy_hat);
+      const int channel = mfa_gn_unit_channel<U>(args, s, u);
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int j = mfa_gn_element_channel(channel, k);
+        x[k] = fmaf(rstd * weight[j], dy_hat[k], fmaf(x[k] - mean, centered_scale, -k1));
+      }
+      mfa_gn_unit_store<U>(dx + mfa_gn_unit_offset<U>(args, s, u), mfa_gn_unit_of<U>(x));
+    }
   }
   if (!args.dweight) return;
 
@@ -1490,7 +1573,7 @@ __device__ __forceinline__ void mfa_gn_onepass(const mfa_gn_args &args) {
   mfa_grid_dependency_wait();
   mfa_grid_launch_dependents();
   const mfa_gn_table_entry entry = mfa_gn_table_load(args, s);
-  mfa_gn_stage_item<U>(args, s, buffer);
+  mfa_gn_stage_item<U, BANDS>(args, s, buffer);
   mfa_gn_table_store(args, s, entry, table, scalars);
   static_assert(!kBulkStage<U> || kChunkedStage, "bulk copies are waited for by chunk, after the barrier below");
   if (!kChunkedStage) mfa_cp_async_wait<0>();  // its one chunk: the whole slice

@@ -282,6 +282,8 @@ def test_every_shape_gets_a_legal_plan(sm_count, layout, dtype, pass_):
                     assert n * c * spatial * ELEMENT_BYTES[dtype] > 32 << 20, what
                     assert cpg & (cpg - 1) == 0 and groups % band == 0 and band * cpg <= 32, what
                     assert band in (2, 4, 8) and band // 2 * cpg * ELEMENT_BYTES[dtype] < 64, what
+                    # a thread's units keep one column (mfa_gn_column_walk): the item's row divides the block
+                    assert plan["threads"] % (band * cpg // unit) == 0, what
                 # wide clusters (up to 16 blocks) only for items that 8 blocks cannot hold
                 portable = _smem_bytes(CLUSTER_MAX, c, spatial, groups, dtype, streams, layout, band) <= SLICE_MAX_BYTES
                 if plan["cluster"] == 0:
