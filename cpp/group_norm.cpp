@@ -310,7 +310,10 @@ int onepass_threads(const mfa_group_norm_descriptor &d, int64_t cluster, int uni
 // tensor made wider): 32x512x64x64 with rows of 32 bytes 138-140 us, of 64 bytes 116-117; 32x256x64x64 with
 // rows of 16 bytes (three launches) 108-116 us, of 32 bytes 72-74, of 64 bytes 62-65. A band's rows hold
 // at most 32 elements (32 units of any width: kernel's mfa_gn_band_of), and its groups a power of two of
-// channels. forced_band (> 0: MFA_GN_BAND) asks for that many where those rules allow.
+// channels. Rows of 128 bytes (the rule at 64 elements, fp16, 16-byte units) were no faster: 16x256x128x128
+// forward in bands of 8 117.3 and 123.7 us against 107.0 and 122.8 in bands of 4, 8x512x128x128 in bands
+// of 4 120.1 and 117.2 against 119.2 and 118.3 (H200, one process, each pair in turn). forced_band (> 0:
+// MFA_GN_BAND) asks for that many where those rules allow.
 int onepass_band(const mfa_group_norm_descriptor &d, int forced_band) {
   const int64_t cpg = d.c / d.groups, row_bytes = cpg * element_bytes(d.dtype);
   if (d.layout != MFA_LAYOUT_NHWC || (cpg & (cpg - 1)) != 0) return 1;

@@ -859,7 +859,9 @@ __device__ __forceinline__ int mfa_gn_element_channel(int unit_channel, int k) {
 // registers: the offset, the channel and its parameters' loads took 50 of the forward y loop's 75
 // instructions a unit (ncu SASS, H200, fp16 16x256x128x128 NHWC). They are loops of their own beside the
 // general ones, which stay as they were: both written as one loop through lambdas, the general loops'
-// SASS changed and the fp16 NCHW backward ran 2-3% slower (H200, same process).
+// SASS changed and the fp16 NCHW backward ran 2-3% slower (H200, same process). Walking the general NHWC
+// loops too (offset and column stepped, the column wrapping past the row's end) was not kept: 0.94-0.95x
+// the time of the 2x320x64x64 backward, but 1.15-1.16x that of 2x1280x32x32 (H200, fp16, same process).
 struct mfa_gn_column_walk {
   long long offset;  // of the current unit, from the group's first element
   long long step;    // elements to the thread's next unit
@@ -884,7 +886,9 @@ __device__ __forceinline__ mfa_gn_elem *mfa_gn_group_of(const void *tensor, cons
 
 // Copies units [begin, end) of the slice of `source` into shared memory: cp.async for 4 to 16-byte units,
 // otherwise (2-byte elements one at a time) loads batched ahead of their stores. `begin` is a whole
-// number of block strides (chunks are).
+// number of block strides (chunks are). (An L2 prefetch of 128 or 256 bytes a copy, cp.async's .L2::128B /
+// .L2::256B, was not kept: fp16 forward 1.06-1.07x the time on 16x256x128x128, 0.97-0.98x on
+// 8x512x128x128, NCHW and NHWC alike; H100, one process.)
 template <int U, bool BANDS>
 __device__ __forceinline__ void mfa_gn_stage(const mfa_gn_args &args, const mfa_gn_slice &s, const void *source,
                                              mfa_gn_elem *slice, int begin, int end) {
