@@ -864,9 +864,6 @@ __device__ __forceinline__ int mfa_gn_element_channel(int unit_channel, int k) {
 // SASS changed and the fp16 NCHW backward ran 2-3% slower (H200, same process). Walking the general NHWC
 // loops too (offset and column stepped, the column wrapping past the row's end) was not kept: 0.94-0.95x
 // the time of the 2x320x64x64 backward, but 1.15-1.16x that of 2x1280x32x32 (H200, fp16, same process).
-// Nor the NCHW forward's y loop with its channel stepped and its output pointer advanced (fewer
-// instructions a unit, in a kernel issuing on 65% of its cycles): 1.00-1.02x the time on the 128 MB
-// tensors and the diffusion shapes (H200, fp16, same process).
 struct mfa_gn_column_walk {
   long long offset;  // of the current unit, from the group's first element
   long long step;    // elements to the thread's next unit
@@ -1227,6 +1224,9 @@ __device__ __forceinline__ void mfa_gn_item(const mfa_gn_args &args, const mfa_g
       mfa_gn_unit_store<U>(y + walk.offset, mfa_gn_unit_of<U>(v));
     }
   } else {
+    // (NCHW with its channel stepped and its output pointer advanced, fewer instructions a unit in a kernel
+    // issuing on 65% of its cycles, ran 1.00-1.02x the time on the 128 MB tensors and the diffusion shapes:
+    // H200, fp16, same process)
     for (int u = threadIdx.x; u < s.units; u += blockDim.x) {
       float v[U];
       mfa_gn_unit_floats<U>(xs, u, v);
